@@ -1,0 +1,53 @@
+# histo-bench: `make demo` and `make test` each set everything up from nothing (a .venv in the repo).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= data/demo
+# The gpu extra (DALI, cuCIM) has wheels for Linux x86_64 only; there it is installed so its code paths are
+# tested CPU-only even without a GPU.
+ifeq ($(shell uname -sm),Linux x86_64)
+EXTRAS := dev,gpu
+else
+EXTRAS := dev
+endif
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+# pytest-benchmark: committed baselines live in bench_results/pytest-benchmark/<machine>/; a case fails when its
+# median is more than BENCH_TOLERANCE slower than the baseline (wide: these machines are noisy 2-core VMs).
+BENCH_TOLERANCE ?= 150%
+BENCH_STORAGE := file://bench_results/pytest-benchmark
+BENCH_ARGS := -m bench --benchmark-storage=$(BENCH_STORAGE) --benchmark-min-rounds=3 \
+	--benchmark-max-time=0.5 --benchmark-warmup=on --benchmark-columns=min,median,max,rounds
+
+.PHONY: install demo test bench bench-save lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/histo-ingest demo --out $(DEMO_DIR)/breakhis
+	$(BIN)/histo-ingest breakhis $(DEMO_DIR)/breakhis --out $(DEMO_DIR)/breakhis.zarr
+
+lint: install
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(BENCH_ARGS) --benchmark-compare --benchmark-compare-fail=median:$(BENCH_TOLERANCE)
+
+bench: install
+	$(BIN)/python -m pytest $(BENCH_ARGS) --benchmark-compare --benchmark-compare-fail=median:$(BENCH_TOLERANCE)
+
+bench-save: install
+	$(BIN)/python -m pytest $(BENCH_ARGS) --benchmark-save=baseline
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .ruff_cache .benchmarks

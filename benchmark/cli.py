@@ -1,0 +1,49 @@
+"""``histo-bench``: models, training and benchmarks. Thin typer commands over the library.
+
+``--help`` imports nothing heavy: torch and friends are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from ingest.console import setup_logging, stdout
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Train, compile and benchmark histopathology classifiers on histo-bench stores.")
+
+
+@app.callback()
+def _main(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging.")] = 0,
+          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False) -> None:
+    setup_logging(verbose, quiet)
+
+
+@app.command()
+def env(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False) -> None:
+    """Show the machine: Python, GPUs, and which optional libraries (torch, DALI, cuCIM, TensorRT...) are here."""
+    from rich.table import Table
+
+    from benchmark.environment import OPTIONAL_PACKAGES, describe
+
+    info = describe()
+    if as_json:
+        stdout.print_json(json.dumps(info))
+        return
+    stdout.print(f"Python {info['python']} on {info['platform']}; "
+                 f"GPU: {', '.join(info['gpus']) or 'none found (nvidia-smi)'}", highlight=False)
+    table = Table("package", "version", "used for")
+    for name, version in {**info["core"], **info["optional"]}.items():
+        table.add_row(name, version or "[dim]not installed[/]", OPTIONAL_PACKAGES.get(name, "core"))
+    stdout.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
