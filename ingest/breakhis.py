@@ -1,0 +1,331 @@
+"""BreakHis folders -> zarr image store: discovery, validation, parallel decode, patient-level splits.
+
+Accepts the original tree (``BreaKHis_v1/histology_slides/breast/<group>/SOB/<class>/<patient>/<mag>X/*.png``)
+and flat folders of BreakHis-named files: class, patient and magnification are read from the file name and,
+where the tree has them, cross-checked against the folders. Every file that cannot be used is reported in one
+line (path + reason), skipped and counted; the rest of the run completes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ingest import __version__
+from ingest.breakhis_names import (
+    BENIGN,
+    CLASSES,
+    MAGNIFICATIONS,
+    BreakHisName,
+    BreakHisNameError,
+    parse_name,
+    resolve_magnifications,
+    tumour_group,
+)
+from ingest.decode import DecodeError, decode_file, read_size
+from ingest.splits import SplitConfig, patient_split
+from ingest.store import ImageMeta, ImageStoreWriter, StoreError, is_complete, partial_path
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+#: Written at the root of generated demo trees; its presence makes reports say "synthetic".
+SYNTHETIC_MARKER = "SYNTHETIC_DATA.json"
+
+Progress = Callable[[int, int], None]
+
+
+class IngestError(RuntimeError):
+    """The ingest cannot run at all (missing root, no images, unwritable output); the message says why."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One input file that was skipped or changed, and why."""
+
+    path: str
+    reason: str
+
+    def line(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An image file whose name and folders passed validation."""
+
+    path: Path
+    rel: str
+    name: BreakHisName
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """What ``histo-ingest breakhis`` does.
+
+    Attributes:
+        root: the BreakHis tree (or a flat folder of BreakHis-named images).
+        out: the store directory to write (``.zarr`` by convention).
+        size: (height, width) to resize every image to; None keeps the native resolution (the most common size
+            in the input; near-equal sizes such as 700x456 are padded to it, the original size is kept per image).
+        magnifications: which magnifications to ingest.
+        split: patient-level split settings.
+        workers: decoder processes; 0 = one per CPU core (at most 8); 1 = decode in this process.
+        shard_size: images per shard file.
+        clevel: zstd compression level (1 fastest .. 9 smallest).
+        overwrite: replace a complete store at ``out``; without it a complete store makes the ingest a no-op.
+    """
+
+    root: str
+    out: str
+    size: tuple[int, int] | None = None
+    magnifications: tuple[str, ...] = MAGNIFICATIONS
+    split: SplitConfig = field(default_factory=SplitConfig)
+    workers: int = 0
+    shard_size: int = 32
+    clevel: int = 3
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "magnifications", resolve_magnifications(self.magnifications))
+        if self.size is not None and (len(self.size) != 2 or min(self.size) < 8):
+            raise ValueError(f"size must be (height, width) of at least 8 px, got {self.size}")
+        if self.workers < 0:
+            raise ValueError("workers must be >= 0")
+        if not 1 <= self.shard_size <= 4096:
+            raise ValueError("shard_size must be in 1..4096")
+        if not 1 <= self.clevel <= 9:
+            raise ValueError("clevel must be in 1..9")
+
+    @property
+    def n_workers(self) -> int:
+        return self.workers or max(1, min(8, os.cpu_count() or 1))
+
+
+@dataclass
+class IngestSummary:
+    """What an ingest did, for the CLI and for the store's attrs."""
+
+    store: str
+    images: int = 0
+    skipped: list[Problem] = field(default_factory=list)
+    converted: list[Problem] = field(default_factory=list)
+    seconds: float = 0.0
+    already_complete: bool = False
+    resumed: bool = False
+    split_notes: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def to_attrs(self) -> dict[str, Any]:
+        return {"images": self.images, "skipped": [asdict(p) for p in self.skipped],
+                "converted": [asdict(p) for p in self.converted], "seconds": round(self.seconds, 3),
+                "images_per_s": round(self.images_per_s, 2), "resumed": self.resumed}
+
+
+def _check_folders(rel_parts: tuple[str, ...], name: BreakHisName) -> str | None:
+    """Cross-check the folders of an original-tree path against the file name; None when consistent."""
+    folders = rel_parts[:-1]
+    if "SOB" in folders:
+        i = folders.index("SOB")
+        if i + 1 < len(folders):
+            class_folder = folders[i + 1]
+            if class_folder not in CLASSES:
+                return f"unknown class folder {class_folder!r} (known: {', '.join(CLASSES)})"
+            if class_folder != name.class_name:
+                return f"file name says {name.class_name} but it sits in folder {class_folder!r}"
+        if i >= 1 and folders[i - 1] in ("benign", "malignant") and folders[i - 1] != tumour_group(name.class_name):
+            return f"{name.class_name} is {tumour_group(name.class_name)} but sits under {folders[i - 1]!r}"
+    for part in folders:
+        if part.endswith("X") and part[:-1].isdigit() and part != name.magnification:
+            return f"file name says {name.magnification} but it sits in folder {part!r}"
+    return None
+
+
+def discover(root: Path, magnifications: tuple[str, ...] = MAGNIFICATIONS) -> tuple[list[Candidate], list[Problem]]:
+    """All usable BreakHis image files under ``root`` (sorted by magnification, class, patient, sequence) and a
+    line for every file that is not usable."""
+    candidates: list[Candidate] = []
+    problems: list[Problem] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for fname in sorted(filenames):
+            path = Path(dirpath) / fname
+            rel = path.relative_to(root)
+            if fname == SYNTHETIC_MARKER:
+                continue
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                problems.append(Problem(str(rel), f"not an image file (extension {path.suffix or 'none'!r})"))
+                continue
+            try:
+                name = parse_name(fname)
+            except BreakHisNameError as exc:
+                problems.append(Problem(str(rel), str(exc)))
+                continue
+            reason = _check_folders(rel.parts, name)
+            if reason:
+                problems.append(Problem(str(rel), reason))
+                continue
+            if name.magnification in magnifications:
+                candidates.append(Candidate(path, rel.as_posix(), name))
+    candidates.sort(key=lambda c: (MAGNIFICATIONS.index(c.name.magnification), CLASSES.index(c.name.class_name),
+                                   c.name.patient, c.name.seq, c.rel))
+    return candidates, problems
+
+
+def _decode_task(args: tuple[str, tuple[int, int], bool]):
+    path, size, resize = args
+    try:
+        return decode_file(path, size, resize)
+    except DecodeError as exc:
+        return str(exc)
+
+
+def _bounded_imap(fn, tasks: list, workers: int, window: int) -> Iterator:
+    """Ordered map over a process pool with at most ``window`` results in flight (bounded memory)."""
+    if workers <= 1:
+        yield from map(fn, tasks)
+        return
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                      else "spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        pending: deque[Future] = deque()
+        it = iter(tasks)
+        for task in it:
+            pending.append(pool.submit(fn, task))
+            if len(pending) >= window:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(fn, nxt))
+            yield result
+
+
+def _target_size(config: IngestConfig, candidates: list[Candidate]) -> tuple[int, int]:
+    if config.size is not None:
+        return tuple(config.size)  # type: ignore[return-value]
+    sizes = Counter(s for s in (read_size(str(c.path)) for c in candidates[:2000]) if s is not None)
+    if not sizes:
+        raise IngestError("none of the first images could be read; cannot choose a store size (pass --size)")
+    return sizes.most_common(1)[0][0]
+
+
+def _resume_key(config: IngestConfig, candidates: list[Candidate], size: tuple[int, int]) -> str:
+    h = hashlib.sha256()
+    cfg = asdict(config)
+    for k in ("workers", "overwrite", "out"):
+        cfg.pop(k)
+    h.update(json.dumps([cfg, size], sort_keys=True, default=str).encode())
+    for c in candidates:
+        st = c.path.stat()
+        h.update(f"{c.rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def data_origin(root: Path) -> dict[str, Any]:
+    """Where the data came from: the generator's marker for synthetic trees, else 'user-provided'."""
+    for marker in (root / SYNTHETIC_MARKER, root / "BreaKHis_v1" / SYNTHETIC_MARKER):
+        if marker.exists():
+            info = json.loads(marker.read_text())
+            return {"kind": "synthetic", **info}
+    return {"kind": "user-provided", "root": str(root.resolve())}
+
+
+def ingest_breakhis(config: IngestConfig, progress: Progress | None = None) -> IngestSummary:
+    """Ingest a BreakHis tree into a zarr store; see :class:`IngestConfig`. Raises :class:`IngestError` when nothing
+    can be done; individual bad files are skipped and listed in the returned summary."""
+    t0 = time.perf_counter()
+    root, out = Path(config.root), Path(config.out)
+    if not root.exists():
+        raise IngestError(f"{root}: no such directory")
+    if not root.is_dir():
+        raise IngestError(f"{root}: not a directory")
+    summary = IngestSummary(store=str(out))
+    if is_complete(out) and not config.overwrite:
+        log.info("%s is already complete; nothing to do (pass --overwrite to rebuild it)", out)
+        summary.already_complete = True
+        return summary
+    if out.exists() and not is_complete(out) and not config.overwrite:
+        raise IngestError(f"{out} exists and is not a complete histo-bench store; pass --overwrite to replace it")
+
+    candidates, problems = discover(root, config.magnifications)
+    for p in problems:
+        log.warning("skipped %s", p.line())
+    summary.skipped.extend(problems)
+    if not candidates:
+        detail = f" ({len(problems)} file(s) were not usable, see above)" if problems else ""
+        raise IngestError(f"no BreakHis images found under {root}{detail}")
+    size = _target_size(config, candidates)
+    try:
+        writer = ImageStoreWriter(out, capacity=len(candidates), height=size[0], width=size[1],
+                                  shard_size=config.shard_size, clevel=config.clevel,
+                                  resume_key=_resume_key(config, candidates, size))
+    except (StoreError, OSError) as exc:
+        raise IngestError(f"cannot write {partial_path(out)}: {exc}") from exc
+    summary.resumed = writer.resumed
+    start = int(writer.progress["consumed"])
+    summary.skipped.extend(Problem(**p) for p in writer.progress["skipped"])
+    summary.converted.extend(Problem(**p) for p in writer.progress["converted"])
+
+    tasks = [(str(c.path), size, config.size is not None) for c in candidates[start:]]
+    window = max(4 * config.n_workers, config.shard_size)
+    total = len(candidates)
+    if progress:
+        progress(start, total)
+    for i, result in enumerate(_bounded_imap(_decode_task, tasks, config.n_workers, window), start=start):
+        cand = candidates[i]
+        skipped, converted = [], []
+        if isinstance(result, str):
+            problem = Problem(cand.rel, result)
+            log.warning("skipped %s", problem.line())
+            skipped.append(asdict(problem))
+            summary.skipped.append(problem)
+        else:
+            n = cand.name
+            writer.add(result.image, ImageMeta(label=CLASSES.index(n.class_name), malignant=n.class_name not in BENIGN,
+                                               patient=n.patient, magnification=n.magnification, source=cand.rel,
+                                               orig_size=result.orig_size))
+            for note in result.notes:
+                problem = Problem(cand.rel, note)
+                log.info("converted %s", problem.line())
+                converted.append(asdict(problem))
+                summary.converted.append(problem)
+        writer.consumed(i + 1, skipped, converted)
+        if progress:
+            progress(i + 1, total)
+
+    meta = writer.read_meta()
+    split = patient_split(meta["patient"], meta["label"], CLASSES, config.split)
+    for note in split.notes:
+        log.info("split: %s", note)
+    summary.split_notes = split.notes
+    summary.images = writer.written
+    summary.seconds = time.perf_counter() - t0
+    attrs = {
+        "classes": list(CLASSES),
+        "magnifications": [m for m in MAGNIFICATIONS if m in config.magnifications],
+        "height": size[0], "width": size[1],
+        "config": json.loads(json.dumps(asdict(config), default=str)),
+        "origin": data_origin(root),
+        "generator": f"histo-bench {__version__} ingest.breakhis",
+        "summary": summary.to_attrs(),
+    }
+    try:
+        writer.finalize(attrs, split, overwrite=config.overwrite)
+    except StoreError as exc:
+        raise IngestError(str(exc)) from exc
+    return summary

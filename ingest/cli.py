@@ -1,0 +1,144 @@
+"""``histo-ingest``: raw data -> zarr stores. Thin typer commands: parse, build a config, call the library.
+
+Exit codes: 0 done; 1 nothing could be done (the message says why); 3 the store was written but some input files
+were skipped (each named in the log and the summary).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ingest.console import console, progress_bar, setup_logging, stdout
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Turn BreakHis folders and whole-slide images into compressed, sharded zarr stores.")
+
+EXIT_ERROR = 1
+EXIT_SKIPPED = 3
+
+
+@app.callback()
+def _main(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging.")] = 0,
+          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False) -> None:
+    setup_logging(verbose, quiet)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_ERROR)
+
+
+def _parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
+    """``"700x460"`` (width x height, as image sizes are usually written) -> (height, width)."""
+    if text is None:
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        _fail(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 700x460 or 224x224")
+    return h, w
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the BreaKHis_v1 tree.")],
+         patients_per_class: Annotated[int, typer.Option(help="Patients per class.")] = 5,
+         images: Annotated[int, typer.Option(help="Images per patient per magnification.")] = 6,
+         seed: Annotated[int, typer.Option(help="Generator seed (same seed, same pixels).")] = 0,
+         workers: Annotated[int, typer.Option(help="Generator processes.")] = 2) -> None:
+    """Generate the synthetic BreakHis demo dataset (8 classes, 4 magnifications, real folder layout)."""
+    from ingest.demo import write_demo_tree
+    from ingest.synthetic import SyntheticConfig
+
+    try:
+        config = SyntheticConfig(patients_per_class=patients_per_class, images_per_magnification=images, seed=seed)
+    except ValueError as exc:
+        _fail(str(exc))
+    with progress_bar("generating") as progress:
+        root = write_demo_tree(out, config, progress=progress, workers=workers)
+    console.print(f"synthetic BreakHis tree written to [bold]{root}[/]")
+
+
+@app.command()
+def breakhis(
+    root: Annotated[Optional[Path], typer.Argument(
+        help="BreakHis tree or flat folder of BreakHis-named images. Default: the embedded demo data.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Store to write (.zarr).")] = None,
+    size: Annotated[Optional[str], typer.Option(help="Resize to WIDTHxHEIGHT (default: native resolution).")] = None,
+    mag: Annotated[Optional[list[str]], typer.Option(
+        "--mag", help="Magnification(s) to ingest: 40X 100X 200X 400X, 'mixed' or 'all' (repeatable).")] = None,
+    split: Annotated[str, typer.Option(
+        help="Patient-level split: fractions '0.7,0.15,0.15' or images per class '140/30/30'.")] = "0.7,0.15,0.15",
+    seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
+    workers: Annotated[int, typer.Option(help="Decoder processes (0 = one per core).")] = 0,
+    shard_size: Annotated[int, typer.Option(help="Images per shard file.")] = 32,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing complete store.")] = False,
+) -> None:
+    """Ingest a BreakHis tree into a zarr store with patient-level splits, then print its summary."""
+    from ingest.breakhis import IngestConfig, IngestError, ingest_breakhis
+    from ingest.demo import data_home, demo_tree
+    from ingest.splits import SplitConfig, SplitError
+
+    if root is None:
+        with progress_bar("generating demo data") as progress:
+            root = demo_tree(progress=progress)
+        out = out or data_home() / "demo" / "breakhis.zarr"
+    if out is None:
+        _fail("--out is required when a ROOT is given (e.g. --out data/breakhis.zarr)")
+    try:
+        split_config = SplitConfig.parse(split, seed)
+    except SplitError as exc:
+        _fail(f"--split {split!r}: {exc}")
+    try:
+        config = IngestConfig(root=str(root), out=str(out), size=_parse_size(size),
+                              magnifications=tuple(mag) if mag else ("all",), split=split_config,
+                              workers=workers, shard_size=shard_size, overwrite=overwrite)
+    except ValueError as exc:
+        _fail(str(exc))
+    try:
+        with progress_bar("ingesting") as progress:
+            summary = ingest_breakhis(config, progress=progress)
+    except IngestError as exc:
+        _fail(str(exc))
+    if summary.already_complete:
+        console.print(f"{out} is already complete; nothing to do (pass --overwrite to rebuild it)")
+    else:
+        console.print(f"[bold green]wrote {summary.images} images[/] to {out} in {summary.seconds:.1f} s "
+                      f"({summary.images_per_s:.0f} images/s){' (resumed)' if summary.resumed else ''}; "
+                      f"skipped {len(summary.skipped)}, converted {len(summary.converted)}", highlight=False)
+    _print_info(out)
+    if summary.skipped:
+        console.print(f"[yellow]{len(summary.skipped)} file(s) skipped:[/]", highlight=False)
+        for problem in summary.skipped[:50]:
+            console.print(f"  {problem.line()}", highlight=False, markup=False, soft_wrap=True)
+        if len(summary.skipped) > 50:
+            console.print(f"  ... and {len(summary.skipped) - 50} more (all listed in the store's attrs)")
+        raise typer.Exit(EXIT_SKIPPED)
+
+
+@app.command()
+def info(store: Annotated[Path, typer.Argument(help="A store written by histo-ingest.")]) -> None:
+    """Images per class x magnification x split, patients per split, and where the data came from."""
+    _print_info(store)
+
+
+def _print_info(path: Path) -> None:
+    from ingest.report_tables import store_tables
+    from ingest.store import ImageStore, StoreError
+
+    try:
+        store = ImageStore(path)
+    except StoreError as exc:
+        _fail(str(exc))
+    for renderable in store_tables(store):
+        stdout.print(renderable)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

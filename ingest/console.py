@@ -1,0 +1,65 @@
+"""Terminal helpers shared by the CLIs: logging through rich, and a rich progress bar as a progress callback.
+
+Library code never prints; it logs and calls a ``progress(done, total)`` callback. Only CLIs use this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+console = Console(stderr=True)
+#: Results (tables, summaries) go to stdout so they can be piped; logs and bars go to stderr.
+stdout = Console()
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Route ``logging`` to rich on stderr: WARNING when quiet, INFO by default, DEBUG with -v."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    if console.is_terminal:
+        handler: logging.Handler = RichHandler(console=console, show_path=False, markup=False)
+        fmt = "%(message)s"
+    else:  # piped or in CI: one unwrapped line per message, so every message stays greppable
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = "%(levelname)s %(message)s"
+    logging.basicConfig(level=level, format=fmt, datefmt="[%X]", force=True, handlers=[handler])
+
+
+class _Rate(ProgressColumn):
+    """Items per second."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:,.1f}/s" if task.speed else "", style="cyan")
+
+
+@contextmanager
+def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback that drives a rich progress bar (a no-op when disabled)."""
+    if not enabled:
+        yield lambda done, total: None
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update

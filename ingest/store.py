@@ -1,0 +1,314 @@
+"""The zarr v3 image-dataset store: layout, atomic and resumable writing, and the read API.
+
+Layout of one store (a directory)::
+
+    images          (N, H, W, 3) uint8   one image per inner chunk, ``shard_size`` images per shard file,
+                                          Blosc-zstd + bitshuffle
+    label           (N,) int16           index into attrs["classes"]
+    malignant       (N,) bool
+    patient         (N,) str
+    magnification   (N,) str            "40X" | "100X" | "200X" | "400X"
+    source          (N,) str            path of the original file, relative to the ingested root
+    orig_size       (N, 2) int32        (height, width) before fitting to the store size
+    split           (N,) int8           0 train, 1 val, 2 test, -1 unused (see ingest.splits)
+    attrs: format, format_version, classes, magnifications, height, width, config, split, generator/source,
+           summary (counts, skipped files), complete
+
+A store is written under ``<out>.partial`` and renamed to ``<out>`` only after ``complete`` is set, so a store at
+``<out>`` is always whole. An interrupted write resumes from the last finished shard when the same inputs and
+config are ingested again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ingest.breakhis_names import resolve_magnifications
+from ingest.splits import SPLIT_CODES, SplitResult, as_str_array, assert_patient_disjoint
+
+log = logging.getLogger(__name__)
+
+FORMAT = "histo-bench/image-store"
+FORMAT_VERSION = 1
+_META_CHUNK = 8192
+
+
+class StoreError(RuntimeError):
+    """A store that is missing, incomplete, of another format, or cannot be written."""
+
+
+def _zarr():
+    import zarr  # local: keeps `histo-ingest --help` light
+
+    return zarr
+
+
+def _blosc(clevel: int):
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="zstd", clevel=clevel, shuffle="bitshuffle")
+
+
+def partial_path(out: Path) -> Path:
+    """Where a store is built before the atomic rename."""
+    return out.with_name(out.name + ".partial")
+
+
+def is_complete(path: str | Path) -> bool:
+    """True when ``path`` holds a finished store (its ``complete`` attribute is set)."""
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        return False
+    try:
+        return bool(_zarr().open_group(str(path), mode="r").attrs.get("complete", False))
+    except Exception:  # unreadable metadata counts as incomplete
+        return False
+
+
+@dataclass
+class ImageMeta:
+    """Per-image metadata written beside the pixels."""
+
+    label: int
+    malignant: bool
+    patient: str
+    magnification: str
+    source: str
+    orig_size: tuple[int, int]
+
+
+class ImageStoreWriter:
+    """Appends images shard by shard into ``<out>.partial`` and renames it into place when finished.
+
+    ``capacity`` is the number of input images (an upper bound: skipped files leave the tail unused and the
+    arrays are trimmed on :meth:`finalize`). ``resume_key`` identifies the inputs + config; a partial store with the
+    same key is continued from its last checkpoint, any other partial store is discarded.
+    """
+
+    def __init__(self, out: str | Path, *, capacity: int, height: int, width: int, shard_size: int = 32,
+                 clevel: int = 3, resume_key: str = "") -> None:
+        self.out = Path(out)
+        self.partial = partial_path(self.out)
+        self.height, self.width, self.shard_size = height, width, shard_size
+        self.capacity = max(capacity, 1)
+        zarr = _zarr()
+        self.resumed = False
+        self.progress: dict[str, Any] = {"consumed": 0, "written": 0, "skipped": [], "converted": []}
+        if self.partial.exists():
+            try:
+                group = zarr.open_group(str(self.partial), mode="r+")
+                if group.attrs.get("resume_key") == resume_key and resume_key:
+                    self.group = group
+                    self.progress = dict(group.attrs["progress"])
+                    self.resumed = True
+                    log.info("resuming %s: %d inputs already done", self.partial, self.progress["consumed"])
+            except Exception as exc:  # a partial store too broken to resume is rebuilt
+                log.warning("discarding unreadable partial store %s: %s", self.partial, exc)
+            if not self.resumed:
+                shutil.rmtree(self.partial)
+        if not self.resumed:
+            self.group = self._create(zarr, clevel, resume_key)
+        self._buffer: list[tuple[np.ndarray, ImageMeta]] = []
+        self._pending_consumed = self.progress["consumed"]
+
+    def _create(self, zarr, clevel: int, resume_key: str):
+        try:
+            self.partial.parent.mkdir(parents=True, exist_ok=True)
+            group = zarr.open_group(str(self.partial), mode="w")
+        except OSError as exc:
+            raise StoreError(f"cannot write store at {self.partial}: {exc.strerror or exc}") from exc
+        n, h, w = self.capacity, self.height, self.width
+        group.create_array("images", shape=(n, h, w, 3), dtype="uint8", chunks=(1, h, w, 3),
+                           shards=(self.shard_size, h, w, 3), compressors=_blosc(clevel), fill_value=0)
+        meta_chunk = min(_META_CHUNK, n)
+        for name, dtype in (("label", "int16"), ("malignant", "bool"), ("patient", str), ("magnification", str),
+                            ("source", str)):
+            group.create_array(name, shape=(n,), dtype=dtype, chunks=(meta_chunk,))
+        group.create_array("orig_size", shape=(n, 2), dtype="int32", chunks=(meta_chunk, 2))
+        group.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "complete": False,
+                            "resume_key": resume_key, "progress": self.progress})
+        return group
+
+    @property
+    def written(self) -> int:
+        return int(self.progress["written"]) + len(self._buffer)
+
+    def add(self, image: np.ndarray, meta: ImageMeta) -> None:
+        """Queue one image (H, W, 3) uint8; full shards are written as they fill."""
+        if image.shape != (self.height, self.width, 3) or image.dtype != np.uint8:
+            raise StoreError(f"image {meta.source} has shape {image.shape} {image.dtype}, "
+                             f"store expects ({self.height}, {self.width}, 3) uint8")
+        self._buffer.append((image, meta))
+
+    def consumed(self, n_inputs: int, skipped: list | None = None, converted: list | None = None) -> None:
+        """Record that the first ``n_inputs`` inputs are handled; checkpoint whenever a shard is full."""
+        self._pending_consumed = n_inputs
+        if skipped:
+            self.progress["skipped"].extend(skipped)
+        if converted:
+            self.progress["converted"].extend(converted)
+        if len(self._buffer) >= self.shard_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            start = int(self.progress["written"])
+            stop = start + len(self._buffer)
+            g = self.group
+            g["images"][start:stop] = np.stack([img for img, _ in self._buffer])
+            metas = [m for _, m in self._buffer]
+            g["label"][start:stop] = np.array([m.label for m in metas], dtype=np.int16)
+            g["malignant"][start:stop] = np.array([m.malignant for m in metas], dtype=bool)
+            g["patient"][start:stop] = np.array([m.patient for m in metas], dtype=str)
+            g["magnification"][start:stop] = np.array([m.magnification for m in metas], dtype=str)
+            g["source"][start:stop] = np.array([m.source for m in metas], dtype=str)
+            g["orig_size"][start:stop] = np.array([m.orig_size for m in metas], dtype=np.int32)
+            self.progress["written"] = stop
+            self._buffer = []
+        self.progress["consumed"] = self._pending_consumed
+        self.group.attrs["progress"] = self.progress  # the checkpoint: only whole shards are ever counted
+
+    def read_meta(self) -> dict[str, np.ndarray]:
+        """The metadata of everything written so far (after a final flush)."""
+        self._flush()
+        n = int(self.progress["written"])
+        return {"label": self.group["label"][:n], "patient": as_str_array(self.group["patient"][:n]),
+                "magnification": as_str_array(self.group["magnification"][:n])}
+
+    def finalize(self, attrs: dict[str, Any], split: SplitResult, overwrite: bool = False) -> Path:
+        """Trim, write the split, set ``complete`` and rename ``<out>.partial`` -> ``<out>`` atomically."""
+        self._flush()
+        n = int(self.progress["written"])
+        if n == 0:
+            shutil.rmtree(self.partial, ignore_errors=True)
+            raise StoreError("no image could be ingested; nothing was written")
+        g = self.group
+        for name in ("images", "label", "malignant", "patient", "magnification", "source", "orig_size"):
+            arr = g[name]
+            arr.resize((n,) + tuple(arr.shape[1:]))
+        assert_patient_disjoint(g["patient"][:], split.codes)
+        g.create_array("split", shape=(n,), dtype="int8", chunks=(min(_META_CHUNK, n),), overwrite=True)
+        g["split"][:] = split.codes
+        final_attrs = dict(attrs)
+        final_attrs["split"] = split.to_attrs(as_str_array(g["patient"][:]))
+        final_attrs["progress"] = self.progress
+        final_attrs["complete"] = True
+        final_attrs["completed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        g.attrs.update(final_attrs)
+        return _atomic_replace(self.partial, self.out, overwrite)
+
+
+def _atomic_replace(src: Path, dst: Path, overwrite: bool) -> Path:
+    if dst.exists():
+        if not overwrite:
+            raise StoreError(f"{dst} exists; pass --overwrite to replace it")
+        trash = dst.with_name(f"{dst.name}.old-{os.getpid()}")
+        os.replace(dst, trash)
+        os.replace(src, dst)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+    return dst
+
+
+class ImageStore:
+    """Read access to a finished image store: metadata in memory, pixels on demand.
+
+    Example::
+
+        store = ImageStore("data/breakhis.zarr")
+        idx = store.select(split="train", magnification="mixed")
+        batch = store.read(idx[:32])          # (32, H, W, 3) uint8
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not (self.path / "zarr.json").exists():
+            what = "no such store" if not self.path.exists() else "not a zarr store"
+            hint = (f" ({partial_path(self.path).name} is an interrupted ingest: re-run it to resume)"
+                    if partial_path(self.path).exists() else "")
+            raise StoreError(f"{self.path}: {what}{hint}")
+        group = _zarr().open_group(str(self.path), mode="r")
+        attrs = dict(group.attrs)
+        if attrs.get("format") != FORMAT:
+            raise StoreError(f"{self.path}: not a histo-bench image store (format {attrs.get('format')!r})")
+        if attrs.get("format_version", 0) > FORMAT_VERSION:
+            raise StoreError(f"{self.path}: store format {attrs['format_version']} is newer than this "
+                             f"histo-bench understands ({FORMAT_VERSION}); upgrade histo-bench")
+        if not attrs.get("complete", False):
+            raise StoreError(f"{self.path}: store is incomplete (interrupted ingest); re-run the ingest")
+        self.group = group
+        self.attrs = attrs
+        self.images = group["images"]
+        self.classes: tuple[str, ...] = tuple(attrs["classes"])
+        self.label = group["label"][:].astype(np.int64)
+        self.malignant = group["malignant"][:]
+        self.patient = as_str_array(group["patient"][:])
+        self.magnification = as_str_array(group["magnification"][:])
+        self.split = group["split"][:]
+        assert_patient_disjoint(self.patient, self.split)
+
+    def __len__(self) -> int:
+        return int(self.label.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def source(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """Original file paths (relative to the ingested root)."""
+        src = as_str_array(self.group["source"][:])
+        return src if indices is None else src[indices]
+
+    def select(self, split: str | None = None, magnification: str | list[str] | tuple[str, ...] | None = None,
+               classes: list[str] | None = None) -> np.ndarray:
+        """Sorted indices of the images in ``split`` ("train"/"val"/"test"/None=all) at the given magnification(s)
+        ("100X", "mixed" = 100X+400X, a list, or None = all)."""
+        mask = np.ones(len(self), dtype=bool)
+        if split is not None:
+            if split not in SPLIT_CODES:
+                raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLIT_CODES)}")
+            mask &= self.split == SPLIT_CODES[split]
+        if magnification is not None:
+            mask &= np.isin(self.magnification, resolve_magnifications(magnification))
+        if classes is not None:
+            unknown = sorted(set(classes) - set(self.classes))
+            if unknown:
+                raise ValueError(f"unknown class(es) {unknown}: the store has {', '.join(self.classes)}")
+            mask &= np.isin(self.label, [self.classes.index(c) for c in classes])
+        return np.flatnonzero(mask)
+
+    def read(self, indices: np.ndarray | list[int]) -> np.ndarray:
+        """Images at ``indices`` (any order, repeats allowed) as (n, H, W, 3) uint8."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size == 0:
+            return np.empty((0, *self.image_shape), dtype=np.uint8)
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        block = self.images.get_orthogonal_selection((uniq,))
+        return block[inverse]
+
+    def counts(self) -> dict[str, Any]:
+        """Images per (class, magnification, split) and patients per split, for reports and ``info``."""
+        out: dict[str, Any] = {"images": len(self), "patients": len(set(self.patient.tolist()))}
+        table: dict[str, dict[str, dict[str, int]]] = {}
+        for s_name, code in SPLIT_CODES.items():
+            in_split = self.split == code
+            if not in_split.any():
+                continue
+            table[s_name] = {}
+            for c_i, c_name in enumerate(self.classes):
+                row = {m: int(np.sum(in_split & (self.label == c_i) & (self.magnification == m)))
+                       for m in self.attrs["magnifications"]}
+                table[s_name][c_name] = row
+        out["table"] = table
+        out["patients_per_split"] = {s: len(set(self.patient[self.split == c].tolist()))
+                                     for s, c in SPLIT_CODES.items() if (self.split == c).any()}
+        return out

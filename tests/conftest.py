@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny BreakHis-layout trees written in milliseconds, and the real sample data when present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ingest.breakhis_names import CLASSES, relative_path
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REAL_BREAKHIS = SHARED_DATA / "breakhis-sample"
+REAL_SVS = SHARED_DATA / "wsi" / "cmu-1-small-region.svs"
+
+
+def write_tree(root: Path, classes=CLASSES, patients: int = 2, mags=("40X", "100X"), images: int = 2,
+               size: tuple[int, int] = (46, 70), seed: int = 0) -> list[Path]:
+    """A BreakHis tree of small random RGB PNGs (height x width = ``size``); returns the written paths."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for c_i, cls in enumerate(classes):
+        for p in range(patients):
+            patient = f"14-{1000 + 10 * c_i + p}"
+            for mag in mags:
+                for k in range(1, images + 1):
+                    path = root / relative_path(cls, patient, mag, k)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+                    paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def tiny_tree(tmp_path: Path) -> Path:
+    """8 classes x 3 patients x 2 magnifications x 2 images of 70x46 px."""
+    root = tmp_path / "breakhis"
+    write_tree(root, patients=3)
+    return root
+
+
+@pytest.fixture
+def real_breakhis() -> Path:
+    if not REAL_BREAKHIS.exists():
+        pytest.skip(f"real BreakHis sample not present at {REAL_BREAKHIS}")
+    return REAL_BREAKHIS
