@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BloscCodec
+
+from ingest.shard_reader import ShardedImageReader
+from ingest.store import ImageStore
+
+
+def _array(path, n=10, shard=4):
+    arr = zarr.create_array(store=str(path), shape=(n, 5, 7, 3), dtype="uint8", chunks=(1, 5, 7, 3),
+                            shards=(shard, 5, 7, 3), fill_value=0,
+                            compressors=BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"))
+    data = np.random.default_rng(0).integers(0, 256, (n, 5, 7, 3), dtype=np.uint8)
+    arr[:] = data
+    return arr, data
+
+
+def test_reads_match_zarr_including_partial_last_shard(tmp_path):
+    _, data = _array(tmp_path / "a.zarr")
+    reader = ShardedImageReader.open(tmp_path / "a.zarr")
+    assert reader is not None
+    for i in range(10):
+        assert np.array_equal(reader.read(i), data[i])
+
+
+def test_store_read_uses_it_and_matches_zarr(tiny_tree, tmp_path):
+    from ingest.breakhis import IngestConfig, ingest_breakhis
+
+    ingest_breakhis(IngestConfig(root=str(tiny_tree), out=str(tmp_path / "s.zarr"), workers=1, shard_size=8))
+    store = ImageStore(tmp_path / "s.zarr")
+    assert store._fast is not None
+    idx = np.random.default_rng(0).integers(0, len(store), 50)
+    assert np.array_equal(store.read(idx), np.stack([store.images[int(i)] for i in idx]))
+    with pytest.raises(IndexError):
+        store.read([len(store)])
+
+
+def test_unsupported_layouts_fall_back_to_zarr(tmp_path):
+    zarr.create_array(store=str(tmp_path / "plain.zarr"), shape=(4, 5, 7, 3), dtype="uint8", chunks=(1, 5, 7, 3))
+    assert ShardedImageReader.open(tmp_path / "plain.zarr") is None  # not sharded
+    zarr.create_array(store=str(tmp_path / "zstd.zarr"), shape=(4, 5, 7, 3), dtype="uint8", chunks=(1, 5, 7, 3),
+                      shards=(2, 5, 7, 3))
+    assert ShardedImageReader.open(tmp_path / "zstd.zarr") is None  # another codec chain
+    assert ShardedImageReader.open(tmp_path / "missing.zarr") is None
+
+
+def test_corrupt_index_is_an_error_naming_the_file(tmp_path):
+    _array(tmp_path / "a.zarr")
+    shard = tmp_path / "a.zarr" / "c" / "0" / "0" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[-10] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(OSError, match="c/0/0/0/0: shard index checksum mismatch"):
+        ShardedImageReader.open(tmp_path / "a.zarr").read(0)
