@@ -47,10 +47,12 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Where to write t
          patients_per_class: Annotated[int, typer.Option(help="Patients per class.")] = 5,
          images: Annotated[int, typer.Option(help="Images per patient per magnification.")] = 6,
          seed: Annotated[int, typer.Option(help="Generator seed (same seed, same pixels).")] = 0,
-         workers: Annotated[int, typer.Option(help="Generator processes.")] = 2) -> None:
+         workers: Annotated[int, typer.Option(help="Generator processes.")] = 2,
+         grid: Annotated[Optional[Path], typer.Option(
+             help="Also write a class x magnification overview PNG here.")] = None) -> None:
     """Generate the synthetic BreakHis demo dataset (8 classes, 4 magnifications, real folder layout)."""
     from ingest.demo import write_demo_tree
-    from ingest.synthetic import SyntheticConfig
+    from ingest.synthetic import SyntheticConfig, make_grid
 
     try:
         config = SyntheticConfig(patients_per_class=patients_per_class, images_per_magnification=images, seed=seed)
@@ -59,6 +61,8 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Where to write t
     with progress_bar("generating") as progress:
         root = write_demo_tree(out, config, progress=progress, workers=workers)
     console.print(f"synthetic BreakHis tree written to [bold]{root}[/]")
+    if grid is not None:
+        console.print(f"overview grid written to [bold]{make_grid(grid, seed=seed, tile_width=200)}[/]")
 
 
 @app.command()

@@ -1,0 +1,68 @@
+"""The embedded default data: a synthetic BreakHis tree and its store, generated on first use.
+
+Every command that takes data falls back to these, so a newcomer's first command works with no download.
+They live under ``$HISTO_BENCH_HOME`` (default ``~/.cache/histo-bench``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from ingest.breakhis_names import MAGNIFICATIONS
+
+log = logging.getLogger(__name__)
+
+#: The demo dataset's size: 8 classes x 5 patients x 4 magnifications x 6 images = 960 images.
+DEMO_PATIENTS_PER_CLASS = 5
+DEMO_IMAGES_PER_MAGNIFICATION = 6
+
+
+def data_home() -> Path:
+    """Where default data is cached: ``$HISTO_BENCH_HOME`` or ``~/.cache/histo-bench``."""
+    return Path(os.environ.get("HISTO_BENCH_HOME", Path.home() / ".cache" / "histo-bench")).expanduser()
+
+
+def demo_config(seed: int = 0):
+    from ingest.synthetic import SyntheticConfig
+
+    return SyntheticConfig(patients_per_class=DEMO_PATIENTS_PER_CLASS,
+                           images_per_magnification=DEMO_IMAGES_PER_MAGNIFICATION,
+                           magnifications=MAGNIFICATIONS, seed=seed)
+
+
+def write_demo_tree(out: str | Path, config=None, progress=None, workers: int = 1) -> Path:
+    """Generate the synthetic BreakHis tree under ``out`` (idempotent) and mark it as synthetic."""
+    from ingest.breakhis import SYNTHETIC_MARKER
+    from ingest.synthetic import generate_tree
+
+    out = Path(out)
+    config = config or demo_config()
+    paths = generate_tree(out, config, progress=progress, workers=workers)
+    marker = {"generator": "histo-bench ingest.synthetic", "config": {
+        k: list(v) if isinstance(v, tuple) else v for k, v in vars(config).items()}, "images": len(paths)}
+    (out / SYNTHETIC_MARKER).write_text(json.dumps(marker, indent=1))
+    return out
+
+
+def demo_tree(progress=None) -> Path:
+    """The default synthetic BreakHis tree, generated on first use."""
+    from ingest.breakhis import SYNTHETIC_MARKER
+
+    root = data_home() / "demo" / "breakhis"
+    if not (root / SYNTHETIC_MARKER).exists():
+        log.info("generating the embedded demo dataset under %s (first use)", root)
+        write_demo_tree(root, progress=progress)
+    return root
+
+
+def demo_store(progress=None) -> Path:
+    """The default image store built from :func:`demo_tree`, ingested on first use."""
+    from ingest.breakhis import IngestConfig, ingest_breakhis
+
+    out = data_home() / "demo" / "breakhis.zarr"
+    root = demo_tree(progress=progress)
+    ingest_breakhis(IngestConfig(root=str(root), out=str(out)), progress=progress)
+    return out
