@@ -123,20 +123,77 @@ def breakhis(
 
 
 @app.command()
+def tile(
+    slides: Annotated[Path, typer.Argument(help="A slide file or a folder of slides (SVS, pyramidal TIFF, NDPI...).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Slide store to write (.zarr); resumable.")],
+    mag: Annotated[Optional[list[float]], typer.Option(
+        "--mag", help="Target magnification(s), e.g. --mag 20 --mag 5 (default 20).")] = None,
+    mpp: Annotated[Optional[list[float]], typer.Option("--mpp", help="Target µm per pixel (repeatable).")] = None,
+    tile_size: Annotated[int, typer.Option(help="Tile side in pixels.")] = 224,
+    tissue_threshold: Annotated[float, typer.Option(help="Minimum tissue fraction to keep a tile.")] = 0.5,
+    base_mag: Annotated[Optional[float], typer.Option(
+        help="Objective power of level 0 (overrides the slide's metadata).")] = None,
+    base_mpp: Annotated[Optional[float], typer.Option(
+        help="µm per pixel of level 0 (overrides the slide's metadata).")] = None,
+    reader: Annotated[str, typer.Option(help="auto, cucim, openslide or tifffile.")] = "auto",
+    multiscale: Annotated[bool, typer.Option(help="Also write concentric 1x/2x/4x/8x fields of view.")] = False,
+    workers: Annotated[int, typer.Option(help="Slides in parallel (local processes).")] = 2,
+    read_workers: Annotated[int, typer.Option(help="Reader threads per batch (cuCIM num_workers).")] = 2,
+    scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address (tcp://HOST:PORT).")] = None,
+) -> None:
+    """Tile whole-slide images: tissue detection, tiles at each magnification, a zarr slide store + overlays."""
+    import ingest.readers  # noqa: F401 - registers the readers
+    from ingest.console import slide_progress
+    from ingest.readers.base import READERS
+    from ingest.report_tables import tiling_tables
+    from ingest.tile_runner import TileRunError, run_tiling
+    from ingest.tiling import SLIDE_EXTENSIONS, TileConfig, find_slides
+
+    if reader != "auto" and reader not in READERS:
+        _fail(f"--reader {reader!r}: use auto or one of {', '.join(READERS.names())}")
+    try:
+        config = TileConfig(magnifications=tuple(mag or ()) if (mag or mpp) else (20.0,), mpps=tuple(mpp or ()),
+                            tile_size=tile_size, tissue_threshold=tissue_threshold, base_magnification=base_mag,
+                            base_mpp=base_mpp, reader=reader, multiscale=multiscale, read_workers=read_workers)
+        paths = find_slides(slides)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if not paths:
+        _fail(f"{slides}: no slide files found (looked for {', '.join(sorted(SLIDE_EXTENSIONS))})")
+    overlay_dir = out.with_name(out.name + ".overlays")
+    with slide_progress(len(paths)) as events:
+        try:
+            summary = run_tiling(paths, out, config, workers=workers, scheduler=scheduler, overlay_dir=overlay_dir,
+                                 events=events)
+        except TileRunError as exc:
+            _fail(str(exc))
+    for renderable in tiling_tables(summary, overlay_dir):
+        stdout.print(renderable)
+    failed = summary.count("failed")
+    if failed:
+        raise typer.Exit(EXIT_ERROR if failed == len(summary.results) else EXIT_SKIPPED)
+
+
+@app.command()
 def info(store: Annotated[Path, typer.Argument(help="A store written by histo-ingest.")]) -> None:
-    """Images per class x magnification x split, patients per split, and where the data came from."""
+    """Summarise a store: an image store (classes x magnifications x splits) or a slide store (tiles per slide)."""
     _print_info(store)
 
 
 def _print_info(path: Path) -> None:
-    from ingest.report_tables import store_tables
-    from ingest.store import ImageStore, StoreError
+    from ingest.report_tables import slide_store_tables, store_tables
+    from ingest.slide_store import FORMAT as SLIDE_FORMAT
+    from ingest.slide_store import SlideStore
+    from ingest.store import ImageStore, StoreError, store_format
 
     try:
-        store = ImageStore(path)
-    except StoreError as exc:
+        if store_format(path) == SLIDE_FORMAT:
+            renderables = slide_store_tables(SlideStore(path))
+        else:
+            renderables = store_tables(ImageStore(path))
+    except (StoreError, RuntimeError) as exc:
         _fail(str(exc))
-    for renderable in store_tables(store):
+    for renderable in renderables:
         stdout.print(renderable)
 
 

@@ -63,3 +63,33 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[i
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+@contextmanager
+def slide_progress(n_slides: int, enabled: bool = True):
+    """:class:`ingest.tile_runner.TileEvents` drawing an overall bar (slides) and one bar per running slide."""
+    from ingest.tile_runner import TileEvents
+
+    if not enabled:
+        yield TileEvents()
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        overall = bar.add_task("slides", total=n_slides)
+        tasks: dict[str, int] = {}
+
+        def started(sid: str) -> None:
+            if sid not in tasks:
+                tasks[sid] = bar.add_task(f"  {sid[:40]}", total=None)
+
+        def step(sid: str, done: int, total: int) -> None:
+            started(sid)
+            bar.update(tasks[sid], completed=done, total=total)
+
+        def finished(result) -> None:
+            bar.advance(overall)
+            if result.slide_id in tasks:
+                bar.remove_task(tasks.pop(result.slide_id))
+
+        yield TileEvents(slide_started=started, slide_progress=step, slide_finished=finished)

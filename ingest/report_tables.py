@@ -48,3 +48,50 @@ def store_tables(store: ImageStore) -> list:
         parts.append(Text(f"{len(summary['skipped'])} input file(s) were skipped at ingest "
                           "(listed in the store attrs 'summary.skipped')", style="yellow"))
     return [Group(*parts)]
+
+
+def tiling_tables(summary, overlay_dir) -> list:
+    """Per-slide outcome, tiles per scale and per-stage time after ``histo-ingest tile``."""
+    scales = sorted({k for r in summary.results for k in r.tiles})
+    table = Table(title=f"{summary.store}: {len(summary.results)} slide(s)", title_justify="left")
+    for col in ("slide", "status", "reader", "mpp", "mag", *scales, "seconds"):
+        table.add_column(col, justify="left" if col in ("slide", "status", "reader") else "right")
+    for r in summary.results:
+        status = {"failed": "[red]failed[/]", "empty": "[yellow]no tissue[/]"}.get(r.status, r.status)
+        table.add_row(r.slide_id, status, r.reader or "-", f"{r.mpp:.3g}" if r.mpp else "-",
+                      f"{r.objective_power:g}" if r.objective_power else "-",
+                      *(str(r.tiles.get(s, "-")) for s in scales), f"{sum(r.timings.values()):.1f}")
+    stages = summary.stage_seconds()
+    lines = [f"{summary.tiles} tiles in {summary.seconds:.1f} s ({summary.tiles_per_s:.0f} tiles/s); "
+             f"done {summary.count('done')}, no tissue {summary.count('empty')}, "
+             f"already complete {summary.count('skipped')}, failed {summary.count('failed')}",
+             "time per stage (s, summed over slides): "
+             + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()),
+             f"overlays (tissue mask + kept tiles): {overlay_dir}"]
+    parts: list = [table, Text("\n".join(lines))]
+    failures = [r for r in summary.results if r.status == "failed"]
+    if failures:
+        parts.append(Text("failed:\n" + "\n".join(f"  {r.line()}" for r in failures), style="red"))
+    return parts
+
+
+def slide_store_tables(store) -> list:
+    """Slides, tiles per scale, reader, mpp and time taken for ``histo-ingest info`` on a slide store."""
+    ids = store.slide_ids()
+    infos = [store.slide(s) for s in ids]
+    scales = sorted({k for i in infos for k in i.tiles})
+    table = Table(title=f"{store.path}: {len(ids)} slide(s)", title_justify="left")
+    for col in ("slide", "reader", "mpp", "mag", "size", *scales, "tissue %", "seconds"):
+        table.add_column(col, justify="left" if col in ("slide", "reader") else "right")
+    for info in infos:
+        a = info.attrs
+        table.add_row(info.slide_id, a.get("reader", "-"), f"{a['mpp']:.3g}" if a.get("mpp") else "-",
+                      f"{a['objective_power']:g}" if a.get("objective_power") else "-",
+                      f"{a['width']}x{a['height']}", *(str(info.tiles.get(s, "-")) for s in scales),
+                      f"{100 * a.get('tissue_fraction', 0):.1f}", f"{sum(a.get('timings', {}).values()):.1f}")
+    parts: list = [table]
+    partial = store.partial_ids()
+    if partial:
+        parts.append(Text(f"{len(partial)} interrupted slide(s), redone on the next run: {', '.join(partial)}",
+                          style="yellow"))
+    return parts

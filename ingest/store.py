@@ -21,6 +21,7 @@ config are ingested again.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ingest.breakhis_names import resolve_magnifications
-from ingest.shard_reader import ShardedImageReader
+from ingest.shards import ShardedImageReader
 from ingest.splits import SPLIT_CODES, SplitResult, as_str_array, assert_patient_disjoint
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,14 @@ def is_complete(path: str | Path) -> bool:
         return bool(_zarr().open_group(str(path), mode="r").attrs.get("complete", False))
     except Exception:  # unreadable metadata counts as incomplete
         return False
+
+
+def store_format(path: str | Path) -> str | None:
+    """The ``format`` attribute of the zarr group at ``path`` (None when it has none or is not a zarr group)."""
+    meta = Path(path) / "zarr.json"
+    if not meta.exists():
+        return None
+    return json.loads(meta.read_text()).get("attributes", {}).get("format")
 
 
 @dataclass
@@ -296,7 +305,7 @@ class ImageStore:
         """Images at ``indices`` (any order, repeats allowed) as (n, H, W, 3) uint8.
 
         Images are fetched concurrently (the Blosc decode releases the GIL) straight from the shard files
-        (:mod:`ingest.shard_reader`); zarr's own integer indexing is several times slower for random batches.
+        (:mod:`ingest.shards`); zarr's own integer indexing is several times slower for random batches.
         """
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size == 0:

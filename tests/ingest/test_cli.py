@@ -47,3 +47,32 @@ def test_help_does_not_import_heavy_libraries():
             "heavy = [m for m in ('torch', 'zarr', 'nvidia.dali', 'cucim', 'cupy') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tile_command_and_info(tmp_path):
+    from ingest.synthetic_wsi import write_corrupt_copies, write_synthetic_slide
+
+    d = tmp_path / "slides"
+    d.mkdir()
+    good = write_synthetic_slide(d / "a.tiff", width=2048, height=1536, seed=2)
+    out = tmp_path / "t.zarr"
+    res = runner.invoke(app, ["tile", str(d), "--out", str(out), "--mag", "10", "--mag", "2.5", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert "a" in res.stdout and "10x" in res.stdout and "2.5x" in res.stdout and "failed 0" in res.stdout
+    assert (tmp_path / "t.zarr.overlays" / "a.png").exists()
+    res = runner.invoke(app, ["info", str(out)])
+    assert res.exit_code == 0 and "1 slide(s)" in res.stdout and "0.25" in res.stdout
+    write_corrupt_copies(good, d)
+    res = runner.invoke(app, ["tile", str(d), "--out", str(out), "--mag", "10", "--workers", "1"])
+    assert res.exit_code == EXIT_SKIPPED  # the good slide was already complete; three broken ones failed
+    assert "already complete 1" in res.stdout and "failed 3" in res.stdout
+
+
+def test_tile_command_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(app, ["tile", str(tmp_path / "empty"), "--out", str(tmp_path / "t.zarr")])
+    assert res.exit_code == EXIT_ERROR and "no slide files found" in res.output
+    res = runner.invoke(app, ["tile", str(tmp_path / "nope"), "--out", str(tmp_path / "t.zarr")])
+    assert res.exit_code == EXIT_ERROR and "no such file or directory" in res.output
+    res = runner.invoke(app, ["tile", str(tmp_path), "--out", str(tmp_path / "t.zarr"), "--reader", "magic"])
+    assert res.exit_code == EXIT_ERROR and "use auto or one of" in res.output

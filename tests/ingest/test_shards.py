@@ -3,7 +3,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec
 
-from ingest.shard_reader import ShardedImageReader
+from ingest.shards import ShardedImageReader, ShardWriter
 from ingest.store import ImageStore
 
 
@@ -53,3 +53,20 @@ def test_corrupt_index_is_an_error_naming_the_file(tmp_path):
     shard.write_bytes(bytes(raw))
     with pytest.raises(OSError, match="c/0/0/0/0: shard index checksum mismatch"):
         ShardedImageReader.open(tmp_path / "a.zarr").read(0)
+
+
+def test_writer_output_is_read_back_by_zarr_and_the_reader(tmp_path):
+    arr, _ = _array(tmp_path / "a.zarr", n=10, shard=4)
+    new = np.random.default_rng(5).integers(0, 256, (10, 5, 7, 3), dtype=np.uint8)
+    writer = ShardWriter.open(tmp_path / "a.zarr")
+    writer.write_shard(0, new[0:4])
+    writer.write_shard(1, new[4:8])
+    writer.write_shard(2, new[8:10])  # the last, partial shard
+    reopened = zarr.open_array(str(tmp_path / "a.zarr"), mode="r")
+    assert np.array_equal(reopened[:], new)
+    reader = ShardedImageReader.open(tmp_path / "a.zarr")
+    assert all(np.array_equal(reader.read(i), new[i]) for i in range(10))
+    writer.write_shard(1, new[4:6])  # a shard with absent chunks: zarr fills them
+    assert np.array_equal(zarr.open_array(str(tmp_path / "a.zarr"), mode="r")[6:8], np.zeros((2, 5, 7, 3)))
+    with pytest.raises(ValueError, match="expected 1..4 items"):
+        writer.write_shard(0, new[:5])

@@ -1,0 +1,189 @@
+"""Many slides: in this process, in a local process pool, or as tasks on an existing Dask cluster.
+
+Each slide is one task (:func:`ingest.tiling.tile_slide`), writing its own group of the store, so tasks share
+nothing but the store folder. Finished slides are skipped on a rerun; interrupted ones are redone. With a local
+pool, workers report per-slide tile progress through a queue; Dask tasks report when they finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import queue
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ingest.slide_store import init_store
+from ingest.tiling import SlideResult, TileConfig, slide_id_for, tile_slide
+
+log = logging.getLogger(__name__)
+
+
+class TileRunError(RuntimeError):
+    """The run cannot start (no slides, unwritable store, unreachable scheduler); the message says why."""
+
+
+@dataclass
+class TileEvents:
+    """Callbacks the CLI uses to draw progress (all optional)."""
+
+    slide_started: Callable[[str], None] = lambda sid: None
+    slide_progress: Callable[[str, int, int], None] = lambda sid, done, total: None
+    slide_finished: Callable[[SlideResult], None] = lambda result: None
+
+
+@dataclass
+class TileRunSummary:
+    """Every slide's result plus totals."""
+
+    store: str
+    results: list[SlideResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def tiles(self) -> int:
+        return sum(sum(r.tiles.values()) for r in self.results if r.status == "done")
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.tiles / self.seconds if self.seconds > 0 else 0.0
+
+    def stage_seconds(self) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for r in self.results:
+            for k, v in r.timings.items():
+                total[k] = total.get(k, 0.0) + v
+        return total
+
+
+def _check_unique_ids(slides: list[Path]) -> None:
+    seen: dict[str, Path] = {}
+    for p in slides:
+        sid = slide_id_for(p)
+        if sid in seen:
+            raise TileRunError(f"two slides would share the store name {sid!r}: {seen[sid]} and {p}; rename one")
+        seen[sid] = p
+
+
+def _queue_progress(q):
+    return lambda sid, done, total: q.put(("progress", sid, done, total))
+
+
+def _pool_task(path: str, store: str, config: TileConfig, overlay_dir: str | None, q) -> SlideResult:
+    q.put(("start", slide_id_for(Path(path)), 0, 0))
+    return tile_slide(path, store, config, overlay_dir=overlay_dir, progress=_queue_progress(q))
+
+
+def run_tiling(slides: list[Path], store: str | Path, config: TileConfig, *, workers: int = 1,
+               scheduler: str | None = None, overlay_dir: str | Path | None = None,
+               events: TileEvents | None = None) -> TileRunSummary:
+    """Tile ``slides`` into ``store``: serially (``workers=1``), on a local process pool, or on the Dask cluster at
+    ``scheduler`` (``tcp://host:port``)."""
+    events = events or TileEvents()
+    if not slides:
+        raise TileRunError("no slides to tile")
+    _check_unique_ids(slides)
+    try:
+        init_store(store)
+    except Exception as exc:
+        raise TileRunError(str(exc)) from exc
+    t0 = time.perf_counter()
+    summary = TileRunSummary(store=str(store))
+    ov = str(overlay_dir) if overlay_dir is not None else None
+    if scheduler:
+        results = _run_dask(slides, store, config, scheduler, ov, events)
+    elif workers <= 1 or len(slides) == 1:
+        results = []
+        for p in slides:
+            events.slide_started(slide_id_for(p))
+            res = tile_slide(p, store, config, overlay_dir=ov, progress=events.slide_progress)
+            events.slide_finished(res)
+            results.append(res)
+    else:
+        results = _run_pool(slides, store, config, workers, ov, events)
+    order = {str(p): i for i, p in enumerate(slides)}
+    summary.results = sorted(results, key=lambda r: order.get(r.path, 0))
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _run_pool(slides, store, config, workers, overlay_dir, events) -> list[SlideResult]:
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                      else "spawn")
+    manager = ctx.Manager()
+    q = manager.Queue()
+    results: list[SlideResult] = []
+    try:
+        with ProcessPoolExecutor(max_workers=min(workers, len(slides)), mp_context=ctx) as pool:
+            futures = {pool.submit(_pool_task, str(p), str(store), config, overlay_dir, q): p for p in slides}
+            pending = set(futures)
+            while pending:
+                _drain(q, events)
+                finished = [f for f in pending if f.done()]
+                for fut in finished:
+                    pending.discard(fut)
+                    _drain(q, events)
+                    res = _result_or_failure(fut, futures[fut])
+                    events.slide_finished(res)
+                    results.append(res)
+                if pending:
+                    time.sleep(0.05)
+            _drain(q, events)
+    finally:
+        manager.shutdown()
+    return results
+
+
+def _drain(q, events: TileEvents) -> None:
+    while True:
+        try:
+            kind, sid, done, total = q.get_nowait()
+        except queue.Empty:
+            return
+        if kind == "start":
+            events.slide_started(sid)
+        else:
+            events.slide_progress(sid, done, total)
+
+
+def _result_or_failure(fut, path: Path) -> SlideResult:
+    try:
+        return fut.result()
+    except Exception as exc:  # a worker that died (e.g. killed for memory) fails only its slide
+        return SlideResult(path=str(path), slide_id=slide_id_for(path), status="failed",
+                           error=f"worker failed: {type(exc).__name__}: {exc}")
+
+
+def _run_dask(slides, store, config, scheduler, overlay_dir, events) -> list[SlideResult]:
+    try:
+        from distributed import Client
+        from distributed import as_completed as dask_as_completed
+    except ImportError as exc:
+        raise TileRunError("--scheduler needs dask distributed (pip install 'histo-bench[cluster]')") from exc
+    try:
+        client = Client(scheduler, timeout="10s")
+    except OSError as exc:
+        raise TileRunError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
+    results = []
+    try:
+        log.info("tiling %d slides on the Dask cluster at %s (%d workers)", len(slides), scheduler,
+                 len(client.scheduler_info().get("workers", {})))
+        futures = [client.submit(tile_slide, str(p), str(store), config, overlay_dir=overlay_dir, pure=False,
+                                 key=f"tile-{i}-{slide_id_for(p)}") for i, p in enumerate(slides)]
+        by_key = {f.key: p for f, p in zip(futures, slides, strict=True)}
+        for p in slides:
+            events.slide_started(slide_id_for(p))
+        for fut in dask_as_completed(futures):
+            res = _result_or_failure(fut, by_key[fut.key])
+            events.slide_finished(res)
+            results.append(res)
+    finally:
+        client.close()
+    return results
+

@@ -1,0 +1,324 @@
+"""Whole-slide images -> tissue tiles at one or more magnifications, one slide at a time.
+
+For each slide: open it with the first reader that can (cuCIM, OpenSlide, tifffile), build a thumbnail and a
+tissue mask, lay a grid per requested scale, keep the tiles whose tissue fraction reaches the threshold, read only
+those (batched, from the best pyramid level), resize the rest of the way, and write them to the slide store. Each
+stage is timed. Any failure becomes a one-line :class:`SlideResult` error; it never stops the other slides.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ingest.grid import BaseResolution, Scale, ScaleError, concentric_boxes, grid
+from ingest.readers.base import ReaderError, SlideReader, open_slide
+from ingest.slide_store import SlideStoreError, SlideWriter, init_store, slide_status
+from ingest.tissue import TissueConfig, detect_tissue, tile_fractions
+
+log = logging.getLogger(__name__)
+
+SLIDE_EXTENSIONS = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".scn", ".mrxs", ".vms", ".vmu", ".bif",
+                              ".svslide", ".png", ".jpg", ".jpeg"})
+#: (slide_id, done, total) for the tiles of one slide.
+SlideProgress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """What ``histo-ingest tile`` does to each slide.
+
+    Attributes:
+        magnifications: target objective magnifications (e.g. 20, 5); each becomes a scale of the store.
+        mpps: target µm per pixel (e.g. 0.5); each becomes a scale too.
+        tile_size: output tile side in pixels.
+        tissue_threshold: minimum tissue fraction for a tile to be kept (0 keeps every tile).
+        base_magnification: objective power of level 0, overriding (or standing in for) the slide's metadata.
+        base_mpp: µm per pixel of level 0, overriding (or standing in for) the slide's metadata.
+        reader: ``auto`` or a reader name.
+        multiscale: also write concentric fields of view (``fields`` x the tile) around each tile of the first
+            scale, for the multi-input fusion model.
+        fields: field-of-view factors for ``multiscale``.
+        batch_size: regions per batched read (and per write).
+        read_workers: threads the reader may use for a batch (cuCIM's ``num_workers``).
+        shard_size: tiles per shard file.
+        clevel: zstd level of the tile store.
+        tissue: tissue-detection settings.
+    """
+
+    magnifications: tuple[float, ...] = (20.0,)
+    mpps: tuple[float, ...] = ()
+    tile_size: int = 224
+    tissue_threshold: float = 0.5
+    base_magnification: float | None = None
+    base_mpp: float | None = None
+    reader: str = "auto"
+    multiscale: bool = False
+    fields: tuple[int, ...] = (1, 2, 4, 8)
+    batch_size: int = 64
+    read_workers: int = 2
+    shard_size: int = 64
+    clevel: int = 1
+    tissue: TissueConfig = field(default_factory=TissueConfig)
+
+    def __post_init__(self) -> None:
+        if not self.magnifications and not self.mpps:
+            raise ValueError("give at least one --mag or --mpp")
+        if self.tile_size < 16:
+            raise ValueError("tile_size must be >= 16")
+        if not 0.0 <= self.tissue_threshold <= 1.0:
+            raise ValueError("tissue_threshold must be in [0, 1]")
+        if self.batch_size < 1 or self.read_workers < 1 or self.shard_size < 1:
+            raise ValueError("batch_size, read_workers and shard_size must be >= 1")
+
+
+@dataclass
+class SlideResult:
+    """What happened to one slide."""
+
+    path: str
+    slide_id: str
+    status: str  # done | empty (no tissue) | skipped (already complete) | failed
+    error: str | None = None
+    reader: str | None = None
+    tiles: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    mpp: float | None = None
+    objective_power: float | None = None
+
+    def line(self) -> str:
+        if self.status == "failed":
+            return f"{self.path}: {self.error}"
+        counts = ", ".join(f"{k}: {v}" for k, v in self.tiles.items())
+        return f"{self.path}: {self.status} ({counts})" if counts else f"{self.path}: {self.status}"
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {"open": 0.0, "tissue": 0.0, "read": 0.0, "resize": 0.0, "write": 0.0}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def slide_id_for(path: Path) -> str:
+    """The store name of a slide: its file name without the extension (spaces and non-ASCII are kept)."""
+    return path.name[: -len(path.suffix)] if path.suffix else path.name
+
+
+def find_slides(root: str | Path) -> list[Path]:
+    """Slide files under ``root`` (a file is taken as is), sorted; hidden files are ignored."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such file or directory")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS
+                  and not p.name.startswith("."))
+
+
+def resize_batch(batch: np.ndarray, size: int) -> np.ndarray:
+    """(N, s, s, 3) -> (N, size, size, 3): block averaging for integer factors, Pillow's box filter otherwise."""
+    s = batch.shape[1]
+    if s == size:
+        return batch
+    if s % size == 0:
+        f = s // size
+        return batch.reshape(len(batch), size, f, size, f, 3).mean(axis=(2, 4)).round().astype(np.uint8)
+    resample = Image.Resampling.BOX if s > size else Image.Resampling.BILINEAR
+    return np.stack([np.asarray(Image.fromarray(t).resize((size, size), resample)) for t in batch])
+
+
+def _scales(reader: SlideReader, config: TileConfig) -> list[Scale]:
+    base = BaseResolution(magnification=config.base_magnification or reader.objective_power,
+                          mpp=config.base_mpp or reader.mpp)
+    return ([base.resolve(magnification=m) for m in config.magnifications]
+            + [base.resolve(mpp=m) for m in config.mpps])
+
+
+#: At most this many horizontally adjacent tiles are read as one region.
+MAX_RUN = 16
+
+
+def _runs(chunk: list[tuple[int, int]], step0: float | None) -> list[tuple[int, int]]:
+    """(start, length) runs of consecutive tiles in ``chunk`` that touch left-to-right on one row (``step0`` apart
+    in level-0 pixels); every tile is its own run when ``step0`` is None."""
+    runs: list[tuple[int, int]] = []
+    for k, (x, y) in enumerate(chunk):
+        if (step0 is not None and runs and runs[-1][1] < MAX_RUN
+                and chunk[k - 1][1] == y and x - chunk[k - 1][0] == step0):
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((k, 1))
+    return runs
+
+
+def _read_tiles(reader: SlideReader, xys: np.ndarray, downsample: float, config: TileConfig, timer: _Timer):
+    """Yield (start, (N, T, T, 3)) batches of the tiles at level-0 ``xys`` for a scale of ``downsample``.
+
+    Tiles that touch on a row are read as one wider region and cut up: fewer calls, and each JPEG tile of the
+    slide is decoded once instead of once per overlapping tile (the pixels are the same when the level's
+    downsample is a whole number, which is when runs are formed).
+    """
+    level = reader.best_level_for_downsample(downsample)
+    level_ds = reader.levels[level].downsample
+    region = max(1, round(config.tile_size * downsample / level_ds))
+    step0 = region * level_ds if float(level_ds).is_integer() else None
+    for start in range(0, len(xys), config.batch_size):
+        chunk = [(int(x), int(y)) for x, y in xys[start:start + config.batch_size]]
+        runs = _runs(chunk, step0)
+        with timer("read"):
+            batch = np.empty((len(chunk), region, region, 3), np.uint8)
+            by_width: dict[int, list[tuple[int, int]]] = {}
+            for k, n in runs:
+                by_width.setdefault(n, []).append((k, n))
+            for n, group in by_width.items():
+                strips = reader.read_regions([chunk[k] for k, _ in group], (region * n, region), level,
+                                             num_workers=config.read_workers)
+                for (k, _), strip in zip(group, strips, strict=True):
+                    batch[k:k + n] = strip.reshape(region, n, region, 3).transpose(1, 0, 2, 3)
+        with timer("resize"):
+            batch = resize_batch(batch, config.tile_size)
+        yield start, batch
+
+
+def overlay_png(thumbnail: np.ndarray, mask: np.ndarray, boxes: np.ndarray, box_size: float, out: Path) -> Path:
+    """The thumbnail with the tissue mask tinted green and kept tiles outlined (boxes in thumbnail pixels)."""
+    from PIL import ImageDraw
+
+    img = thumbnail.astype(np.float32)
+    tint = np.array([40, 200, 60], np.float32)
+    img[mask] = 0.65 * img[mask] + 0.35 * tint
+    pil = Image.fromarray(img.astype(np.uint8))
+    draw = ImageDraw.Draw(pil)
+    for x, y in boxes:
+        draw.rectangle([float(x), float(y), float(x + box_size), float(y + box_size)], outline=(20, 40, 160))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pil.save(out)
+    return out
+
+
+def tile_slide(path: str | Path, store: str | Path, config: TileConfig, *, overlay_dir: str | Path | None = None,
+               progress: SlideProgress | None = None) -> SlideResult:
+    """Tile one slide into ``store`` (see the module doc). Never raises for a bad slide: the result says why."""
+    path = Path(path)
+    sid = slide_id_for(path)
+    result = SlideResult(path=str(path), slide_id=sid, status="failed")
+    timer = _Timer()
+    try:
+        init_store(store)
+        if slide_status(store, sid) == "complete":
+            result.status = "skipped"
+            return result
+        with timer("open"):
+            reader = open_slide(path, config.reader)
+        with reader:
+            result.reader, result.mpp, result.objective_power = reader.name, reader.mpp, reader.objective_power
+            _tile_open_slide(reader, path, sid, Path(store), config, timer, result, overlay_dir, progress)
+    except (ReaderError, ScaleError, SlideStoreError) as exc:
+        result.error = str(exc).removeprefix(f"{path}: ")
+    except (OSError, ValueError, RuntimeError, MemoryError) as exc:  # a slide that breaks mid-read
+        result.error = f"{type(exc).__name__}: {exc}"
+    result.timings = {k: round(v, 4) for k, v in timer.seconds.items()}
+    if result.status == "failed":
+        log.warning("failed %s: %s", path, result.error)
+    return result
+
+
+def _tile_open_slide(reader: SlideReader, path: Path, sid: str, store: Path, config: TileConfig, timer: _Timer,
+                     result: SlideResult, overlay_dir, progress) -> None:
+    scales = _scales(reader, config)
+    w0, h0 = reader.dimensions
+    with timer("tissue"):
+        thumb = reader.thumbnail(config.tissue.thumbnail_max_side)
+        mask = detect_tissue(thumb, config.tissue)
+    thumb_ds = w0 / thumb.shape[1]
+    plans = []
+    for scale in scales:
+        size0 = config.tile_size * scale.downsample
+        xs, ys = grid(w0, h0, size0)
+        frac = tile_fractions(mask, thumb_ds, xs, ys, size0)
+        keep = frac >= config.tissue_threshold if config.tissue_threshold > 0 else np.ones(len(xs), bool)
+        plans.append((scale, np.stack([xs[keep], ys[keep]], axis=1), frac[keep], size0))
+    total = sum(len(p[1]) for p in plans) * (1 + (len(config.fields) if config.multiscale else 0))
+    with timer("write"):
+        writer = SlideWriter(store, sid, config.tile_size, shard_size=config.shard_size, clevel=config.clevel)
+        writer.write_thumbnail(thumb, mask)
+    done = 0
+    scale_attrs = {}
+    for k, (scale, xys, frac, size0) in enumerate(plans):
+        fields = len(config.fields) if (config.multiscale and k == 0) else 0
+        with timer("write"):
+            writer.create_scale(scale.label, len(xys), fields)
+            writer.write_meta(scale.label, xys.reshape(-1, 2), frac)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-write") as write_pool:
+            pending: deque[Future] = deque()
+            for start, batch in _read_tiles(reader, xys, scale.downsample, config, timer):
+                # the next batch is read while this one is encoded and written (bounded: two in flight)
+                pending.append(write_pool.submit(_timed_write, timer, writer, scale.label, start, batch))
+                if len(pending) > 2:
+                    pending.popleft().result()
+                done += len(batch)
+                if progress:
+                    progress(sid, done, total)
+            while pending:
+                pending.popleft().result()
+        if fields:
+            done = _write_multiscale(reader, writer, scale, xys, size0, config, timer, progress, sid, done, total)
+        level = reader.best_level_for_downsample(scale.downsample)
+        scale_attrs[scale.label] = {"downsample": scale.downsample, "level": level, "tiles": int(len(xys)),
+                                    "tile_size0": size0}
+        result.tiles[scale.label] = int(len(xys))
+    if overlay_dir is not None and plans:
+        scale, xys, _, size0 = plans[0]
+        overlay_png(thumb, mask, xys / thumb_ds, size0 / thumb_ds, Path(overlay_dir) / f"{sid}.png")
+    with timer("write"):
+        writer.finalize({
+            "source": str(path), "reader": reader.name, "mpp": reader.mpp, "objective_power": reader.objective_power,
+            "base_magnification": config.base_magnification, "base_mpp": config.base_mpp,
+            "width": w0, "height": h0, "levels": [asdict(lv) for lv in reader.levels],
+            "tile_size": config.tile_size, "tissue_threshold": config.tissue_threshold,
+            "thumbnail_downsample": thumb_ds, "tissue_fraction": float(mask.mean()), "scales": scale_attrs,
+            "multiscale_fields": list(config.fields) if config.multiscale else [],
+            "timings": {k: round(v, 4) for k, v in timer.seconds.items()},
+        })
+    result.status = "done" if any(result.tiles.values()) else "empty"
+    if result.status == "empty":
+        log.warning("%s: no tissue tile reached the threshold %.2f (tissue covers %.1f%% of the thumbnail)",
+                    path, config.tissue_threshold, 100 * float(mask.mean()))
+
+
+def _timed_write(timer: _Timer, writer: SlideWriter, label: str, start: int, batch: np.ndarray) -> None:
+    with timer("write"):
+        writer.write_tiles(label, start, batch)
+
+
+def _write_multiscale(reader, writer, scale, xys, size0, config, timer, progress, sid, done, total) -> int:
+    """Concentric fields of view around each tile, batch by batch (memory stays bounded by one batch)."""
+    boxes = concentric_boxes(xys[:, 0], xys[:, 1], size0, config.fields)
+    for start in range(0, len(xys), config.batch_size):
+        views = []
+        for k, f in enumerate(config.fields):
+            chunk = boxes[start:start + config.batch_size, k]
+            views.extend(batch for _, batch in _read_tiles(reader, chunk, scale.downsample * f, config, timer))
+        stacked = np.stack(views, axis=1)
+        with timer("write"):
+            writer.write_tiles(scale.label, start, stacked, kind="multiscale")
+        done += stacked.shape[0] * stacked.shape[1]
+        if progress:
+            progress(sid, done, total)
+    return done
