@@ -33,8 +33,9 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 install: $(STAMP)
 
 demo: install
-	$(BIN)/histo-ingest demo --out $(DEMO_DIR)/breakhis
+	$(BIN)/histo-ingest demo --out $(DEMO_DIR)/breakhis --slides $(DEMO_DIR)/slides
 	$(BIN)/histo-ingest breakhis $(DEMO_DIR)/breakhis --out $(DEMO_DIR)/breakhis.zarr
+	$(BIN)/histo-ingest tile $(DEMO_DIR)/slides --out $(DEMO_DIR)/tiles.zarr --mag 20 --mag 5
 
 lint: install
 	$(BIN)/ruff check .

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -39,6 +40,25 @@ def env(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead
     for name, version in {**info["core"], **info["optional"]}.items():
         table.add_row(name, version or "[dim]not installed[/]", OPTIONAL_PACKAGES.get(name, "core"))
     stdout.print(table)
+
+
+@app.command("tile-bench")
+def tile_bench(
+    size: Annotated[int, typer.Option(help="Side of the synthetic slide (pixels).")] = 20000,
+    mag: Annotated[float, typer.Option("--mag", help="Target magnification (the slide is 40x).")] = 40,
+    tile_size: Annotated[int, typer.Option(help="Tile side in pixels.")] = 224,
+    read_workers: Annotated[int, typer.Option(help="Reader threads per batch.")] = 2,
+    workdir: Annotated[Path, typer.Option(help="Where the slide and scratch stores go.")] = Path("data/tile-bench"),
+    out: Annotated[Path, typer.Option(help="Where the JSON + Markdown results go.")] = Path("bench_results/tiling"),
+) -> None:
+    """Tiles/s of `histo-ingest tile` per reader vs a naive OpenSlide read_region + PNG loop, same slide, same run."""
+    from benchmark.tiling import run_tiling_benchmark, save, to_markdown
+
+    result = run_tiling_benchmark(workdir, size=size, magnification=mag, tile_size=tile_size,
+                                  read_workers=read_workers)
+    path = save(result, out)
+    stdout.print(to_markdown(result), markup=False)
+    stdout.print(f"saved to {path}")
 
 
 def main() -> None:

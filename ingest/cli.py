@@ -49,9 +49,11 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Where to write t
          seed: Annotated[int, typer.Option(help="Generator seed (same seed, same pixels).")] = 0,
          workers: Annotated[int, typer.Option(help="Generator processes.")] = 2,
          grid: Annotated[Optional[Path], typer.Option(
-             help="Also write a class x magnification overview PNG here.")] = None) -> None:
+             help="Also write a class x magnification overview PNG here.")] = None,
+         slides: Annotated[Optional[Path], typer.Option(
+             help="Also write synthetic pyramidal slides (40x, 0.25 µm/px) into this folder.")] = None) -> None:
     """Generate the synthetic BreakHis demo dataset (8 classes, 4 magnifications, real folder layout)."""
-    from ingest.demo import write_demo_tree
+    from ingest.demo import write_demo_slides, write_demo_tree
     from ingest.synthetic import SyntheticConfig, make_grid
 
     try:
@@ -63,6 +65,9 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Where to write t
     console.print(f"synthetic BreakHis tree written to [bold]{root}[/]")
     if grid is not None:
         console.print(f"overview grid written to [bold]{make_grid(grid, seed=seed, tile_width=200)}[/]")
+    if slides is not None:
+        paths = write_demo_slides(slides)
+        console.print(f"{len(paths)} synthetic slides written to [bold]{slides}[/]")
 
 
 @app.command()
@@ -124,8 +129,9 @@ def breakhis(
 
 @app.command()
 def tile(
-    slides: Annotated[Path, typer.Argument(help="A slide file or a folder of slides (SVS, pyramidal TIFF, NDPI...).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Slide store to write (.zarr); resumable.")],
+    slides: Annotated[Optional[Path], typer.Argument(
+        help="A slide file or a folder of slides (SVS, pyramidal TIFF, NDPI...). Default: the demo slides.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Slide store to write (.zarr); resumable.")] = None,
     mag: Annotated[Optional[list[float]], typer.Option(
         "--mag", help="Target magnification(s), e.g. --mag 20 --mag 5 (default 20).")] = None,
     mpp: Annotated[Optional[list[float]], typer.Option("--mpp", help="Target µm per pixel (repeatable).")] = None,
@@ -149,6 +155,13 @@ def tile(
     from ingest.tile_runner import TileRunError, run_tiling
     from ingest.tiling import SLIDE_EXTENSIONS, TileConfig, find_slides
 
+    if slides is None:
+        from ingest.demo import data_home, demo_slides
+
+        slides = demo_slides()
+        out = out or data_home() / "demo" / "tiles.zarr"
+    if out is None:
+        _fail("--out is required when SLIDES are given (e.g. --out data/tiles.zarr)")
     if reader != "auto" and reader not in READERS:
         _fail(f"--reader {reader!r}: use auto or one of {', '.join(READERS.names())}")
     try:

@@ -45,7 +45,8 @@ class _Rate(ProgressColumn):
     """Items per second."""
 
     def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:,.1f}/s" if task.speed else "", style="cyan")
+        show = task.fields.get("rate", True) and task.speed
+        return Text(f"{task.speed:,.1f}/s" if show else "", style="cyan")
 
 
 @contextmanager
@@ -76,7 +77,7 @@ def slide_progress(n_slides: int, enabled: bool = True):
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:
-        overall = bar.add_task("slides", total=n_slides)
+        overall = bar.add_task("slides", total=n_slides, rate=False)
         tasks: dict[str, int] = {}
 
         def started(sid: str) -> None:

@@ -66,3 +66,29 @@ def demo_store(progress=None) -> Path:
     root = demo_tree(progress=progress)
     ingest_breakhis(IngestConfig(root=str(root), out=str(out)), progress=progress)
     return out
+
+
+#: The demo slides: (name, side in pixels, seed); 40x, 0.25 µm/px synthetic pyramidal TIFFs.
+DEMO_SLIDES: tuple[tuple[str, int, int], ...] = (("demo-slide-1", 8192, 0), ("demo-slide-2", 6144, 1))
+
+
+def write_demo_slides(out: str | Path) -> list[Path]:
+    """Write the synthetic demo slides into ``out`` (kept when already there)."""
+    from ingest.synthetic_wsi import write_synthetic_slide
+
+    out = Path(out)
+    paths = []
+    for name, side, seed in DEMO_SLIDES:
+        path = out / f"{name}.tiff"
+        if not path.exists():
+            log.info("writing synthetic slide %s (%dx%d)", path, side, side)
+            write_synthetic_slide(path, width=side, height=side, seed=seed)
+        paths.append(path)
+    return paths
+
+
+def demo_slides() -> Path:
+    """The folder of default synthetic slides, generated on first use."""
+    root = data_home() / "demo" / "slides"
+    write_demo_slides(root)
+    return root

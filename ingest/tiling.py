@@ -132,13 +132,13 @@ def find_slides(root: str | Path) -> list[Path]:
 
 
 def resize_batch(batch: np.ndarray, size: int) -> np.ndarray:
-    """(N, s, s, 3) -> (N, size, size, 3): block averaging for integer factors, Pillow's box filter otherwise."""
+    """(N, s, s, 3) -> (N, size, size, 3): exact block averaging for integer factors (Pillow's ``reduce``, ~10x
+    faster than a numpy reshape-mean), Pillow's box filter otherwise."""
     s = batch.shape[1]
     if s == size:
         return batch
     if s % size == 0:
-        f = s // size
-        return batch.reshape(len(batch), size, f, size, f, 3).mean(axis=(2, 4)).round().astype(np.uint8)
+        return np.stack([np.asarray(Image.fromarray(t).reduce(s // size)) for t in batch])
     resample = Image.Resampling.BOX if s > size else Image.Resampling.BILINEAR
     return np.stack([np.asarray(Image.fromarray(t).resize((size, size), resample)) for t in batch])
 
@@ -197,12 +197,15 @@ def _read_tiles(reader: SlideReader, xys: np.ndarray, downsample: float, config:
 
 
 def overlay_png(thumbnail: np.ndarray, mask: np.ndarray, boxes: np.ndarray, box_size: float, out: Path) -> Path:
-    """The thumbnail with the tissue mask tinted green and kept tiles outlined (boxes in thumbnail pixels)."""
+    """The thumbnail with the tissue mask's outline in green (lightly tinted inside) and the kept tiles outlined
+    in blue (boxes in thumbnail pixels)."""
     from PIL import ImageDraw
+    from scipy.ndimage import binary_erosion
 
     img = thumbnail.astype(np.float32)
-    tint = np.array([40, 200, 60], np.float32)
-    img[mask] = 0.65 * img[mask] + 0.35 * tint
+    img[mask] = 0.85 * img[mask] + 0.15 * np.array([40, 200, 60], np.float32)
+    edge = mask & ~binary_erosion(mask, iterations=2)
+    img[edge] = (20, 170, 40)
     pil = Image.fromarray(img.astype(np.uint8))
     draw = ImageDraw.Draw(pil)
     for x, y in boxes:

@@ -31,7 +31,7 @@ class TissueConfig:
             as real gaps between tissue pieces, stay background).
     """
 
-    thumbnail_max_side: int = 2048
+    thumbnail_max_side: int = 1024
     min_saturation: float = 0.07
     max_brightness: float = 0.98
     closing_px: int = 2

@@ -163,3 +163,14 @@ def test_real_aperio_slide(tmp_path):
     assert res.tiles == {"20x": (2220 // 224) * (2967 // 224), "5x": 2 * 3}  # 9 x 13 and 2 x 3
     res = tile_slide(REAL_SVS, tmp_path / "t.zarr", TileConfig(magnifications=(20,), tissue_threshold=0.5))
     assert 20 < res.tiles["20x"] < 117  # tissue is a band through the middle of the slide
+
+
+def test_resize_batch_block_mean_and_box_filter():
+    from ingest.tiling import resize_batch
+
+    batch = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    out = resize_batch(batch, 4)
+    expected = batch.reshape(3, 4, 2, 4, 2, 3).astype(float).mean(axis=(2, 4))
+    assert out.shape == (3, 4, 4, 3) and np.abs(out - expected).max() <= 0.5 + 1e-9
+    assert resize_batch(batch, 8) is batch
+    assert resize_batch(batch, 5).shape == (3, 5, 5, 3)
