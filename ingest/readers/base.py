@@ -124,6 +124,20 @@ class SlideReader(ABC):
         return thumb
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (libraries put newlines in theirs), or its type name."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def positive_float(value: object) -> float | None:
+    """``float(value)`` when that is a positive number, else None (for metadata such as mpp)."""
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return out if out > 0 else None
+
+
 def to_rgb(region: np.ndarray) -> np.ndarray:
     """RGB uint8 from an RGB or RGBA array; transparent pixels (outside the slide) become white."""
     if region.ndim != 3:

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.readers.base import READERS, Level, ReaderError, SlideReader, missing_modules, to_rgb
+from ingest.readers.base import (
+    READERS,
+    Level,
+    ReaderError,
+    SlideReader,
+    missing_modules,
+    one_line,
+    positive_float,
+    to_rgb,
+)
 
 log = logging.getLogger(__name__)
 
@@ -18,16 +27,6 @@ _UNIT_UM = {"micrometer": 1.0, "micron": 1.0, "um": 1.0, "µm": 1.0, "nanometer"
             "millimeter": 1e3, "mm": 1e3, "centimeter": 1e4, "cm": 1e4, "inch": 25400.0, "in": 25400.0}
 
 
-def _positive(value: object) -> float | None:
-    try:
-        out = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return out if out > 0 else None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 @READERS.register("cucim")
@@ -59,11 +58,11 @@ class CuCIMReader(SlideReader):
         try:
             from cucim import CuImage
         except Exception as exc:  # e.g. a CUDA runtime mismatch
-            raise ReaderError(f"{self.path}: cannot import cucim: {_one_line(exc)}") from None
+            raise ReaderError(f"{self.path}: cannot import cucim: {one_line(exc)}") from None
         try:
             self._img = CuImage(str(self.path))
         except Exception as exc:  # ValueError "Cannot load ..." for non-TIFF / unsupported files
-            raise ReaderError(f"{self.path}: cuCIM cannot open it: {_one_line(exc)}") from None
+            raise ReaderError(f"{self.path}: cuCIM cannot open it: {one_line(exc)}") from None
         try:
             res = self._img.resolutions
             dims = res["level_dimensions"]
@@ -84,14 +83,14 @@ class CuCIMReader(SlideReader):
             raise
         except Exception as exc:
             self.close()
-            raise ReaderError(f"{self.path}: unreadable slide data: {_one_line(exc)}") from None
+            raise ReaderError(f"{self.path}: unreadable slide data: {one_line(exc)}") from None
 
     def _metadata(self) -> tuple[float | None, float | None]:
         """(mpp, objective power) from Aperio metadata, else from the TIFF resolution (``spacing``)."""
         meta = self._img.metadata or {}
         aperio = meta.get("aperio", {}) or {}
-        mpp = _positive(aperio.get("MPP"))
-        power = _positive(aperio.get("AppMag"))
+        mpp = positive_float(aperio.get("MPP"))
+        power = positive_float(aperio.get("AppMag"))
         if mpp is None:
             dims = self._img.dims
             try:
@@ -100,7 +99,7 @@ class CuCIMReader(SlideReader):
             except Exception:  # pragma: no cover - depends on the cuCIM build
                 spacing, units = {}, {}
             scale = _UNIT_UM.get(str(units.get("X", "")).lower())
-            if scale is not None and _positive(spacing.get("X")):
+            if scale is not None and positive_float(spacing.get("X")):
                 mpp = float(spacing["X"]) * scale
         return mpp, power
 
@@ -120,7 +119,7 @@ class CuCIMReader(SlideReader):
         try:
             region = self._read(xy, size, level)
         except Exception as exc:
-            raise ReaderError(f"{self.path}: cannot read {size} at {xy} level {level}: {_one_line(exc)}") from None
+            raise ReaderError(f"{self.path}: cannot read {size} at {xy} level {level}: {one_line(exc)}") from None
         return to_rgb(region)  # cuCIM fills out-of-slide pixels with 255 already
 
     def read_regions(self, xys: Sequence[tuple[int, int]], size: tuple[int, int], level: int = 0, *,
@@ -145,7 +144,7 @@ class CuCIMReader(SlideReader):
         except ReaderError:
             raise
         except Exception as exc:
-            raise ReaderError(f"{self.path}: batched read of {len(locations)} regions failed: {_one_line(exc)}") \
+            raise ReaderError(f"{self.path}: batched read of {len(locations)} regions failed: {one_line(exc)}") \
                 from None
 
     def close(self) -> None:

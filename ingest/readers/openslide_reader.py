@@ -8,17 +8,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.readers.base import READERS, Level, ReaderError, SlideReader, missing_modules, to_rgb
+from ingest.readers.base import (
+    READERS,
+    Level,
+    ReaderError,
+    SlideReader,
+    missing_modules,
+    one_line,
+    positive_float,
+    to_rgb,
+)
 
 log = logging.getLogger(__name__)
 
-
-def _float(value: object) -> float | None:
-    try:
-        out = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return out if out > 0 else None
 
 
 @READERS.register("openslide")
@@ -40,25 +42,25 @@ class OpenSlideReader(SlideReader):
         try:
             import openslide
         except Exception as exc:  # the shared library itself may be missing
-            raise ReaderError(f"{self.path}: cannot load OpenSlide: {_one_line(exc)}") from None
+            raise ReaderError(f"{self.path}: cannot load OpenSlide: {one_line(exc)}") from None
         try:
             self._slide = openslide.OpenSlide(str(self.path))
         except Exception as exc:  # OpenSlideUnsupportedFormatError, OpenSlideError, OSError
-            raise ReaderError(f"{self.path}: {_one_line(exc) or type(exc).__name__}") from None
+            raise ReaderError(f"{self.path}: {one_line(exc)}") from None
         try:
             s = self._slide
             w0, h0 = s.level_dimensions[0]
             self.levels = [Level(w, h, w0 / w) for w, h in s.level_dimensions]
             props = s.properties
-            self.mpp = _float(props.get(openslide.PROPERTY_NAME_MPP_X))
-            self.objective_power = _float(props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER))
+            self.mpp = positive_float(props.get(openslide.PROPERTY_NAME_MPP_X))
+            self.objective_power = positive_float(props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER))
             # OpenSlide opens lazily: probe the last pixel of every level so truncated tile data fails here
             for i, lv in enumerate(self.levels):
                 s.read_region((round((lv.width - 1) * lv.downsample), round((lv.height - 1) * lv.downsample)), i,
                               (1, 1))
         except Exception as exc:
             self._slide.close()
-            raise ReaderError(f"{self.path}: unreadable slide data: {_one_line(exc)}") from None
+            raise ReaderError(f"{self.path}: unreadable slide data: {one_line(exc)}") from None
 
     def read_region(self, xy: tuple[int, int], size: tuple[int, int], level: int = 0) -> np.ndarray:
         if not 0 <= level < len(self.levels):
@@ -66,7 +68,7 @@ class OpenSlideReader(SlideReader):
         try:
             region = self._slide.read_region((int(xy[0]), int(xy[1])), level, (int(size[0]), int(size[1])))
         except Exception as exc:
-            raise ReaderError(f"{self.path}: cannot read {size} at {xy} level {level}: {_one_line(exc)}") from None
+            raise ReaderError(f"{self.path}: cannot read {size} at {xy} level {level}: {one_line(exc)}") from None
         return to_rgb(np.asarray(region))
 
     def close(self) -> None:
@@ -75,6 +77,3 @@ class OpenSlideReader(SlideReader):
             slide.close()
             self._slide = None
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())

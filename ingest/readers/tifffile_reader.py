@@ -16,7 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.readers.base import READERS, Level, ReaderError, SlideReader, missing_modules, to_rgb
+from ingest.readers.base import (
+    READERS,
+    Level,
+    ReaderError,
+    SlideReader,
+    missing_modules,
+    one_line,
+    positive_float,
+    to_rgb,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +36,6 @@ _MAX_MPP = 50.0
 _APERIO_KEY = re.compile(r"\|\s*([^|=]+?)\s*=\s*([^|]*)")
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
 
 def _plausible_mpp(mpp: float | None) -> float | None:
     return mpp if mpp is not None and 0 < mpp <= _MAX_MPP else None
@@ -39,13 +45,6 @@ def aperio_properties(description: str) -> dict[str, str]:
     """``key -> value`` of an Aperio ``ImageDescription`` (``...|AppMag = 20|MPP = 0.499``)."""
     return {k.strip(): v.strip() for k, v in _APERIO_KEY.findall(description or "")}
 
-
-def _positive(value: object) -> float | None:
-    try:
-        out = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return out if out > 0 else None
 
 
 @READERS.register("tifffile")
@@ -71,7 +70,7 @@ class TifffileReader(SlideReader):
         try:
             size = self.path.stat().st_size
         except OSError as exc:
-            raise ReaderError(f"{self.path}: {_one_line(exc)}") from None
+            raise ReaderError(f"{self.path}: {one_line(exc)}") from None
         if size == 0:
             raise ReaderError(f"{self.path}: empty file (0 bytes)")
         import tifffile
@@ -82,7 +81,7 @@ class TifffileReader(SlideReader):
             try:
                 self._open_with_pillow()
             except ReaderError as pil_exc:
-                raise ReaderError(f"{self.path}: neither a readable TIFF ({_one_line(tiff_exc)}) nor an image "
+                raise ReaderError(f"{self.path}: neither a readable TIFF ({one_line(tiff_exc)}) nor an image "
                                   f"Pillow can decode ({str(pil_exc).removeprefix(f'{self.path}: ')})") from None
             return
         try:
@@ -92,7 +91,7 @@ class TifffileReader(SlideReader):
             raise
         except Exception as exc:
             self.close()
-            raise ReaderError(f"{self.path}: unreadable TIFF: {_one_line(exc)}") from None
+            raise ReaderError(f"{self.path}: unreadable TIFF: {one_line(exc)}") from None
 
     # -- TIFF ------------------------------------------------------------------------------------------------
 
@@ -145,7 +144,7 @@ class TifffileReader(SlideReader):
         desc = base.description or ""
         if desc.startswith("Aperio"):
             props = aperio_properties(desc)
-            mpp, power = _positive(props.get("MPP")), _positive(props.get("AppMag"))
+            mpp, power = positive_float(props.get("MPP")), positive_float(props.get("AppMag"))
             if mpp is not None or power is not None:
                 return mpp, power
         tags = base.tags
@@ -153,7 +152,7 @@ class TifffileReader(SlideReader):
         unit = int(unit_tag.value) if unit_tag is not None else 2  # TIFF default: inch
         if res_tag is not None and unit in _RES_UNIT_UM:
             value = res_tag.value
-            ppu = value[0] / value[1] if isinstance(value, tuple) and value[1] else _positive(value)
+            ppu = value[0] / value[1] if isinstance(value, tuple) and value[1] else positive_float(value)
             if ppu:
                 return _plausible_mpp(_RES_UNIT_UM[unit] / ppu), None
         return None, None
@@ -182,10 +181,10 @@ class TifffileReader(SlideReader):
         except UnidentifiedImageError:
             raise ReaderError(f"{self.path}: not a slide or an image file") from None
         except Exception as exc:  # truncated / corrupt data, decompression bomb...
-            raise ReaderError(f"{self.path}: cannot decode image: {_one_line(exc)}") from None
+            raise ReaderError(f"{self.path}: cannot decode image: {one_line(exc)}") from None
         h, w = self._image.shape[:2]
         self.levels = [Level(w, h, 1.0)]
-        if dpi and _positive(dpi[0]):
+        if dpi and positive_float(dpi[0]):
             self.mpp = _plausible_mpp(25400.0 / float(dpi[0]))
 
     # -- regions ---------------------------------------------------------------------------------------------
@@ -209,7 +208,7 @@ class TifffileReader(SlideReader):
                 out[y0 - ly:y1 - ly, x0 - lx:x1 - lx] = to_rgb(self._level_window(level, x0, y0, x1 - x0, y1 - y0))
             return out
         except Exception as exc:
-            raise ReaderError(f"{self.path}: cannot read {size} at {tuple(xy)} level {level}: {_one_line(exc)}") \
+            raise ReaderError(f"{self.path}: cannot read {size} at {tuple(xy)} level {level}: {one_line(exc)}") \
                 from None
 
     def read_regions(self, xys: Sequence[tuple[int, int]], size: tuple[int, int], level: int = 0, *,
