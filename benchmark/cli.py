@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from ingest.console import setup_logging, stdout
+from pipelines.cli import evaluate_command, models_command, report_command, suite_command, train_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Train, compile and benchmark histopathology classifiers on histo-bench stores.")
@@ -21,6 +22,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
 def _main(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging.")] = 0,
           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False) -> None:
     setup_logging(verbose, quiet)
+
+
+app.command("models")(models_command)
+app.command("train")(train_command)
+app.command("evaluate")(evaluate_command)
+app.command("suite")(suite_command)
+app.command("report")(report_command)
 
 
 @app.command()

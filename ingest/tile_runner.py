@@ -22,6 +22,10 @@ from ingest.tiling import SlideResult, TileConfig, slide_id_for, tile_slide
 log = logging.getLogger(__name__)
 
 
+#: How long to wait for a Dask scheduler to answer.
+SCHEDULER_TIMEOUT = "10s"
+
+
 class TileRunError(RuntimeError):
     """The run cannot start (no slides, unwritable store, unreachable scheduler); the message says why."""
 
@@ -167,7 +171,7 @@ def _run_dask(slides, store, config, scheduler, overlay_dir, events) -> list[Sli
     except ImportError as exc:
         raise TileRunError("--scheduler needs dask distributed (pip install 'histo-bench[cluster]')") from exc
     try:
-        client = Client(scheduler, timeout="10s")
+        client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
     except OSError as exc:
         raise TileRunError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
     results = []

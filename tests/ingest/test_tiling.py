@@ -149,8 +149,9 @@ def test_dask_local_cluster_on_loopback(slide, tmp_path):
     assert SlideStore(tmp_path / "s.zarr").slide_ids() == ["synthetic"]
 
 
-def test_unreachable_scheduler_is_a_clear_error(slide, tmp_path):
+def test_unreachable_scheduler_is_a_clear_error(slide, tmp_path, monkeypatch):
     pytest.importorskip("distributed")
+    monkeypatch.setattr("ingest.tile_runner.SCHEDULER_TIMEOUT", "1s")
     with pytest.raises(TileRunError, match="cannot reach the Dask scheduler"):
         run_tiling([slide], tmp_path / "s.zarr", TileConfig(), scheduler="tcp://127.0.0.1:1")
 

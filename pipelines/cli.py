@@ -1,0 +1,163 @@
+"""``histo-bench`` commands for models, training and evaluation (registered by ``benchmark.cli``).
+
+Thin: parse, build a config, call the library. Nothing heavy is imported until a command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ingest.console import console, stdout
+
+EXIT_ERROR = 1
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_ERROR)
+
+
+def models_command(pattern: Annotated[str, typer.Argument(help="Glob over model names.")] = "*") -> None:
+    """List the registered models with parameter count and input spec."""
+    from rich.table import Table
+
+    from models.registry import model_table
+
+    table = Table("model", "family", "parameters", "input", "description")
+    for row in model_table():
+        if not Path(row["name"]).match(pattern):
+            continue
+        table.add_row(row["name"], row["family"], f"{row['params'] / 1e6:.1f} M", row["input_spec"],
+                      row.get("description", ""))
+    stdout.print(table)
+
+
+def train_command(
+    model: Annotated[str, typer.Option(help="Registered model (see `histo-bench models`).")] = "deit_small",
+    train_mag: Annotated[str, typer.Option("--train-mag", help="100X, 400X, mixed (100X+400X), or e.g. 40X.")
+                         ] = "100X",
+    data: Annotated[Optional[Path], typer.Option(help="Image store (default: the embedded demo store).")] = None,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 3e-4,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 10,
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    loader: Annotated[str, typer.Option(help="auto, device, dali or torch.")] = "auto",
+    image_size: Annotated[int, typer.Option(help="Network input side.")] = 224,
+    pretrained: Annotated[bool, typer.Option(help="Start from ImageNet weights (needs the timm hub).")] = False,
+    weights: Annotated[Optional[Path], typer.Option(help="Start from a local weights file.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Cap on steps per epoch (quick runs).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for everything.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<model>-<mag>).")] = None,
+) -> None:
+    """Train a classifier with the paper protocol; resumes an interrupted run in the same --out."""
+    from pipelines.train import TrainConfig, TrainingError, train
+
+    try:
+        config = TrainConfig(model=model, store=str(data) if data else None, train_magnification=train_mag,
+                             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                             patience=patience, precision=precision, device=device, loader=loader,
+                             image_size=image_size, pretrained=pretrained, weights=str(weights) if weights else None,
+                             max_steps_per_epoch=max_steps, seed=seed, out=str(out) if out else None)
+    except ValueError as exc:
+        _fail(str(exc))
+    from ingest.console import progress_bar
+
+    with progress_bar(f"training {model}") as bar:
+        def step(epoch: int, done: int, total: int, loss: float) -> None:
+            bar(epoch * total + done, config.epochs * total)
+
+        try:
+            result = train(config, progress=step)
+        except (TrainingError, KeyError) as exc:
+            _fail(str(exc).strip("'\""))
+    best = result.best_val
+    note = " (already complete)" if result.already_complete else (" (resumed)" if result.resumed else "")
+    stdout.print(f"run {result.run_dir}{note}: best epoch {result.best_epoch}, val macro-F1 "
+                 f"{best.get('macro_f1', 0):.3f}, accuracy {best.get('accuracy', 0):.3f}, patient accuracy "
+                 f"{best.get('patient_accuracy') or 0:.3f} ({best.get('n_images', 0)} images, "
+                 f"{best.get('n_patients', 0)} patients)", highlight=False)
+
+
+def evaluate_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A best.pt written by `histo-bench train`.")],
+    data: Annotated[Optional[Path], typer.Option(help="Image store (default: the checkpoint's store).")] = None,
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    mag: Annotated[Optional[list[str]], typer.Option("--mag", help="Magnification(s) to test (repeatable).")
+                   ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+) -> None:
+    """Macro-F1, accuracy and patient-level accuracy of a checkpoint on each magnification's split."""
+    from rich.table import Table
+
+    from ingest.report_tables import origin_line
+    from ingest.store import ImageStore
+    from pipelines.data import DataConfig
+    from pipelines.device import resolve_device
+    from pipelines.train import evaluate_split, load_checkpoint
+
+    if not checkpoint.exists():
+        _fail(f"{checkpoint}: no such checkpoint")
+    dev = resolve_device(device)
+    model, config, _ = load_checkpoint(checkpoint, dev)
+    store = ImageStore(data or config["store"])
+    data_config = DataConfig(image_size=config["image_size"], load_size=config["load_size"],
+                             batch_size=config["batch_size"], loader=config["loader"])
+    table = Table(title=f"{config['model']} trained on {config['train_magnification']}, {split} split",
+                  title_justify="left")
+    for col in ("test magnification", "images", "patients", "macro-F1", "accuracy", "balanced acc", "patient acc"):
+        table.add_column(col, justify="right")
+    for m in mag or ["100X", "400X", "mixed"]:
+        metrics = evaluate_split(model, store, split, m, data_config, dev, None)
+        table.add_row(m, str(metrics.n_images), str(metrics.n_patients), f"{metrics.macro_f1:.3f}",
+                      f"{metrics.accuracy:.3f}", f"{metrics.balanced_accuracy:.3f}",
+                      f"{metrics.patient_accuracy or 0:.3f}")
+    stdout.print(table)
+    stdout.print(origin_line(store), highlight=False)
+
+
+def suite_command(
+    model: Annotated[Optional[list[str]], typer.Option("--model", help="Model(s) to compare (repeatable).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Image store (default: the embedded demo store).")] = None,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs per run.")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
+    max_steps: Annotated[Optional[int], typer.Option(help="Cap on steps per epoch (quick runs).")] = None,
+    image_size: Annotated[int, typer.Option(help="Network input side.")] = 224,
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for every run.")] = 0,
+    out: Annotated[Path, typer.Option(help="Suite directory.")] = Path("runs/suite"),
+) -> None:
+    """Cross-magnification suite: train on 100X / 400X / mixed, test on each; Markdown report + heatmaps."""
+    from pipelines.report import write_report
+    from pipelines.suite import SuiteConfig, run_suite
+    from pipelines.train import TrainConfig, TrainingError
+
+    try:
+        base = TrainConfig(store=str(data) if data else None, epochs=epochs, batch_size=batch_size,
+                           max_steps_per_epoch=max_steps, image_size=image_size, precision=precision,
+                           device=device, seed=seed)
+        config = SuiteConfig(models=tuple(model or ("deit_small", "swin_tiny")), train=base, out=str(out))
+    except ValueError as exc:
+        _fail(str(exc))
+    try:
+        run_suite(config, on_run=lambda m, t: console.print(f"[bold]{m}[/] trained on {t}"))
+    except (TrainingError, KeyError) as exc:
+        _fail(str(exc).strip("'\""))
+    report = write_report(out)
+    stdout.print(report.read_text(), markup=False, highlight=False)
+    stdout.print(f"report: {report}")
+
+
+def report_command(suite_dir: Annotated[Path, typer.Argument(help="A suite directory (with results.json).")]) -> None:
+    """Rebuild a suite's report.md and figures from its results.json."""
+    from pipelines.report import write_report
+
+    if not (suite_dir / "results.json").exists():
+        _fail(f"{suite_dir}: no results.json (run `histo-bench suite --out {suite_dir}` first)")
+    stdout.print(f"report: {write_report(suite_dir)}")

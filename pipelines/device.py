@@ -1,0 +1,43 @@
+"""Device and precision choices shared by training, evaluation and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class DeviceError(RuntimeError):
+    """A device that was asked for but is not here."""
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError(f"--device {device}: no CUDA device is available here")
+    return device
+
+
+def autocast_dtype(precision: str, device: str):
+    """The autocast dtype for ``precision`` on ``device`` (None = plain fp32)."""
+    import torch
+
+    if precision == "fp32" or (precision == "auto" and not device.startswith("cuda")):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: str, dtype):
+    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op context for plain fp32 (dtype None)."""
+    import torch
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
+
+

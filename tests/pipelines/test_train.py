@@ -1,0 +1,95 @@
+"""The trainer on a tiny learnable store with a tiny CNN: learning, resume, divergence, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ingest.breakhis import IngestConfig, ingest_breakhis
+from ingest.breakhis_names import CLASSES, relative_path
+from ingest.splits import SplitConfig
+from pipelines.train import TrainConfig, TrainingError, class_weights, load_checkpoint, lr_factor, train
+from tests.pipelines.tiny_models import TinyCNN
+
+
+@pytest.fixture(scope="module")
+def colour_store(tmp_path_factory):
+    """8 classes whose images differ by colour (learnable), 4 patients each, at 100X and 400X."""
+    root = tmp_path_factory.mktemp("colour")
+    rng = np.random.default_rng(0)
+    palette = rng.integers(40, 220, (len(CLASSES), 3))
+    for c, cls in enumerate(CLASSES):
+        for p in range(4):
+            for mag in ("100X", "400X"):
+                for k in range(1, 5):
+                    path = root / "tree" / relative_path(cls, f"14-{100 + 10 * c + p}", mag, k)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    img = np.clip(palette[c] + rng.normal(0, 25, (40, 60, 3)), 0, 255).astype(np.uint8)
+                    Image.fromarray(img).save(path)
+    ingest_breakhis(IngestConfig(root=str(root / "tree"), out=str(root / "s.zarr"), workers=1,
+                                 split=SplitConfig(fractions=(0.5, 0.25, 0.25))))
+    return root / "s.zarr"
+
+
+def _config(store, tmp_path, **kw):
+    base = dict(model="tiny_cnn_test", store=str(store), train_magnification="100X", epochs=4, batch_size=8,
+                lr=3e-2, warmup_epochs=0.5, image_size=32, load_size=40, loader="device", device="cpu",
+                out=str(tmp_path / "run"))
+    return TrainConfig(**{**base, **kw})
+
+
+def test_learns_and_writes_every_output(colour_store, tmp_path):
+    result = train(_config(colour_store, tmp_path, epochs=6))
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(6))
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert max(r["val_macro_f1"] for r in rows) > 0.5  # chance is 0.125
+    assert set(rows[0]) >= {"train_loss", "lr", "epoch_seconds", "images_per_s", "val_accuracy",
+                            "val_macro_f1", "val_per_class_f1", "val_patient_accuracy", "peak_gpu_mb"}
+    splits = json.loads((result.run_dir / "splits.json").read_text())
+    assert not set(splits["train"]["patients"]) & set(splits["val"]["patients"])
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert config["lr"] == 3e-2 and config["model"] == "tiny_cnn_test"
+    model, cfg, classes = load_checkpoint(result.run_dir / "best.pt")
+    assert classes == list(CLASSES) and isinstance(model, TinyCNN)
+    assert result.best_val["macro_f1"] == max(r["val_macro_f1"] for r in rows)
+    again = train(_config(colour_store, tmp_path, epochs=6))
+    assert again.already_complete and again.best_epoch == result.best_epoch
+
+
+def test_resume_after_interruption(colour_store, tmp_path):
+    def interrupt(epoch, step, steps, loss):
+        if epoch == 2 and step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(colour_store, tmp_path), progress=interrupt)
+    seen = []
+    result = train(_config(colour_store, tmp_path), progress=lambda e, s, n, loss: seen.append(e))
+    assert result.resumed and min(seen) == 2
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+
+
+def test_diverging_loss_stops_with_a_clear_error(colour_store, tmp_path):
+    with pytest.raises(TrainingError, match="loss became nan at epoch 0 step 0"):
+        train(_config(colour_store, tmp_path, model="nan_cnn_test"))
+
+
+def test_bad_config_and_empty_split(colour_store, tmp_path):
+    with pytest.raises(ValueError, match="precision"):
+        _config(colour_store, tmp_path, precision="int4")
+    with pytest.raises(TrainingError, match="no train images at 40X"):
+        train(_config(colour_store, tmp_path, train_magnification="40X"))
+
+
+def test_schedule_and_class_weights():
+    assert lr_factor(0, 10, 100) == pytest.approx(0.1) and lr_factor(9, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(55, 10, 100) == pytest.approx(0.5) and lr_factor(100, 10, 100) == pytest.approx(0.0)
+    w = class_weights(np.array([0, 0, 0, 1]), 3)
+    assert w.tolist() == pytest.approx([4 / 9, 4 / 3, 0.0])
+    assert torch.isfinite(torch.as_tensor(w)).all()
