@@ -36,6 +36,8 @@ demo: install
 	$(BIN)/histo-ingest demo --out $(DEMO_DIR)/breakhis --slides $(DEMO_DIR)/slides
 	$(BIN)/histo-ingest breakhis $(DEMO_DIR)/breakhis --out $(DEMO_DIR)/breakhis.zarr
 	$(BIN)/histo-ingest tile $(DEMO_DIR)/slides --out $(DEMO_DIR)/tiles.zarr --mag 20 --mag 5
+	$(BIN)/histo-bench suite --model resnet50 --data $(DEMO_DIR)/breakhis.zarr --epochs 4 --lr 1e-3 \
+		--image-size 112 --batch-size 16 --device cpu --out $(DEMO_DIR)/suite
 
 lint: install
 	$(BIN)/ruff check .

@@ -127,6 +127,7 @@ def suite_command(
     epochs: Annotated[int, typer.Option(help="Maximum epochs per run.")] = 30,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
     max_steps: Annotated[Optional[int], typer.Option(help="Cap on steps per epoch (quick runs).")] = None,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 3e-4,
     image_size: Annotated[int, typer.Option(help="Network input side.")] = 224,
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -139,7 +140,7 @@ def suite_command(
     from pipelines.train import TrainConfig, TrainingError
 
     try:
-        base = TrainConfig(store=str(data) if data else None, epochs=epochs, batch_size=batch_size,
+        base = TrainConfig(store=str(data) if data else None, epochs=epochs, batch_size=batch_size, lr=lr,
                            max_steps_per_epoch=max_steps, image_size=image_size, precision=precision,
                            device=device, seed=seed)
         config = SuiteConfig(models=tuple(model or ("deit_small", "swin_tiny")), train=base, out=str(out))

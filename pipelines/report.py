@@ -80,7 +80,8 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     trains = list(dict.fromkeys(c["train"] for c in cells))
     tests = list(dict.fromkeys(c["test"] for c in cells))
     paths = []
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.8), squeeze=False,
+                             layout="constrained")
     for ax, m in zip(axes[0], models, strict=True):
         grid = np.array([[(_cell(cells, m, t, s) or {}).get("macro_f1", np.nan) for s in tests] for t in trains])
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
@@ -96,7 +97,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
     paths.append(_save(fig, out_dir / "cross_magnification_heatmaps.png"))
 
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(models), 3.4))
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(models), 3.4), layout="constrained")
     width = 0.38
     for k, (a, b, label) in enumerate((("100X", "400X", "100X->400X"), ("400X", "100X", "400X->100X"))):
         vals = [(_cell(cells, m, a, b) or {}).get("macro_f1", np.nan) for m in models]
@@ -110,7 +111,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
 
     in_domain = [c for c in cells if c["train"] == c["test"]]
     fig, axes = plt.subplots(len(models), max(1, len(trains)), figsize=(3.6 * len(trains), 3.4 * len(models)),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for i, m in enumerate(models):
         for j, t in enumerate(trains):
             ax = axes[i][j]
@@ -122,9 +123,11 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.set_title(f"{m} {t}", fontsize=9)
             ax.set_xticks(range(len(classes)), [n[:6] for n in classes], rotation=90, fontsize=6)
             ax.set_yticks(range(len(classes)), [n[:6] for n in classes], fontsize=6)
+            ax.set_xlabel("predicted", fontsize=8)
+            ax.set_ylabel("true", fontsize=8)
     paths.append(_save(fig, out_dir / "confusion_matrices.png"))
 
-    fig, ax = plt.subplots(figsize=(8, 3.4))
+    fig, ax = plt.subplots(figsize=(8, 3.4), layout="constrained")
     width = 0.8 / max(1, len(in_domain))
     for k, c in enumerate(in_domain):
         ax.bar(np.arange(len(classes)) + k * width, [c["per_class"][n]["f1"] for n in classes], width,
@@ -139,7 +142,6 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
 
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt
 

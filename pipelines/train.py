@@ -55,7 +55,8 @@ class TrainConfig:
         class_weighting: "loss" (inverse-frequency weights in the cross-entropy) or "none".
         seed: seeds Python, numpy and torch.
         image_size: network input side.
-        load_size: shorter image side kept in memory (random crops are taken from it).
+        load_size: shorter image side kept in memory (random crops are taken from it); None = 8/7 of
+            ``image_size`` (256 for 224), so the crops never downscale by much more than that.
         loader: "auto", "device", "dali" or "torch" (see pipelines.data).
         pretrained: start from ImageNet weights through timm (needs the hub or its cache).
         weights: a local weights file to start from.
@@ -79,7 +80,7 @@ class TrainConfig:
     class_weighting: str = "loss"
     seed: int = 0
     image_size: int = 224
-    load_size: int = 256
+    load_size: int | None = None
     loader: str = "auto"
     pretrained: bool = False
     weights: str | None = None
@@ -101,6 +102,10 @@ class TrainConfig:
             raise ValueError("class_weighting must be 'loss' or 'none'")
         if self.patience < 1:
             raise ValueError("patience must be >= 1")
+        if self.load_size is None:
+            object.__setattr__(self, "load_size", round(self.image_size * 8 / 7))
+        if self.load_size < self.image_size:
+            raise ValueError(f"load_size ({self.load_size}) must be >= image_size ({self.image_size})")
 
     @property
     def run_dir(self) -> Path:
