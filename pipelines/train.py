@@ -174,7 +174,7 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
     import torch
 
     from ingest.store import ImageStore
-    from models.registry import build_model
+    from models.registry import MODELS, build_model
     from pipelines.data import DataConfig, make_loader
 
     run_dir = config.run_dir
@@ -201,6 +201,10 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
         raise TrainingError(f"{store_path}: no {'train' if len(train_idx) == 0 else 'val'} images at "
                             f"{'+'.join(mags)}; ingest with a split that has them")
     n_classes = len(store.classes)
+    family = MODELS.get(config.model).family
+    if family != "classifier":
+        raise TrainingError(f"{config.model} is a {family} model; `histo-bench train` trains image classifiers "
+                            f"({', '.join(n for n in MODELS.names() if MODELS.get(n).family == 'classifier')})")
     net = build_model(config.model, n_classes, pretrained=config.pretrained, weights=config.weights,
                       **config.model_kwargs).to(device)
     model = wrap(net, ctx, device)

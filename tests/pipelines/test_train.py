@@ -80,6 +80,13 @@ def test_diverging_loss_stops_with_a_clear_error(colour_store, tmp_path):
         train(_config(colour_store, tmp_path, model="nan_cnn_test"))
 
 
+def test_non_classifier_models_are_refused_clearly(colour_store, tmp_path):
+    with pytest.raises(TrainingError, match="abmil is a mil model"):
+        train(_config(colour_store, tmp_path, model="abmil"))
+    with pytest.raises(KeyError, match="unknown model 'nope'"):
+        train(_config(colour_store, tmp_path, model="nope"))
+
+
 def test_bad_config_and_empty_split(colour_store, tmp_path):
     with pytest.raises(ValueError, match="precision"):
         _config(colour_store, tmp_path, precision="int4")
