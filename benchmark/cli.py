@@ -12,7 +12,14 @@ from typing import Annotated
 import typer
 
 from ingest.console import setup_logging, stdout
-from pipelines.cli import evaluate_command, models_command, report_command, suite_command, train_command
+from pipelines.cli import (
+    evaluate_command,
+    models_command,
+    pretrain_command,
+    report_command,
+    suite_command,
+    train_command,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Train, compile and benchmark histopathology classifiers on histo-bench stores.")
@@ -27,6 +34,7 @@ def _main(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, he
 app.command("models")(models_command)
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
+app.command("pretrain")(pretrain_command)
 app.command("suite")(suite_command)
 app.command("report")(report_command)
 

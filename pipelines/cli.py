@@ -162,3 +162,35 @@ def report_command(suite_dir: Annotated[Path, typer.Argument(help="A suite direc
     if not (suite_dir / "results.json").exists():
         _fail(f"{suite_dir}: no results.json (run `histo-bench suite --out {suite_dir}` first)")
     stdout.print(f"report: {write_report(suite_dir)}")
+
+
+def pretrain_command(
+    model: Annotated[str, typer.Option(help="mpcs_resnet50 or mpcs_efficientnet_b0.")] = "mpcs_resnet50",
+    pair: Annotated[str, typer.Option(help="Magnification pairs: ordered, fixed or random.")] = "ordered",
+    data: Annotated[Optional[Path], typer.Option(help="Image store (default: the embedded demo store).")] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Positive pairs per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 3e-4,
+    image_size: Annotated[int, typer.Option(help="Network input side.")] = 224,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<model>-<pair>).")] = None,
+) -> None:
+    """MPCS self-supervised pretraining on same-patient magnification pairs; writes encoder weights."""
+    from ingest.console import progress_bar
+    from pipelines.pretrain import PretrainConfig, pretrain
+
+    try:
+        config = PretrainConfig(model=model, pair=pair, store=str(data) if data else None, epochs=epochs,
+                                batch_size=batch_size, lr=lr, image_size=image_size, device=device, seed=seed,
+                                out=str(out) if out else None)
+    except ValueError as exc:
+        _fail(str(exc))
+    with progress_bar(f"MPCS {pair}") as bar:
+        try:
+            weights = pretrain(config, progress=bar)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            _fail(str(exc).strip("'\""))
+    backbone = model.removeprefix("mpcs_")
+    stdout.print(f"encoder weights: {weights}\nfine-tune: histo-bench train --model {backbone} --weights {weights}",
+                 highlight=False)

@@ -183,7 +183,7 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
         summary = json.loads((run_dir / "complete").read_text())
         return TrainResult(run_dir, summary["best_epoch"], summary["best_val"], summary["epochs_run"],
                            already_complete=True)
-    store_path = Path(config.store) if config.store else _demo_store()
+    store_path = Path(config.store) if config.store else default_store()
     store = ImageStore(store_path)
     try:
         device = resolve_device(config.device)
@@ -328,7 +328,8 @@ def _write_run_files(run_dir: Path, config: TrainConfig, store, store_path: Path
         metrics_path.unlink()
 
 
-def _demo_store() -> Path:
+def default_store() -> Path:
+    """The embedded demo store (generated and ingested on first use)."""
     from ingest.demo import demo_store
 
     return demo_store()

@@ -1,0 +1,161 @@
+"""MPCS: magnification-prior contrastive self-supervised pretraining (Chhipa et al.) on an image store.
+
+A positive pair is two images of the *same patient* at two magnifications chosen by the pair strategy (ordered:
+adjacent magnifications; fixed: always the same pair; random: any two), each augmented independently on the
+device; the other pairs in the batch are the negatives (NT-Xent). Labels are never read. The encoder is saved as
+``encoder.safetensors`` in the run directory, ready for ``histo-bench train --model <backbone> --weights ...``
+(fine-tuning) or a linear evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """One MPCS pretraining run.
+
+    Attributes:
+        model: an ``mpcs_*`` model (``mpcs_resnet50``, ``mpcs_efficientnet_b0``).
+        store: image store (None: the embedded demo store).
+        split: which split's images to learn from (labels are not used).
+        pair: magnification-pair strategy: ordered, fixed or random.
+        epochs: passes over the anchor images.
+        batch_size: positive pairs per step.
+        lr, weight_decay: AdamW settings.
+        temperature: NT-Xent temperature.
+        image_size: network input side; images are kept at 8/7 of it.
+        seed: seeds sampling, augmentation and initialisation.
+        device: auto, cpu or cuda.
+        out: run directory (default ``runs/<model>-<pair>``).
+    """
+
+    model: str = "mpcs_resnet50"
+    store: str | None = None
+    split: str = "train"
+    pair: str = "ordered"
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    temperature: float = 0.1
+    image_size: int = 224
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        from models.mpcs import PAIR_STRATEGIES
+
+        if self.pair not in PAIR_STRATEGIES:
+            raise ValueError(f"pair must be one of {', '.join(PAIR_STRATEGIES)}, got {self.pair!r}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("epochs must be >= 1 and batch_size >= 2 (negatives come from the batch)")
+        if not self.model.startswith("mpcs_"):
+            raise ValueError(f"pretraining needs an mpcs_* model, got {self.model!r}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out or f"runs/{self.model}-{self.pair}")
+
+
+def pair_index(patients: np.ndarray, mags: np.ndarray) -> dict[str, dict[str, list[int]]]:
+    """patient -> magnification -> positions (into the selected images) of that patient's images."""
+    index: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for pos, (p, m) in enumerate(zip(patients.tolist(), mags.tolist(), strict=True)):
+        index[p][m].append(pos)
+    return index
+
+
+def sample_pairs(anchors: np.ndarray, patients: np.ndarray, index, strategy: str, rng: random.Random
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """For each anchor position, two positions of the same patient at a strategy-chosen pair of magnifications."""
+    from models.mpcs import sample_pair
+
+    first, second = [], []
+    for a in anchors.tolist():
+        by_mag = index[patients[a]]
+        mag_a, mag_b = sample_pair(list(by_mag), strategy, rng)
+        first.append(rng.choice(by_mag[mag_a]))
+        second.append(rng.choice(by_mag[mag_b]))
+    return np.array(first), np.array(second)
+
+
+def pretrain(config: PretrainConfig, progress=None) -> Path:
+    """Run MPCS pretraining; returns the path of the saved encoder weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ingest.store import ImageStore
+    from models.mpcs import FIXED_PAIR, nt_xent
+    from models.registry import build_model
+    from pipelines.augment import GpuAugment
+    from pipelines.data import load_images
+    from pipelines.device import resolve_device
+    from pipelines.train import default_store, seed_everything
+
+    store_path = Path(config.store) if config.store else default_store()
+    store = ImageStore(store_path)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    rng = random.Random(config.seed)
+    idx = store.select(split=config.split)
+    patients, mags = store.patient[idx], store.magnification[idx]
+    index = pair_index(patients, mags)
+    usable = {p for p, by_mag in index.items() if len(by_mag) >= 2
+              and (config.pair != "fixed" or set(FIXED_PAIR) <= set(by_mag))}
+    anchors_all = np.array([i for i, p in enumerate(patients.tolist()) if p in usable])
+    if len(anchors_all) < config.batch_size:
+        raise ValueError(f"{store_path}: only {len(anchors_all)} {config.split} images have a partner at another "
+                         f"magnification for the {config.pair!r} strategy; need at least one batch")
+    images = load_images(store, idx, round(config.image_size * 8 / 7)).to(device)
+    model = build_model(config.model, 0).to(device)
+    augment = GpuAugment(out_size=config.image_size, seed=config.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = len(anchors_all) // config.batch_size
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps * config.epochs)
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps({**asdict(config), "store": str(store_path),
+                                                     "origin": store.attrs.get("origin", {})}, indent=1))
+    history = run_dir / "pretrain.jsonl"
+    history.unlink(missing_ok=True)
+    for epoch in range(config.epochs):
+        model.train()
+        order = np.array(anchors_all)[np.random.default_rng(config.seed + epoch).permutation(len(anchors_all))]
+        t0, loss_sum = time.perf_counter(), 0.0
+        for step in range(steps):
+            a, b = sample_pairs(order[step * config.batch_size:(step + 1) * config.batch_size], patients, index,
+                                config.pair, rng)
+            z1 = model(augment(images[torch.as_tensor(a, device=device)]))
+            z2 = model(augment(images[torch.as_tensor(b, device=device)]))
+            loss = nt_xent(z1, z2, config.temperature)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"MPCS loss became {loss.item()} at epoch {epoch} step {step}; lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item()
+            if progress:
+                progress(epoch * steps + step + 1, config.epochs * steps)
+        row = {"epoch": epoch, "loss": loss_sum / steps, "seconds": round(time.perf_counter() - t0, 2),
+               "pairs_per_s": round(steps * config.batch_size / (time.perf_counter() - t0), 1)}
+        with history.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        log.info("MPCS epoch %d: NT-Xent %.4f", epoch, row["loss"])
+    weights = run_dir / "encoder.safetensors"
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.encoder.state_dict().items()}, str(weights))
+    return weights

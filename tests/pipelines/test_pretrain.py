@@ -1,0 +1,51 @@
+"""MPCS pretraining: same-patient magnification pairs, a finite falling loss, encoder weights that fine-tune."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from models.registry import build_model
+from pipelines.pretrain import PretrainConfig, pair_index, pretrain, sample_pairs
+from tests.pipelines.test_train import colour_store  # noqa: F401 - the fixture
+
+
+def test_pairs_are_same_patient_at_the_strategy_magnifications():
+    patients = np.array(["a", "a", "a", "a", "b", "b", "b"])
+    mags = np.array(["40X", "100X", "200X", "400X", "100X", "400X", "400X"])
+    index = pair_index(patients, mags)
+    rng = random.Random(0)
+    order = ["40X", "100X", "200X", "400X"]
+    for strategy in ("ordered", "random"):
+        first, second = sample_pairs(np.arange(7), patients, index, strategy, rng)
+        for a, b in zip(first, second, strict=True):
+            assert patients[a] == patients[b] and mags[a] != mags[b]
+            if strategy == "ordered" and patients[a] == "a":
+                assert order.index(mags[b]) - order.index(mags[a]) == 1  # adjacent, lower first
+    first, second = sample_pairs(np.array([0, 1]), patients, index, "fixed", rng)
+    assert [(mags[a], mags[b]) for a, b in zip(first, second, strict=True)] == [("200X", "400X")] * 2
+
+
+def test_pretrain_writes_encoder_weights_that_load_into_the_backbone(colour_store, tmp_path):  # noqa: F811
+    config = PretrainConfig(model="mpcs_efficientnet_b0", store=str(colour_store), pair="random", epochs=2,
+                            batch_size=8, image_size=32, device="cpu", out=str(tmp_path / "mpcs"))
+    weights = pretrain(config)
+    rows = [json.loads(line) for line in (tmp_path / "mpcs" / "pretrain.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(weights))
+    model = build_model("efficientnet_b0", 8, weights=weights)  # fine-tuning starts from the MPCS encoder
+    state = model.state_dict()
+    shared = [k for k in saved if k in state]
+    assert len(shared) > 100 and all(np.array_equal(saved[k].numpy(), state[k].numpy()) for k in shared)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="pair must be one of"):
+        PretrainConfig(pair="sideways")
+    with pytest.raises(ValueError, match="mpcs_"):
+        PretrainConfig(model="resnet50")
