@@ -14,6 +14,8 @@ import typer
 from ingest.console import setup_logging, stdout
 from pipelines.cli import (
     evaluate_command,
+    mil_infer_command,
+    mil_train_command,
     models_command,
     pretrain_command,
     report_command,
@@ -35,6 +37,8 @@ app.command("models")(models_command)
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
 app.command("pretrain")(pretrain_command)
+app.command("mil-train")(mil_train_command)
+app.command("mil-infer")(mil_infer_command)
 app.command("suite")(suite_command)
 app.command("report")(report_command)
 

@@ -194,3 +194,49 @@ def pretrain_command(
     backbone = model.removeprefix("mpcs_")
     stdout.print(f"encoder weights: {weights}\nfine-tune: histo-bench train --model {backbone} --weights {weights}",
                  highlight=False)
+
+
+def mil_train_command(
+    store: Annotated[Path, typer.Option(help="Slide store from `histo-ingest tile`.")],
+    labels: Annotated[Path, typer.Option(help="CSV with slide_id,label (optional patient column).")],
+    scale: Annotated[str, typer.Option(help="Tile scale in the store, e.g. 20x.")] = "20x",
+    model: Annotated[str, typer.Option(help="abmil or abmil_gated.")] = "abmil_gated",
+    extractor: Annotated[str, typer.Option(help="Tile features: resnet50, resnet34 or vit_small.")] = "resnet50",
+    extractor_weights: Annotated[Optional[Path], typer.Option(help="Local weights for the extractor.")] = None,
+    max_patches: Annotated[int, typer.Option(help="Random tiles per training bag.")] = 512,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 50,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/mil"),
+) -> None:
+    """Attention MIL on slides: cache tile features in the store, train, report test metrics."""
+    from pipelines.mil import MILConfig, MILError, train_mil
+
+    try:
+        config = MILConfig(store=str(store), labels=str(labels), scale=scale, model=model, extractor=extractor,
+                           extractor_weights=str(extractor_weights) if extractor_weights else None,
+                           max_patches=max_patches, epochs=epochs, device=device, seed=seed, out=str(out))
+        summary = train_mil(config)
+    except (MILError, ValueError, KeyError) as exc:
+        _fail(str(exc).strip("'\""))
+    test = summary["test"]
+    stdout.print(f"{out}: slides {summary['n_slides']}, test macro-F1 {test['macro_f1']:.3f}, accuracy "
+                 f"{test['accuracy']:.3f} ({test['n_images']} slides)", highlight=False)
+
+
+def mil_infer_command(
+    checkpoint: Annotated[list[Path], typer.Argument(help="One or more MIL best.pt (an ensemble averages them).")],
+    store: Annotated[Path, typer.Option(help="Slide store from `histo-ingest tile`.")],
+    scale: Annotated[str, typer.Option(help="Tile scale in the store.")] = "20x",
+    extractor: Annotated[str, typer.Option(help="The extractor the checkpoints were trained on.")] = "resnet50",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/mil-predictions"),
+) -> None:
+    """Predictions CSV (class probabilities per slide) and attention heatmaps (.npy + PNG over the thumbnail)."""
+    from pipelines.mil import MILError, infer_mil
+
+    try:
+        path = infer_mil(checkpoint, store, out, scale=scale, extractor=extractor, device=device)
+    except (MILError, KeyError) as exc:
+        _fail(str(exc).strip("'\""))
+    stdout.print(f"predictions: {path}\nattention heatmaps: {out / 'attention'}", highlight=False)

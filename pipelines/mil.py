@@ -1,0 +1,253 @@
+"""Slide-level attention MIL on a slide store: labels from a CSV, bags of cached tile features, training with
+early stopping on validation macro-F1, a predictions CSV and attention heatmaps over the slide thumbnails.
+
+Slides are split like patients (``ingest.splits``, stratified by label; a ``patient`` column in the CSV groups
+several slides of one patient), so no patient's slides sit in two splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ingest.splits import SPLIT_CODES, SplitConfig, patient_split
+from pipelines.evaluate import classification_metrics
+from pipelines.features import extract_slide_features
+
+log = logging.getLogger(__name__)
+
+
+class MILError(ValueError):
+    """Bad labels, slides without tiles, or nothing to train on; the message names what."""
+
+
+@dataclass(frozen=True)
+class MILConfig:
+    """One MIL run.
+
+    Attributes:
+        store: slide store (from ``histo-ingest tile``).
+        labels: CSV with ``slide_id,label`` (and optionally ``patient``).
+        scale: tile scale in the store, e.g. "20x".
+        model: ``abmil`` or ``abmil_gated``.
+        extractor: tile feature extractor: resnet50, resnet34 or vit_small.
+        extractor_weights: local weights for the extractor (none: random init, fine for the pipeline only).
+        max_patches: at most this many random tiles per bag in training (all tiles at evaluation).
+        epochs, lr, weight_decay, patience, seed: training settings.
+        split: slide-level split fractions.
+        device: cpu or cuda.
+        out: run directory.
+    """
+
+    store: str
+    labels: str
+    scale: str = "20x"
+    model: str = "abmil_gated"
+    extractor: str = "resnet50"
+    extractor_weights: str | None = None
+    max_patches: int = 512
+    epochs: int = 50
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    patience: int = 10
+    seed: int = 0
+    split: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    device: str = "cpu"
+    out: str = "runs/mil"
+
+    def __post_init__(self) -> None:
+        if self.model not in ("abmil", "abmil_gated"):
+            raise ValueError(f"model must be abmil or abmil_gated, got {self.model!r}")
+        if self.max_patches < 1 or self.epochs < 1 or self.patience < 1:
+            raise ValueError("max_patches, epochs and patience must be >= 1")
+
+
+def read_labels(path: str | Path, slide_ids: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """slide -> label and slide -> patient from the CSV; slides missing from the store are an error, store slides
+    missing from the CSV are left out with a warning."""
+    path = Path(path)
+    if not path.exists():
+        raise MILError(f"{path}: no such labels file")
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"slide_id", "label"} <= set(reader.fieldnames):
+            raise MILError(f"{path}: needs the columns slide_id,label (found {reader.fieldnames})")
+        rows = list(reader)
+    labels = {r["slide_id"]: r["label"] for r in rows}
+    patients = {r["slide_id"]: r.get("patient") or r["slide_id"] for r in rows}
+    unknown = sorted(set(labels) - set(slide_ids))
+    if unknown:
+        raise MILError(f"{path}: {len(unknown)} labelled slide(s) are not in the store: {', '.join(unknown[:5])}")
+    unlabelled = sorted(set(slide_ids) - set(labels))
+    if unlabelled:
+        log.warning("%d slide(s) have no label and are left out: %s", len(unlabelled), ", ".join(unlabelled[:5]))
+    return labels, patients
+
+
+def _bags(config: MILConfig, slide_ids: list[str], device: str) -> dict[str, np.ndarray]:
+    from models.mil import feature_extractor
+
+    extractor, _ = feature_extractor(config.extractor, weights=config.extractor_weights)
+    bags = {}
+    for sid in slide_ids:
+        feats = extract_slide_features(config.store, sid, config.scale, config.extractor, device=device,
+                                       model=extractor)
+        if len(feats) == 0:
+            log.warning("%s has no tiles at %s; left out", sid, config.scale)
+            continue
+        bags[sid] = feats
+    return bags
+
+
+def _predict(model, bag: np.ndarray, device: str):
+    import torch
+
+    with torch.inference_mode():
+        logits, attention = model(torch.from_numpy(bag).to(device))
+    return torch.softmax(logits[0], -1).cpu().numpy(), attention[0].cpu().numpy()
+
+
+def train_mil(config: MILConfig) -> dict:
+    """Train, select on validation macro-F1, evaluate on test; writes best.pt, metrics.jsonl, splits.json."""
+    import torch
+
+    from ingest.slide_store import SlideStore
+    from models.registry import build_model
+    from pipelines.train import better, seed_everything
+
+    store = SlideStore(config.store)
+    labels, patients = read_labels(config.labels, store.slide_ids())
+    classes = sorted(set(labels.values()))
+    bags = _bags(config, sorted(labels), config.device)
+    slides = sorted(bags)
+    if len(slides) < 3:
+        raise MILError(f"only {len(slides)} labelled slide(s) with tiles; need at least 3 (train, val, test)")
+    y = np.array([classes.index(labels[s]) for s in slides])
+    split = patient_split(np.array([patients[s] for s in slides]), y, classes,
+                          SplitConfig(fractions=config.split, seed=config.seed))
+    by_split = {name: [s for s, c in zip(slides, split.codes, strict=True) if c == code]
+                for name, code in SPLIT_CODES.items() if code >= 0}
+    seed_everything(config.seed)
+    dim = next(iter(bags.values())).shape[1]
+    model = build_model(config.model, len(classes), in_dim=dim).to(config.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "splits.json").write_text(json.dumps({**by_split, "notes": split.notes, "classes": classes}, indent=1))
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
+    rng = random.Random(config.seed)
+    best, stale = None, 0
+    metrics_path = out / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)
+    for epoch in range(config.epochs):
+        model.train()
+        order = list(by_split["train"])
+        rng.shuffle(order)
+        loss_sum = 0.0
+        for sid in order:
+            bag = bags[sid]
+            if len(bag) > config.max_patches:
+                bag = bag[sorted(rng.sample(range(len(bag)), config.max_patches))]
+            logits, _ = model(torch.from_numpy(bag).to(config.device))
+            loss = torch.nn.functional.cross_entropy(logits, torch.tensor([classes.index(labels[sid])],
+                                                                          device=config.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item()
+        model.eval()
+        val = _evaluate(model, bags, by_split["val"] or by_split["train"], labels, classes, config.device)
+        row = {"epoch": epoch, "train_loss": loss_sum / max(1, len(order)), "val_macro_f1": val.macro_f1,
+               "val_accuracy": val.accuracy}
+        with metrics_path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        current = {"macro_f1": val.macro_f1, "accuracy": val.accuracy}
+        if better(current, best):
+            best, stale = current, 0
+            torch.save({"model": model.state_dict(), "classes": classes, "in_dim": dim,
+                        "config": json.dumps(asdict(config))}, out / "best.pt")
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    state = torch.load(out / "best.pt", map_location=config.device, weights_only=True)
+    model.load_state_dict(state["model"])
+    model.eval()
+    test = _evaluate(model, bags, by_split["test"], labels, classes, config.device)
+    summary = {"best_val": best, "test": test.to_dict(), "n_slides": {k: len(v) for k, v in by_split.items()},
+               "classes": classes}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _evaluate(model, bags, slides, labels, classes, device):
+    preds = [int(np.argmax(_predict(model, bags[s], device)[0])) for s in slides]
+    return classification_metrics([classes.index(labels[s]) for s in slides], preds, classes)
+
+
+def infer_mil(checkpoints: list[str | Path], store_path: str | Path, out: str | Path, scale: str = "20x",
+              extractor: str = "resnet50", device: str = "cpu") -> Path:
+    """Predictions CSV (mean class probabilities of an ensemble of checkpoints) and, per slide, the attention as
+    ``.npy`` and a heatmap PNG over the thumbnail."""
+    import torch
+
+    from ingest.slide_store import SlideStore
+    from models.registry import build_model
+
+    models, classes = [], None
+    for ckpt in checkpoints:
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        cfg = json.loads(state["config"])
+        m = build_model(cfg["model"], len(state["classes"]), in_dim=state["in_dim"])
+        m.load_state_dict(state["model"])
+        models.append(m.to(device).eval())
+        if classes is not None and classes != state["classes"]:
+            raise MILError(f"{ckpt}: classes {state['classes']} differ from the other checkpoints' {classes}")
+        classes = state["classes"]
+    store = SlideStore(store_path)
+    out = Path(out)
+    (out / "attention").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for sid in store.slide_ids():
+        bag = extract_slide_features(store_path, sid, scale, extractor, device=device)
+        if len(bag) == 0:
+            continue
+        probs, attn = zip(*(_predict(m, bag, device) for m in models), strict=True)
+        p, a = np.mean(probs, axis=0), np.mean(attn, axis=0)
+        rows.append({"slide_id": sid, "predicted": classes[int(np.argmax(p))],
+                     **{f"p_{c}": round(float(v), 6) for c, v in zip(classes, p, strict=True)}})
+        np.save(out / "attention" / f"{sid}.npy", a)
+        heatmap_png(store, sid, scale, a, out / "attention" / f"{sid}.png")
+    path = out / "predictions.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["slide_id", "predicted", *[f"p_{c}" for c in classes or []]])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def heatmap_png(store, slide_id: str, scale: str, attention: np.ndarray, path: Path) -> Path:
+    """Attention over the slide thumbnail: each tile's square tinted by its attention (red = most attended)."""
+    from PIL import Image
+
+    thumb = np.asarray(store.group[f"{slide_id}/thumbnail"][:]).astype(np.float32)
+    attrs = store.slide(slide_id).attrs
+    ds = attrs["thumbnail_downsample"]
+    size0 = attrs["scales"][scale]["tile_size0"]
+    heat = np.zeros(thumb.shape[:2], np.float32)
+    weight = (attention - attention.min()) / max(float(np.ptp(attention)), 1e-12)
+    for (x, y), w in zip(store.coords(slide_id, scale), weight, strict=True):
+        x0, y0 = int(x / ds), int(y / ds)
+        x1, y1 = max(x0 + 1, int((x + size0) / ds)), max(y0 + 1, int((y + size0) / ds))
+        heat[y0:y1, x0:x1] = np.maximum(heat[y0:y1, x0:x1], w)
+    colour = np.stack([255 * heat, 60 * (1 - heat), 255 * (1 - heat)], axis=-1)
+    alpha = np.where(heat > 0, 0.55, 0.0)[..., None]
+    img = (thumb * (1 - alpha) + colour * alpha).clip(0, 255).astype(np.uint8)
+    Image.fromarray(img).save(path)
+    return path
