@@ -108,10 +108,11 @@ def relative_path(class_name: str, patient: str, magnification: str, seq: int, p
 
 
 def resolve_magnifications(selection: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
-    """Expand a magnification selection: ``None``/"all" -> all four, "mixed" -> 100X+400X, "100X" or a list."""
+    """Expand a magnification selection: ``None``/"all" -> all four, "mixed" -> 100X+400X, "100X", a
+    comma-separated string ("40X,400X") or a list; order is kept, repeats dropped."""
     if selection is None:
         return MAGNIFICATIONS
-    items = [selection] if isinstance(selection, str) else list(selection)
+    items = selection.split(",") if isinstance(selection, str) else list(selection)
     out: list[str] = []
     for item in items:
         key = str(item).strip()

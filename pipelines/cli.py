@@ -112,8 +112,13 @@ def evaluate_command(
                   title_justify="left")
     for col in ("test magnification", "images", "patients", "macro-F1", "accuracy", "balanced acc", "patient acc"):
         table.add_column(col, justify="right")
-    for m in mag or ["100X", "400X", "mixed"]:
-        metrics = evaluate_split(model, store, split, m, data_config, dev, None)
+    from models.registry import MODELS
+
+    family = MODELS.get(config["model"]).family
+    # the fusion model's inputs are fixed at training time: it is tested on those magnifications together
+    tests = [config["train_magnification"]] if family == "fusion" else (mag or ["100X", "400X", "mixed"])
+    for m in tests:
+        metrics = evaluate_split(model, store, split, m, data_config, dev, None, family)
         table.add_row(m, str(metrics.n_images), str(metrics.n_patients), f"{metrics.macro_f1:.3f}",
                       f"{metrics.accuracy:.3f}", f"{metrics.balanced_accuracy:.3f}",
                       f"{metrics.patient_accuracy or 0:.3f}")

@@ -158,12 +158,23 @@ def _config_json(config: TrainConfig, store_path: Path) -> dict[str, Any]:
     return {**asdict(config), "store": str(store_path)}
 
 
-def evaluate_split(model, store, split: str, magnification, data_config, device: str, amp, rank: int = 0,
-                   world_size: int = 1) -> Metrics:
-    """Metrics of ``model`` on a split of ``store`` at ``magnification`` (image and patient level)."""
+def loader_factory(family: str):
+    """``make_loader`` for image classifiers, ``make_fusion_loader`` (same-patient K-magnification samples) for
+    the fusion model."""
+    if family == "fusion":
+        from pipelines.fusion_data import make_fusion_loader
+
+        return make_fusion_loader
     from pipelines.data import make_loader
 
-    loader = make_loader(store, split, magnification, data_config, device=device, train=False, seed=0)
+    return make_loader
+
+
+def evaluate_split(model, store, split: str, magnification, data_config, device: str, amp,
+                   family: str = "classifier") -> Metrics:
+    """Metrics of ``model`` on a split of ``store`` at ``magnification`` (image and patient level); for the fusion
+    model ``magnification`` lists its inputs."""
+    loader = loader_factory(family)(store, split, magnification, data_config, device=device, train=False, seed=0)
     logits, y, idx = predict(model, loader, device, amp)
     pred = logits.argmax(1).numpy() if len(logits) else np.zeros(0, dtype=np.int64)
     return full_metrics(y.numpy(), pred, store.patient[idx.numpy()], list(store.classes))
@@ -175,7 +186,7 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
 
     from ingest.store import ImageStore
     from models.registry import MODELS, build_model
-    from pipelines.data import DataConfig, make_loader
+    from pipelines.data import DataConfig
 
     run_dir = config.run_dir
     if (run_dir / "complete").exists():
@@ -202,14 +213,19 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
                             f"{'+'.join(mags)}; ingest with a split that has them")
     n_classes = len(store.classes)
     family = MODELS.get(config.model).family
-    if family != "classifier":
-        raise TrainingError(f"{config.model} is a {family} model; `histo-bench train` trains image classifiers "
-                            f"({', '.join(n for n in MODELS.names() if MODELS.get(n).family == 'classifier')})")
+    if family not in ("classifier", "fusion"):
+        trainable = [n for n in MODELS.names() if MODELS.get(n).family in ("classifier", "fusion")]
+        hint = {"mil": "use `histo-bench mil-train`", "mpcs": "use `histo-bench pretrain`"}.get(family, "")
+        raise TrainingError(f"{config.model} is a {family} model ({hint}); `histo-bench train` trains "
+                            f"{', '.join(trainable)}")
+    model_kwargs = dict(config.model_kwargs)
+    if family == "fusion":
+        model_kwargs.setdefault("n_inputs", len(mags))
     net = build_model(config.model, n_classes, pretrained=config.pretrained, weights=config.weights,
-                      **config.model_kwargs).to(device)
+                      **model_kwargs).to(device)
     model = wrap(net, ctx, device)
-    train_loader = make_loader(store, "train", mags, data_config, device=device, train=True, seed=config.seed,
-                               rank=ctx.rank, world_size=ctx.world_size)
+    train_loader = loader_factory(family)(store, "train", mags, data_config, device=device, train=True,
+                                          seed=config.seed, rank=ctx.rank, world_size=ctx.world_size)
     steps_per_epoch = len(train_loader) if config.max_steps_per_epoch is None else min(
         len(train_loader), config.max_steps_per_epoch)
     if steps_per_epoch == 0:
@@ -281,7 +297,7 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
         train_seconds = time.perf_counter() - t0
         if not main:
             continue
-        val = evaluate_split(net, store, "val", mags, data_config, device, amp)
+        val = evaluate_split(net, store, "val", mags, data_config, device, amp, family)
         row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
                "epoch_seconds": round(train_seconds, 3),
                "images_per_s": round(seen * ctx.world_size / train_seconds, 2), "world_size": ctx.world_size,
@@ -296,6 +312,7 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
         if better(current, best):
             best, best_epoch, stale = current, epoch, 0
             torch.save({"model": net.state_dict(), "config": json.dumps(_config_json(config, store_path)),
+                        "model_kwargs": json.dumps(model_kwargs), "family": family,
                         "classes": list(store.classes), "epoch": epoch}, run_dir / "best.pt")
         else:
             stale += 1
@@ -343,6 +360,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu"):
 
     state = torch.load(path, map_location=device, weights_only=True)
     config = json.loads(state["config"])
-    model = build_model(config["model"], len(state["classes"]), **config.get("model_kwargs", {}))
+    kwargs = json.loads(state["model_kwargs"]) if "model_kwargs" in state else config.get("model_kwargs", {})
+    model = build_model(config["model"], len(state["classes"]), **kwargs)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config, list(state["classes"])

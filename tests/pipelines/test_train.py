@@ -100,3 +100,25 @@ def test_schedule_and_class_weights():
     w = class_weights(np.array([0, 0, 0, 1]), 3)
     assert w.tolist() == pytest.approx([4 / 9, 4 / 3, 0.0])
     assert torch.isfinite(torch.as_tensor(w)).all()
+
+
+def test_fusion_model_trains_on_same_patient_magnification_pairs(colour_store, tmp_path):
+    from ingest.store import ImageStore
+    from pipelines.data import DataConfig
+    from pipelines.fusion_data import make_fusion_loader
+
+    store = ImageStore(colour_store)
+    loader = make_fusion_loader(store, "train", "100X,400X", DataConfig(image_size=32, load_size=40, batch_size=4),
+                                device="cpu", train=True, seed=0)
+    x, y, idx = next(iter(loader))
+    assert x.shape == (4, 2, 3, 32, 32) and set(store.magnification[idx.numpy()]) == {"100X"}
+    anchors = loader.anchors[: len(idx)]
+    assert len(anchors) == 4
+    for k, pos in enumerate(loader.anchors[:8]):  # every partner is the same patient at the other magnification
+        partners = loader.partners[0][k]
+        assert set(store.patient[loader.indices[partners].numpy()]) == {store.patient[loader.indices[pos].item()]}
+        assert set(store.magnification[loader.indices[partners].numpy()]) == {"400X"}
+    result = train(_config(colour_store, tmp_path, model="fusion_effnet_b0", train_magnification="100X,400X",
+                           epochs=2))
+    model, config, _ = load_checkpoint(result.run_dir / "best.pt")
+    assert model.n_inputs == 2 and result.epochs_run == 2
