@@ -68,22 +68,28 @@ def demo_store(progress=None) -> Path:
     return out
 
 
-#: The demo slides: (name, side in pixels, seed); 40x, 0.25 µm/px synthetic pyramidal TIFFs.
-DEMO_SLIDES: tuple[tuple[str, int, int], ...] = (("demo-slide-1", 8192, 0), ("demo-slide-2", 6144, 1))
+#: The demo slides: (name, side in pixels, seed, slide label); 40x, 0.25 µm/px synthetic pyramidal TIFFs whose
+#: tissue is built from benign or from malignant synthetic H&E fields, so MIL has a slide-level label to learn.
+DEMO_SLIDES: tuple[tuple[str, int, int, str], ...] = tuple(
+    (f"demo-slide-{i + 1}", 4096, i, "benign" if i % 2 == 0 else "malignant") for i in range(6))
 
 
 def write_demo_slides(out: str | Path) -> list[Path]:
-    """Write the synthetic demo slides into ``out`` (kept when already there)."""
+    """Write the synthetic demo slides and their ``labels.csv`` (slide_id,label) into ``out`` (kept when there)."""
+    from ingest.breakhis_names import BENIGN, CLASSES
     from ingest.synthetic_wsi import write_synthetic_slide
 
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, side, seed in DEMO_SLIDES:
+    for name, side, seed, label in DEMO_SLIDES:
         path = out / f"{name}.tiff"
         if not path.exists():
-            log.info("writing synthetic slide %s (%dx%d)", path, side, side)
-            write_synthetic_slide(path, width=side, height=side, seed=seed)
+            log.info("writing synthetic %s slide %s (%dx%d)", label, path, side, side)
+            classes = [c for c in CLASSES if (c in BENIGN) == (label == "benign")]
+            write_synthetic_slide(path, width=side, height=side, seed=seed, classes=classes)
         paths.append(path)
+    (out / "labels.csv").write_text("slide_id,label\n" + "".join(f"{n},{lab}\n" for n, _, _, lab in DEMO_SLIDES))
     return paths
 
 

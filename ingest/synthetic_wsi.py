@@ -126,22 +126,24 @@ def synthetic_tissue_mask(width: int, height: int, downsample: float = 1.0, seed
 
 
 @lru_cache(maxsize=4)
-def _fields(seed: int, cell_w: int, cell_h: int) -> tuple[np.ndarray, ...]:
+def _fields(seed: int, cell_w: int, cell_h: int, classes: tuple[str, ...] = _FIELD_CLASSES
+            ) -> tuple[np.ndarray, ...]:
     """The cached H&E fields (cropped to one mosaic cell), and their flips: (2 * _N_FIELDS, cell_h, cell_w, 3)."""
     from ingest.synthetic import render_image
 
     out = []
     for k in range(_N_FIELDS):
-        img = render_image(_FIELD_CLASSES[k % len(_FIELD_CLASSES)], "40X", f"14-{90001 + k}", k, seed=seed,
+        img = render_image(classes[k % len(classes)], "40X", f"14-{90001 + k}", k, seed=seed,
                            height=_FIELD_H, width=_FIELD_W)[:cell_h, :cell_w]
         out += [img, img[::-1, ::-1]]
     return tuple(np.ascontiguousarray(f) for f in out)
 
 
 @lru_cache(maxsize=16)
-def _fields_at(seed: int, cell_w: int, cell_h: int, downsample: int) -> np.ndarray:
+def _fields_at(seed: int, cell_w: int, cell_h: int, downsample: int,
+               classes: tuple[str, ...] = _FIELD_CLASSES) -> np.ndarray:
     """The mosaic fields box-downsampled by the integer ``downsample``: (n, cell_h/d, cell_w/d, 3) uint8."""
-    fields = np.stack(_fields(seed, cell_w, cell_h)).astype(np.float32)
+    fields = np.stack(_fields(seed, cell_w, cell_h, classes)).astype(np.float32)
     d = downsample
     n, h, w, _ = fields.shape
     small = fields.reshape(n, h // d, d, w // d, d, 3).mean(axis=(2, 4))
@@ -151,12 +153,13 @@ def _fields_at(seed: int, cell_w: int, cell_h: int, downsample: int) -> np.ndarr
 class _LevelRenderer:
     """Renders rows of one pyramid level directly at its resolution (no level is ever held whole)."""
 
-    def __init__(self, field: _TissueField, downsample: int, seed: int, cell: tuple[int, int]) -> None:
+    def __init__(self, field: _TissueField, downsample: int, seed: int, cell: tuple[int, int],
+                 classes: tuple[str, ...] = _FIELD_CLASSES) -> None:
         self.field, self.d = field, downsample
         self.width = math.ceil(field.width / downsample)
         self.height = math.ceil(field.height / downsample)
         cw, ch = cell
-        self.fields = _fields_at(seed, cw, ch, downsample)
+        self.fields = _fields_at(seed, cw, ch, downsample, tuple(classes))
         self.cw, self.ch = cw // downsample, ch // downsample
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0xCE11]))
         n_cx, n_cy = math.ceil(field.width / cw) + 1, math.ceil(field.height / ch) + 1
@@ -224,7 +227,7 @@ def aperio_description(width: int, height: int, tile: int, quality: int, mpp: fl
 def write_synthetic_slide(path: str | Path, *, width: int = 8192, height: int = 8192, mpp: float = 0.25,
                           objective_power: float = 40, levels: Sequence[int] = (1, 4, 16), tile: int = 256,
                           quality: int = 90, seed: int = 0, tissue: str = "islands",
-                          max_workers: int | None = None) -> Path:
+                          max_workers: int | None = None, classes: Sequence[str] = _FIELD_CLASSES) -> Path:
     """Write a synthetic pyramidal slide to ``path`` (atomically: a temp name, then rename) and return it.
 
     Args:
@@ -234,6 +237,8 @@ def write_synthetic_slide(path: str | Path, *, width: int = 8192, height: int = 
         tile: tile side (multiple of 16); quality: JPEG quality 1..100.
         seed: every pixel is a function of the arguments; tissue: ``"islands"`` or ``"none"`` (blank glass).
         max_workers: threads for JPEG encoding (tifffile default when None).
+        classes: BreakHis classes whose synthetic H&E fields fill the tissue (e.g. only malignant ones, to make
+            slides with a slide-level label for MIL).
     """
     import tifffile
 
@@ -257,7 +262,7 @@ def write_synthetic_slide(path: str | Path, *, width: int = 8192, height: int = 
     bigtiff = width * height * 3 * 1.4 > 2**31 - 2**26
     with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
         for i, d in enumerate(levels):
-            r = _LevelRenderer(field, d, seed, cell)
+            r = _LevelRenderer(field, d, seed, cell, tuple(classes))
             size = None if i == 0 else (r.width, r.height)
             desc = aperio_description(width, height, tile, quality, mpp, objective_power, size)
             ppcm = 1e4 / (mpp * width / r.width) if mpp else None

@@ -241,13 +241,15 @@ def heatmap_png(store, slide_id: str, scale: str, attention: np.ndarray, path: P
     ds = attrs["thumbnail_downsample"]
     size0 = attrs["scales"][scale]["tile_size0"]
     heat = np.zeros(thumb.shape[:2], np.float32)
+    covered = np.zeros(thumb.shape[:2], bool)
     weight = (attention - attention.min()) / max(float(np.ptp(attention)), 1e-12)
     for (x, y), w in zip(store.coords(slide_id, scale), weight, strict=True):
         x0, y0 = int(x / ds), int(y / ds)
         x1, y1 = max(x0 + 1, int((x + size0) / ds)), max(y0 + 1, int((y + size0) / ds))
         heat[y0:y1, x0:x1] = np.maximum(heat[y0:y1, x0:x1], w)
-    colour = np.stack([255 * heat, 60 * (1 - heat), 255 * (1 - heat)], axis=-1)
-    alpha = np.where(heat > 0, 0.55, 0.0)[..., None]
+        covered[y0:y1, x0:x1] = True
+    colour = np.stack([255 * heat, 60 * (1 - heat), 255 * (1 - heat)], axis=-1)  # blue (low) .. red (high)
+    alpha = np.where(covered, 0.55, 0.0)[..., None]
     img = (thumb * (1 - alpha) + colour * alpha).clip(0, 255).astype(np.uint8)
     Image.fromarray(img).save(path)
     return path
