@@ -245,3 +245,61 @@ def mil_infer_command(
     except (MILError, KeyError) as exc:
         _fail(str(exc).strip("'\""))
     stdout.print(f"predictions: {path}\nattention heatmaps: {out / 'attention'}", highlight=False)
+
+
+def loader_bench_command(
+    model: Annotated[str, typer.Option(help="Image classifier whose training step is fed.")] = "deit_small",
+    data: Annotated[Optional[Path], typer.Option(help="Image store (default: the embedded demo store).")] = None,
+    loader: Annotated[Optional[list[str]], typer.Option(
+        "--loader", help="device, dali, torch (repeatable; default device).")] = None,
+    train_mag: Annotated[str, typer.Option("--train-mag", help="Images to load.")] = "100X",
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
+    image_size: Annotated[int, typer.Option(help="Network input side.")] = 224,
+    steps: Annotated[int, typer.Option(help="Timed training steps per measurement.")] = 20,
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    out: Annotated[Path, typer.Option(help="Where the JSON result goes.")] = Path("bench_results/loader"),
+) -> None:
+    """Input-pipeline efficiency: training images/s fed by a loader / images/s on tensors already on the device."""
+    import json
+    import time
+
+    import torch
+
+    from benchmark.environment import describe
+    from ingest.store import ImageStore
+    from models.registry import build_model
+    from pipelines.data import DataConfig, input_efficiency, make_loader
+    from pipelines.device import autocast, autocast_dtype, resolve_device
+    from pipelines.train import default_store
+
+    dev = resolve_device(device)
+    amp = autocast_dtype(precision, dev)
+    store = ImageStore(data or default_store())
+    net = build_model(model, len(store.classes)).to(dev)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+
+    def step(x, y):
+        with autocast(dev, amp):
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    rows = []
+    for name in loader or ["device"]:
+        config = DataConfig(image_size=image_size, load_size=round(image_size * 8 / 7), batch_size=batch_size,
+                            loader=name)
+        result = input_efficiency(make_loader(store, "train", train_mag, config, device=dev, train=True), step,
+                                  n_batches=steps)
+        rows.append({"loader": name, **{k: round(v, 3) for k, v in result.items()}})
+        stdout.print(f"{name}: {result['loader_images_per_s']:.1f} images/s vs {result['synthetic_images_per_s']:.1f}"
+                     f" on device-resident tensors: efficiency {result['efficiency']:.2f}", highlight=False)
+    out.mkdir(parents=True, exist_ok=True)
+    env = describe()
+    path = out / f"{model}_{'gpu' if env['gpus'] else 'cpu'}.json"
+    path.write_text(json.dumps({"model": model, "device": dev, "precision": str(amp), "batch_size": batch_size,
+                                "image_size": image_size, "store": str(store.path),
+                                "origin": store.attrs.get("origin", {}), "environment": env,
+                                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows}, indent=1))
+    stdout.print(f"saved to {path}")
