@@ -187,6 +187,16 @@ class _EpochMixin:
         self._next_epoch = epoch + 1
         return epoch
 
+    def _setup(self, *, batch_size: int, train: bool, seed: int, drop_last: bool | None, shuffle: bool | None,
+               rank: int, world_size: int, image_size: int, augment: AugmentConfig | None) -> None:
+        """The settings every loader shares: ``train`` sets the shuffle / drop_last defaults."""
+        self.batch_size, self.train, self.seed = int(batch_size), bool(train), int(seed)
+        self.drop_last = self.train if drop_last is None else bool(drop_last)
+        self.shuffle = self.train if shuffle is None else bool(shuffle)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.image_size = int(image_size)
+        self.augment = GpuAugment(augment or AugmentConfig(), image_size, seed=self.seed)
+
 
 class DeviceLoader(_EpochMixin):
     """All selected images resident on ``device`` as uint8, augmented there batch by batch (the fast path).
@@ -220,12 +230,8 @@ class DeviceLoader(_EpochMixin):
         self.images = images.to(self.device)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).to(self.device)
         self.indices = torch.as_tensor(np.asarray(indices), dtype=torch.long).to(self.device)
-        self.batch_size, self.train, self.seed = int(batch_size), bool(train), int(seed)
-        self.drop_last = self.train if drop_last is None else bool(drop_last)
-        self.shuffle = self.train if shuffle is None else bool(shuffle)
-        self.rank, self.world_size = int(rank), int(world_size)
-        self.image_size = int(image_size)
-        self.augment = GpuAugment(augment or AugmentConfig(), image_size, seed=self.seed)
+        self._setup(batch_size=batch_size, train=train, seed=seed, drop_last=drop_last, shuffle=shuffle, rank=rank,
+                    world_size=world_size, image_size=image_size, augment=augment)
 
     @classmethod
     def from_store(cls, store: Any, indices: np.ndarray, config: DataConfig, *, device: torch.device | str,
@@ -326,12 +332,8 @@ class TorchLoader(_EpochMixin):
             raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
         self.dataset = StoreDataset(store, indices, load_size)
         self.device = torch.device(device)
-        self.batch_size, self.train, self.seed = int(batch_size), bool(train), int(seed)
-        self.drop_last = self.train if drop_last is None else bool(drop_last)
-        self.shuffle = self.train if shuffle is None else bool(shuffle)
-        self.rank, self.world_size = int(rank), int(world_size)
-        self.image_size = int(image_size)
-        self.augment = GpuAugment(augment or AugmentConfig(), image_size, seed=self.seed)
+        self._setup(batch_size=batch_size, train=train, seed=seed, drop_last=drop_last, shuffle=shuffle, rank=rank,
+                    world_size=world_size, image_size=image_size, augment=augment)
         self._sampler = _OrderSampler()
         self._loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=self.batch_size, sampler=self._sampler, drop_last=self.drop_last,
