@@ -14,6 +14,7 @@ import typer
 from ingest.console import setup_logging, stdout
 from pipelines.cli import (
     evaluate_command,
+    fusion_slides_command,
     loader_bench_command,
     mil_infer_command,
     mil_train_command,
@@ -40,6 +41,7 @@ app.command("evaluate")(evaluate_command)
 app.command("pretrain")(pretrain_command)
 app.command("mil-train")(mil_train_command)
 app.command("mil-infer")(mil_infer_command)
+app.command("fusion-slides")(fusion_slides_command)
 app.command("loader-bench")(loader_bench_command)
 app.command("suite")(suite_command)
 app.command("report")(report_command)

@@ -303,3 +303,33 @@ def loader_bench_command(
                                 "origin": store.attrs.get("origin", {}), "environment": env,
                                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows}, indent=1))
     stdout.print(f"saved to {path}")
+
+
+def fusion_slides_command(
+    store: Annotated[Path, typer.Option(help="Slide store tiled with --multiscale.")],
+    labels: Annotated[Path, typer.Option(help="CSV with slide_id,label (optional patient column).")],
+    scale: Annotated[str, typer.Option(help="Scale holding the concentric views (the first --mag).")] = "20x",
+    max_tiles: Annotated[int, typer.Option(help="Tiles per slide (random subset).")] = 256,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Tiles per step.")] = 16,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 3e-4,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/fusion-slides"),
+) -> None:
+    """The multi-magnification fusion model on slides: each tile's 1x/2x/4x/8x views are its inputs."""
+    from pipelines.fusion_slides import SlideFusionConfig, train_slide_fusion
+    from pipelines.mil import MILError
+
+    try:
+        config = SlideFusionConfig(store=str(store), labels=str(labels), scale=scale, max_tiles=max_tiles,
+                                   epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed,
+                                   out=str(out))
+        summary = train_slide_fusion(config)
+    except (MILError, ValueError, KeyError) as exc:
+        _fail(str(exc).strip("'\""))
+    test = summary.get("test_slide")
+    result = (f"test slide macro-F1 {test['macro_f1']:.3f}, accuracy {test['accuracy']:.3f} ({test['n_images']} "
+              f"slides)" if test else "no test slides")
+    stdout.print(f"{out}: {summary['n_inputs']} views per tile, slides {summary['n_slides']}, {result}",
+                 highlight=False)
