@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.splits import SPLIT_CODES, SplitConfig, patient_split
 from pipelines.evaluate import classification_metrics
-from pipelines.mil import MILError, read_labels
+from pipelines.mil import MILError, read_labels, split_slides
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +100,7 @@ def train_slide_fusion(config: SlideFusionConfig) -> dict:
     slides = sorted(labels)
     if len(slides) < 3:
         raise MILError(f"only {len(slides)} labelled slide(s); need at least 3 (train, val, test)")
-    y_slide = np.array([classes.index(labels[s]) for s in slides])
-    split = patient_split(np.array([patients[s] for s in slides]), y_slide, classes,
-                          SplitConfig(fractions=config.split, seed=config.seed))
-    by_split = {name: [s for s, c in zip(slides, split.codes, strict=True) if c == code]
-                for name, code in SPLIT_CODES.items() if code >= 0}
+    by_split, notes = split_slides(slides, labels, patients, classes, config.split, config.seed)
     data = {name: _load(config, ids, rng) for name, ids in by_split.items() if ids}
     if "train" not in data:
         raise MILError("no training slides after the split")
@@ -116,7 +111,7 @@ def train_slide_fusion(config: SlideFusionConfig) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
-    (out / "splits.json").write_text(json.dumps({**by_split, "notes": split.notes, "classes": classes}, indent=1))
+    (out / "splits.json").write_text(json.dumps({**by_split, "notes": notes, "classes": classes}, indent=1))
     metrics_path = out / "metrics.jsonl"
     metrics_path.unlink(missing_ok=True)
 

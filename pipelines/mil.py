@@ -90,6 +90,18 @@ def read_labels(path: str | Path, slide_ids: list[str]) -> tuple[dict[str, str],
     return labels, patients
 
 
+def split_slides(slides: list[str], labels: dict[str, str], patients: dict[str, str], classes: list[str],
+                 fractions: tuple[float, float, float], seed: int) -> tuple[dict[str, list[str]], list[str]]:
+    """train/val/test slide lists, stratified by label, with every patient's slides in one split; and the notes
+    on classes too small to reach every split."""
+    y = np.array([classes.index(labels[s]) for s in slides])
+    split = patient_split(np.array([patients[s] for s in slides]), y, classes,
+                          SplitConfig(fractions=fractions, seed=seed))
+    by_split = {name: [s for s, c in zip(slides, split.codes, strict=True) if c == code]
+                for name, code in SPLIT_CODES.items() if code >= 0}
+    return by_split, split.notes
+
+
 def _bags(config: MILConfig, slide_ids: list[str], device: str) -> dict[str, np.ndarray]:
     from models.mil import feature_extractor
 
@@ -128,18 +140,14 @@ def train_mil(config: MILConfig) -> dict:
     slides = sorted(bags)
     if len(slides) < 3:
         raise MILError(f"only {len(slides)} labelled slide(s) with tiles; need at least 3 (train, val, test)")
-    y = np.array([classes.index(labels[s]) for s in slides])
-    split = patient_split(np.array([patients[s] for s in slides]), y, classes,
-                          SplitConfig(fractions=config.split, seed=config.seed))
-    by_split = {name: [s for s, c in zip(slides, split.codes, strict=True) if c == code]
-                for name, code in SPLIT_CODES.items() if code >= 0}
+    by_split, notes = split_slides(slides, labels, patients, classes, config.split, config.seed)
     seed_everything(config.seed)
     dim = next(iter(bags.values())).shape[1]
     model = build_model(config.model, len(classes), in_dim=dim).to(config.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "splits.json").write_text(json.dumps({**by_split, "notes": split.notes, "classes": classes}, indent=1))
+    (out / "splits.json").write_text(json.dumps({**by_split, "notes": notes, "classes": classes}, indent=1))
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
     rng = random.Random(config.seed)
     best, stale = None, 0
