@@ -188,13 +188,15 @@ def tile(
 
 
 @app.command()
-def info(store: Annotated[Path, typer.Argument(help="A store written by histo-ingest.")]) -> None:
+def info(store: Annotated[Path, typer.Argument(help="A store written by histo-ingest.")],
+         patients: Annotated[bool, typer.Option(help="Also list images per patient x magnification.")] = False
+         ) -> None:
     """Summarise a store: an image store (classes x magnifications x splits) or a slide store (tiles per slide)."""
-    _print_info(store)
+    _print_info(store, patients)
 
 
-def _print_info(path: Path) -> None:
-    from ingest.report_tables import slide_store_tables, store_tables
+def _print_info(path: Path, patients: bool = False) -> None:
+    from ingest.report_tables import patient_table, slide_store_tables, store_tables
     from ingest.slide_store import FORMAT as SLIDE_FORMAT
     from ingest.slide_store import SlideStore
     from ingest.store import ImageStore, StoreError, store_format
@@ -203,7 +205,8 @@ def _print_info(path: Path) -> None:
         if store_format(path) == SLIDE_FORMAT:
             renderables = slide_store_tables(SlideStore(path))
         else:
-            renderables = store_tables(ImageStore(path))
+            image_store = ImageStore(path)
+            renderables = store_tables(image_store) + ([patient_table(image_store)] if patients else [])
     except (StoreError, RuntimeError) as exc:
         _fail(str(exc))
     for renderable in renderables:

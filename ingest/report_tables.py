@@ -6,6 +6,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from ingest.splits import SPLIT_CODES
 from ingest.store import ImageStore
 
 
@@ -48,6 +49,24 @@ def store_tables(store: ImageStore) -> list:
         parts.append(Text(f"{len(summary['skipped'])} input file(s) were skipped at ingest "
                           "(listed in the store attrs 'summary.skipped')", style="yellow"))
     return [Group(*parts)]
+
+
+def patient_table(store: ImageStore) -> Table:
+    """Images per patient x magnification, with the patient's class(es) and split."""
+    from collections import Counter
+
+    mags = list(store.attrs["magnifications"])
+    split_names = {code: name for name, code in SPLIT_CODES.items()}
+    table = Table(title=f"{len(set(store.patient.tolist()))} patients", title_justify="left")
+    for col in ("patient", "class", "split", *mags, "all"):
+        table.add_column(col, justify="right" if col in mags or col == "all" else "left")
+    for patient in sorted(set(store.patient.tolist())):
+        rows = store.patient == patient
+        per_mag = Counter(store.magnification[rows].tolist())
+        classes = ", ".join(sorted({store.classes[i] for i in store.label[rows]}))
+        split = ", ".join(sorted({split_names[int(c)] for c in store.split[rows]}))
+        table.add_row(patient, classes, split, *(str(per_mag.get(m, 0)) for m in mags), str(int(rows.sum())))
+    return table
 
 
 def tiling_tables(summary, overlay_dir) -> list:

@@ -19,6 +19,8 @@ def test_breakhis_command_prints_the_summary_table(tiny_tree, tmp_path):
     assert "user-provided" in res.stdout
     res = runner.invoke(app, ["info", str(out)])
     assert res.exit_code == 0 and "96 images" in res.stdout
+    res = runner.invoke(app, ["info", str(out), "--patients"])
+    assert res.exit_code == 0 and "24 patients" in res.stdout and "14-1000" in res.stdout
 
 
 def test_skipped_files_exit_3_and_are_listed(tiny_tree, tmp_path):
