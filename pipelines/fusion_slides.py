@@ -91,7 +91,7 @@ def train_slide_fusion(config: SlideFusionConfig) -> dict:
     from ingest.slide_store import SlideStore
     from models.registry import build_model
     from pipelines.augment import GpuAugment, eval_transform
-    from pipelines.train import better, seed_everything
+    from pipelines.train import EarlyStopping, seed_everything
 
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -112,8 +112,7 @@ def train_slide_fusion(config: SlideFusionConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
     (out / "splits.json").write_text(json.dumps({**by_split, "notes": notes, "classes": classes}, indent=1))
-    metrics_path = out / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
+    stopper = EarlyStopping(config.patience, out / "metrics.jsonl")
 
     def predict(name: str) -> np.ndarray:
         views, _ = data[name]
@@ -128,7 +127,6 @@ def train_slide_fusion(config: SlideFusionConfig) -> dict:
 
     x_train, owner_train = data["train"]
     y_train = torch.tensor([classes.index(labels[s]) for s in owner_train])
-    best, stale = None, 0
     for epoch in range(config.epochs):
         model.train()
         order = torch.from_numpy(rng.permutation(len(x_train)))
@@ -147,19 +145,12 @@ def train_slide_fusion(config: SlideFusionConfig) -> dict:
         val = _slide_metrics(predict(val_name), data[val_name][1], labels, classes)
         row = {"epoch": epoch, "train_loss": loss_sum / len(order), "val_slide_macro_f1": val.macro_f1,
                "val_slide_accuracy": val.accuracy}
-        with metrics_path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        current = {"macro_f1": val.macro_f1, "accuracy": val.accuracy}
-        if better(current, best):
-            best, stale = current, 0
-            torch.save({"model": model.state_dict(), "classes": classes, "n_inputs": n_views,
-                        "config": json.dumps(asdict(config))}, out / "best.pt")
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
+        if stopper.step(row, {"macro_f1": val.macro_f1, "accuracy": val.accuracy}, lambda: torch.save(
+                {"model": model.state_dict(), "classes": classes, "n_inputs": n_views,
+                 "config": json.dumps(asdict(config))}, out / "best.pt")):
+            break
     model.load_state_dict(torch.load(out / "best.pt", map_location=config.device, weights_only=True)["model"])
-    summary = {"best_val": best, "classes": classes, "n_inputs": n_views,
+    summary = {"best_val": stopper.best, "classes": classes, "n_inputs": n_views,
                "n_slides": {k: len(v) for k, v in by_split.items()},
                "n_tiles": {k: int(len(v[0])) for k, v in data.items()}}
     if "test" in data:

@@ -131,7 +131,7 @@ def train_mil(config: MILConfig) -> dict:
 
     from ingest.slide_store import SlideStore
     from models.registry import build_model
-    from pipelines.train import better, seed_everything
+    from pipelines.train import EarlyStopping, seed_everything
 
     store = SlideStore(config.store)
     labels, patients = read_labels(config.labels, store.slide_ids())
@@ -150,9 +150,7 @@ def train_mil(config: MILConfig) -> dict:
     (out / "splits.json").write_text(json.dumps({**by_split, "notes": notes, "classes": classes}, indent=1))
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
     rng = random.Random(config.seed)
-    best, stale = None, 0
-    metrics_path = out / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
+    stopper = EarlyStopping(config.patience, out / "metrics.jsonl")
     for epoch in range(config.epochs):
         model.train()
         order = list(by_split["train"])
@@ -173,22 +171,15 @@ def train_mil(config: MILConfig) -> dict:
         val = _evaluate(model, bags, by_split["val"] or by_split["train"], labels, classes, config.device)
         row = {"epoch": epoch, "train_loss": loss_sum / max(1, len(order)), "val_macro_f1": val.macro_f1,
                "val_accuracy": val.accuracy}
-        with metrics_path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        current = {"macro_f1": val.macro_f1, "accuracy": val.accuracy}
-        if better(current, best):
-            best, stale = current, 0
-            torch.save({"model": model.state_dict(), "classes": classes, "in_dim": dim,
-                        "config": json.dumps(asdict(config))}, out / "best.pt")
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
+        if stopper.step(row, {"macro_f1": val.macro_f1, "accuracy": val.accuracy}, lambda: torch.save(
+                {"model": model.state_dict(), "classes": classes, "in_dim": dim,
+                 "config": json.dumps(asdict(config))}, out / "best.pt")):
+            break
     state = torch.load(out / "best.pt", map_location=config.device, weights_only=True)
     model.load_state_dict(state["model"])
     model.eval()
     test = _evaluate(model, bags, by_split["test"], labels, classes, config.device)
-    summary = {"best_val": best, "test": test.to_dict(), "n_slides": {k: len(v) for k, v in by_split.items()},
+    summary = {"best_val": stopper.best, "test": test.to_dict(), "n_slides": {k: len(v) for k, v in by_split.items()},
                "classes": classes}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -154,6 +154,30 @@ def better(candidate: dict[str, Any], best: dict[str, Any] | None) -> bool:
     return (candidate["macro_f1"], candidate["accuracy"]) > (best["macro_f1"], best["accuracy"])
 
 
+class EarlyStopping:
+    """Per-epoch bookkeeping for the smaller trainers (MIL, slide fusion): append the epoch's row to a JSONL, keep
+    the best validation result by :func:`better` (saving through ``save``), and say when ``patience`` epochs have
+    passed without one."""
+
+    def __init__(self, patience: int, metrics_path: Path) -> None:
+        self.patience = patience
+        self.metrics_path = metrics_path
+        self.best: dict[str, Any] | None = None
+        self.stale = 0
+        metrics_path.unlink(missing_ok=True)
+
+    def step(self, row: dict[str, Any], current: dict[str, Any], save: Callable[[], None]) -> bool:
+        """Record one epoch; True when training should stop."""
+        with self.metrics_path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if better(current, self.best):
+            self.best, self.stale = current, 0
+            save()
+        else:
+            self.stale += 1
+        return self.stale >= self.patience
+
+
 def _config_json(config: TrainConfig, store_path: Path) -> dict[str, Any]:
     return {**asdict(config), "store": str(store_path)}
 
