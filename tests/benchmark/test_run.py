@@ -1,0 +1,108 @@
+"""``histo-bench run`` end to end on a tiny checkpoint, the result rows, the report files and ``compare``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from benchmark.cli import app
+from benchmark.report import PLOTS
+from benchmark.results import ROW_FIELDS, compare_rows, flatten, load_rows
+from benchmark.run import BenchConfig, BenchError, _variants, run_benchmark
+
+FAST = dict(warmup=1, min_iters=3, min_time_s=0.0, max_time_s=0.3)
+
+
+@pytest.fixture(scope="module")
+def result(bench_checkpoint, bench_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench-out")
+    config = BenchConfig(model="tiny_cnn_test", checkpoint=str(bench_checkpoint), data=str(bench_store),
+                         backends=("eager", "amp", "onnxruntime", "cudagraphs", "tensorrt"), batch_sizes=(1, 4),
+                         device="cpu", out=str(out), **FAST)
+    return run_benchmark(config)
+
+
+def test_every_row_has_every_field_and_consistent_numbers(result):
+    out_dir, rows = result
+    assert all(list(r) == list(ROW_FIELDS) for r in rows)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {(r["backend"], r["precision"], r["batch_size"]) for r in ok} == {
+        (b, p, bs) for b, p in (("eager", "fp32"), ("amp", "bf16"), ("onnxruntime", "fp32")) for bs in (1, 4)}
+    for r in ok:
+        assert r["latency_p50_ms"] <= r["latency_p90_ms"] <= r["latency_p99_ms"]
+        assert r["throughput_ips"] == pytest.approx(r["batch_size"] / (r["latency_mean_ms"] / 1000))
+        assert set(r["macro_f1"]) == set(r["accuracy"]) == {"100X", "400X"}
+        assert all(0 <= v <= 1 for v in r["macro_f1"].values())
+        assert r["n_test_images"]["100X"] > 0 and r["n_test_patients"]["100X"] > 0
+        assert r["gflops_per_image"] > 0 and r["params_m"] > 0 and r["ceiling_ips"] > 0
+        assert r["env"]["torch"] and r["env"]["time"] and r["env_tag"] == out_dir.name
+        assert r["data"].startswith("data: user-provided")
+    by = {r["backend"]: r for r in ok}
+    assert by["eager"]["max_abs_logit_diff"] == 0 and by["eager"]["top1_agreement"] == 1
+    assert by["onnxruntime"]["max_abs_logit_diff"] < 1e-4
+    assert by["amp"]["max_abs_logit_diff"] > 0  # bf16 changes the logits a little, and the row shows it
+
+
+def test_skipped_backends_are_rows_with_reasons(result):
+    _, rows = result
+    skipped = {r["backend"]: r for r in rows if r["status"] == "skipped"}
+    assert set(skipped) == {"cudagraphs", "tensorrt"}
+    assert all(r["reason"] and r["batch_size"] is None for r in skipped.values())
+
+
+def test_files_and_report(result):
+    out_dir, rows = result
+    assert load_rows(out_dir) == json.loads(json.dumps(rows))
+    header = (out_dir / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"macro_f1_100X", "macro_f1_400X", "latency_p99_ms", "env_gpu"} <= set(header)
+    md = (out_dir / "results.md").read_text()
+    assert "## Efficiency" in md and "## Skipped backends" in md and "needs a CUDA GPU" in md
+    assert "Data: user-provided" in md and "macro-F1 100X" in md
+    for name in PLOTS:
+        assert (out_dir / name).stat().st_size > 5000
+    assert json.loads((out_dir / "config.json").read_text())["device"] == "cpu"
+    assert "macro_f1_100X" in flatten(rows[0]) or rows[0]["status"] != "ok"
+
+
+def test_compare_ratios_and_cli(result, tmp_path):
+    out_dir, rows = result
+    slower = [dict(r, throughput_ips=r["throughput_ips"] / 2, latency_p50_ms=r["latency_p50_ms"] * 2)
+              if r["status"] == "ok" else r for r in rows]
+    pairs = compare_rows(rows, slower)
+    assert len(pairs) == 6 and all(p["throughput_ratio"] == pytest.approx(0.5) for p in pairs)
+    assert all(p["latency_ratio"] == pytest.approx(2.0) for p in pairs)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in slower))
+    res = CliRunner().invoke(app, ["compare", str(out_dir), str(tmp_path / "b")], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    assert "0.50x" in res.output and "2.00x" in res.output
+    res = CliRunner().invoke(app, ["compare", str(out_dir), str(tmp_path / "nothing")])
+    assert res.exit_code == 1 and "no benchmark results here" in res.output
+
+
+def test_bad_input_is_a_clear_error(bench_checkpoint, tmp_path):
+    with pytest.raises(KeyError, match="valid names"):
+        BenchConfig(backends=("warp_drive",))
+    with pytest.raises(ValueError, match="unknown precision"):
+        BenchConfig(precisions=("int3",))
+    with pytest.raises(BenchError, match="no such checkpoint"):
+        run_benchmark(BenchConfig(model="tiny_cnn_test", checkpoint=str(tmp_path / "x.pt"), device="cpu"))
+    with pytest.raises(BenchError, match="holds tiny_cnn_test"):
+        run_benchmark(BenchConfig(model="resnet50", checkpoint=str(bench_checkpoint), device="cpu"))
+    res = CliRunner().invoke(app, ["run", "--model", "tiny_cnn_test", "--checkpoint", str(tmp_path / "x.pt"),
+                                   "--device", "cpu"])
+    assert res.exit_code == 1 and "no such checkpoint" in res.output
+
+
+def test_default_backend_set_on_cpu_lists_every_backend():
+    from tests.pipelines.tiny_models import TinyCNN
+
+    variants = _variants(BenchConfig(), "cpu", TinyCNN(8))
+    names = {v[0] for v in variants}
+    assert names == {"eager", "amp", "channels_last", "compile", "compile_max_autotune", "cudagraphs", "tensorrt",
+                     "onnxruntime"}
+    reasons = {v[0]: v[3] for v in variants}
+    assert reasons["eager"] is None and reasons["compile"] is None and reasons["onnxruntime"] is None
+    assert reasons["cudagraphs"] and reasons["tensorrt"] and reasons["compile_max_autotune"]
