@@ -53,9 +53,14 @@ def train_command(
     weights: Annotated[Optional[Path], typer.Option(help="Start from a local weights file.")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Cap on steps per epoch (quick runs).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for everything.")] = 0,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<model>-<mag>).")] = None,
+    task: Annotated[str, typer.Option(help="subtype (the store's classes) or binary (benign vs malignant).")
+                    ] = "subtype",
+    wandb: Annotated[bool, typer.Option(help="Also log the curves to Weights & Biases (pip install wandb).")] = False,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Run directory (default runs/<model>-<mag>, runs/<model>-<mag>-binary for --task binary).")] = None,
 ) -> None:
-    """Train a classifier with the paper protocol; resumes an interrupted run in the same --out."""
+    """Train a classifier with the paper protocol; resumes an interrupted run in the same --out. TensorBoard curves
+    go to <run dir>/tb (tensorboard --logdir runs)."""
     from pipelines.train import TrainConfig, TrainingError, train
 
     try:
@@ -63,7 +68,8 @@ def train_command(
                              epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                              patience=patience, precision=precision, device=device, loader=loader,
                              image_size=image_size, pretrained=pretrained, weights=str(weights) if weights else None,
-                             max_steps_per_epoch=max_steps, seed=seed, out=str(out) if out else None)
+                             max_steps_per_epoch=max_steps, seed=seed, task=task, wandb=wandb,
+                             out=str(out) if out else None)
     except ValueError as exc:
         _fail(str(exc))
     from ingest.console import progress_bar
@@ -91,6 +97,8 @@ def evaluate_command(
     mag: Annotated[Optional[list[str]], typer.Option("--mag", help="Magnification(s) to test (repeatable).")
                    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+    task: Annotated[Optional[str], typer.Option(
+        help="subtype or binary (default: the checkpoint's task; a subtype model can be scored on binary).")] = None,
 ) -> None:
     """Macro-F1, accuracy and patient-level accuracy of a checkpoint on each magnification's split."""
     from rich.table import Table
@@ -106,10 +114,14 @@ def evaluate_command(
     dev = resolve_device(device)
     model, config, _ = load_checkpoint(checkpoint, dev)
     store = ImageStore(data or config["store"])
-    data_config = DataConfig(image_size=config["image_size"], load_size=config["load_size"],
-                             batch_size=config["batch_size"], loader=config["loader"])
-    table = Table(title=f"{config['model']} trained on {config['train_magnification']}, {split} split",
-                  title_justify="left")
+    model_task = config.get("task", "subtype")  # checkpoints from before tasks are subtype models
+    try:
+        data_config = DataConfig(image_size=config["image_size"], load_size=config["load_size"],
+                                 batch_size=config["batch_size"], loader=config["loader"], task=task or model_task)
+    except ValueError as exc:
+        _fail(str(exc))
+    table = Table(title=f"{config['model']} trained on {config['train_magnification']} ({model_task}), {split} "
+                  f"split, {data_config.task} task", title_justify="left")
     for col in ("test magnification", "images", "patients", "macro-F1", "accuracy", "balanced acc", "patient acc"):
         table.add_column(col, justify="right")
     from models.registry import MODELS
@@ -118,7 +130,10 @@ def evaluate_command(
     # the fusion model's inputs are fixed at training time: it is tested on those magnifications together
     tests = [config["train_magnification"]] if family == "fusion" else (mag or ["100X", "400X", "mixed"])
     for m in tests:
-        metrics = evaluate_split(model, store, split, m, data_config, dev, None, family)
+        try:
+            metrics = evaluate_split(model, store, split, m, data_config, dev, None, family, model_task)
+        except ValueError as exc:
+            _fail(str(exc))
         table.add_row(m, str(metrics.n_images), str(metrics.n_patients), f"{metrics.macro_f1:.3f}",
                       f"{metrics.accuracy:.3f}", f"{metrics.balanced_accuracy:.3f}",
                       f"{metrics.patient_accuracy or 0:.3f}")
@@ -137,7 +152,10 @@ def suite_command(
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed for every run.")] = 0,
-    out: Annotated[Path, typer.Option(help="Suite directory.")] = Path("runs/suite"),
+    task: Annotated[str, typer.Option(help="subtype (the store's classes) or binary (benign vs malignant).")
+                    ] = "subtype",
+    out: Annotated[Optional[Path], typer.Option(
+        help="Suite directory (default runs/suite, runs/suite-binary for --task binary).")] = None,
 ) -> None:
     """Cross-magnification suite: train on 100X / 400X / mixed, test on each; Markdown report + heatmaps."""
     from pipelines.report import write_report
@@ -147,15 +165,16 @@ def suite_command(
     try:
         base = TrainConfig(store=str(data) if data else None, epochs=epochs, batch_size=batch_size, lr=lr,
                            max_steps_per_epoch=max_steps, image_size=image_size, precision=precision,
-                           device=device, seed=seed)
-        config = SuiteConfig(models=tuple(model or ("deit_small", "swin_tiny")), train=base, out=str(out))
+                           device=device, seed=seed, task=task)
+        config = SuiteConfig(models=tuple(model or ("deit_small", "swin_tiny")), train=base,
+                             out=str(out) if out else None)
     except ValueError as exc:
         _fail(str(exc))
     try:
         run_suite(config, on_run=lambda m, t: console.print(f"[bold]{m}[/] trained on {t}"))
     except (TrainingError, KeyError) as exc:
         _fail(str(exc).strip("'\""))
-    report = write_report(out)
+    report = write_report(config.suite_dir)
     stdout.print(report.read_text(), markup=False, highlight=False)
     stdout.print(f"report: {report}")
 

@@ -28,6 +28,7 @@ import torch
 
 from pipelines.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
 from pipelines.data import Batch, DataConfig, _EpochMixin, _n_batches, _open, epoch_order, epoch_seed
+from pipelines.tasks import task_labels
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +68,20 @@ class DaliLoader(_EpochMixin):
         device_id: CUDA device of the pipeline, or None for a CPU-only pipeline (outputs on the CPU).
         num_threads: DALI CPU worker threads.
         prefetch: DALI prefetch queue depth.
+        task: which label the batches carry (:func:`pipelines.tasks.task_labels`).
     """
 
     def __init__(self, store: Any, indices: np.ndarray, *, batch_size: int = 32, train: bool = True,
                  augment: AugmentConfig | None = None, image_size: int = 224, seed: int = 0,
                  device_id: int | None = None, num_threads: int = 2, prefetch: int = 2,
                  drop_last: bool | None = None, shuffle: bool | None = None, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, task: str = "subtype") -> None:
         _dali()  # fail early with the install hint
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
         self.store = _open(store)
         self.indices = np.asarray(indices, dtype=np.int64)
-        self.labels = self.store.label[self.indices].astype(np.int64)
+        self.labels = task_labels(self.store, task)[0][self.indices]
         self.batch_size, self.train, self.seed = int(batch_size), bool(train), int(seed)
         self.drop_last = self.train if drop_last is None else bool(drop_last)
         self.shuffle = self.train if shuffle is None else bool(shuffle)
@@ -100,7 +102,7 @@ class DaliLoader(_EpochMixin):
                                                        else torch.cuda.current_device())
         return cls(store, indices, batch_size=config.batch_size, train=train, augment=config.augment,
                    image_size=config.image_size, seed=seed, device_id=device_id,
-                   num_threads=max(1, config.num_workers), rank=rank, world_size=world_size)
+                   num_threads=max(1, config.num_workers), rank=rank, world_size=world_size, task=config.task)
 
     @property
     def n_images(self) -> int:

@@ -1,8 +1,9 @@
 """Training / evaluation loaders over an image store: device-resident (fast path), DALI, and torch fallback.
 
 Every loader yields ``(x, y, idx)`` per batch: ``x`` float32 (B, 3, S, S) ImageNet-normalised on the target device,
-``y`` int64 (B,) class labels, ``idx`` int64 (B,) store indices (for patient-level evaluation). Every loader has
-``__len__`` (batches per epoch), ``n_images``, ``set_epoch(epoch)`` and shards by ``rank`` / ``world_size``.
+``y`` int64 (B,) labels of ``DataConfig.task`` (:func:`~pipelines.tasks.task_labels`), ``idx`` int64 (B,) store
+indices (for patient-level evaluation). Every loader has ``__len__`` (batches per epoch), ``n_images``,
+``set_epoch(epoch)`` and shards by ``rank`` / ``world_size``.
 
 - :class:`DeviceLoader`: every selected image is resized once (shorter side ``load_size``) and kept on the device as
   uint8; batches are gathered, augmented (:class:`~pipelines.augment.GpuAugment`) or centre-cropped
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from pipelines.augment import AugmentConfig, GpuAugment, eval_transform, resize_uint8
+from pipelines.tasks import check_task, task_labels
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class DataConfig:
         num_workers: worker processes of the torch loader (0 = read in the main process).
         augment: training augmentation strengths.
         device_fraction: at most this fraction of the free device memory may hold the resident images.
+        task: which label the batches carry: "subtype" (the store's classes) or "binary" (benign vs malignant).
     """
 
     image_size: int = 224
@@ -64,8 +67,10 @@ class DataConfig:
     num_workers: int = 2
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     device_fraction: float = 0.5
+    task: str = "subtype"
 
     def __post_init__(self) -> None:
+        check_task(self.task)
         if self.image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
         if self.load_size < self.image_size:
@@ -243,8 +248,9 @@ class DeviceLoader(_EpochMixin):
         images = load_images(store, indices, config.load_size, progress=progress)
         log.info("DeviceLoader: %d images %s (%.1f MiB) loaded in %.1fs onto %s", len(images),
                  tuple(images.shape[1:]), images.numel() / 2**20, time.perf_counter() - t0, device)
-        return cls(images, store.label[indices], indices, batch_size=config.batch_size, train=train,
-                   augment=config.augment, image_size=config.image_size, seed=seed, device=device, rank=rank,
+        labels = task_labels(store, config.task)[0][indices]
+        return cls(images, labels, indices, batch_size=config.batch_size, train=train, augment=config.augment,
+                   image_size=config.image_size, seed=seed, device=device, rank=rank,
                    world_size=world_size)
 
     @property
@@ -272,16 +278,16 @@ class DeviceLoader(_EpochMixin):
 
 
 class StoreDataset(torch.utils.data.Dataset):
-    """Single images of a store, resized to ``load_size``: item -> (uint8 (3, h, w), label, store index).
+    """Single images of a store, resized to ``load_size``: item -> (uint8 (3, h, w), ``task`` label, store index).
 
     Holds only the store's path; each worker process opens its own :class:`~ingest.store.ImageStore`.
     """
 
-    def __init__(self, store: Any, indices: np.ndarray, load_size: int | None) -> None:
+    def __init__(self, store: Any, indices: np.ndarray, load_size: int | None, task: str = "subtype") -> None:
         store = _open(store)
         self.path = str(store.path)
         self.indices = np.asarray(indices, dtype=np.int64)
-        self.labels = store.label[self.indices]
+        self.labels = task_labels(store, task)[0][self.indices]
         self.shape = load_shape(*store.image_shape[:2], load_size)
         self._store = None
 
@@ -321,16 +327,16 @@ def _worker_init(_worker_id: int) -> None:
 class TorchLoader(_EpochMixin):
     """The portable fallback: a ``DataLoader`` reads and resizes single images in worker processes; the uint8 batch
     is collated, moved to ``device`` and augmented there (:class:`GpuAugment`) or centre-cropped
-    (:func:`eval_transform`). Arguments as :class:`DeviceLoader`, plus ``load_size`` and ``num_workers``."""
+    (:func:`eval_transform`). Arguments as :class:`DeviceLoader`, plus ``load_size``, ``num_workers`` and ``task``."""
 
     def __init__(self, store: Any, indices: np.ndarray, *, batch_size: int = 32, train: bool = True,
                  augment: AugmentConfig | None = None, image_size: int = 224, load_size: int | None = 256,
                  num_workers: int = 2, seed: int = 0, device: torch.device | str = "cpu",
                  drop_last: bool | None = None, shuffle: bool | None = None, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, task: str = "subtype") -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
-        self.dataset = StoreDataset(store, indices, load_size)
+        self.dataset = StoreDataset(store, indices, load_size, task)
         self.device = torch.device(device)
         self._setup(batch_size=batch_size, train=train, seed=seed, drop_last=drop_last, shuffle=shuffle, rank=rank,
                     world_size=world_size, image_size=image_size, augment=augment)
@@ -345,7 +351,7 @@ class TorchLoader(_EpochMixin):
                    train: bool, seed: int = 0, rank: int = 0, world_size: int = 1) -> TorchLoader:
         return cls(store, indices, batch_size=config.batch_size, train=train, augment=config.augment,
                    image_size=config.image_size, load_size=config.load_size, num_workers=config.num_workers,
-                   seed=seed, device=device, rank=rank, world_size=world_size)
+                   seed=seed, device=device, rank=rank, world_size=world_size, task=config.task)
 
     @property
     def n_images(self) -> int:

@@ -3,8 +3,8 @@
 BreakHis images of one patient at different magnifications are not the same field of view, so (as in the
 multi-input study) a sample is an anchor image at the first magnification plus, for every other magnification, an
 image of the *same patient* drawn at random (training) or in a fixed rotation (evaluation); the label is the
-anchor's. Every view is augmented independently on the device. Patients lacking one of the magnifications are left
-out (logged).
+anchor's (for ``DataConfig.task``). Every view is augmented independently on the device. Patients lacking one of
+the magnifications are left out (logged).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 from ingest.breakhis_names import resolve_magnifications
 from pipelines.augment import GpuAugment, eval_transform
 from pipelines.data import DataConfig, _EpochMixin, _n_batches, _open, epoch_order, epoch_seed, load_images
+from pipelines.tasks import task_labels
 
 log = logging.getLogger(__name__)
 
@@ -95,5 +96,6 @@ def make_fusion_loader(store: Any, split: str | None, magnification, config: Dat
     # partners[k][j]: positions (into ``idx``) of the images of anchor j's patient at magnification k + 1
     partners = [[np.array(by_patient[patients[a]][m]) for a in anchors] for m in mags[1:]]
     images = load_images(store, idx, config.load_size, progress=progress)
-    return FusionLoader(images, store.label[idx], idx, anchors, partners, config=config, train=train, seed=seed,
+    labels = task_labels(store, config.task)[0][idx]
+    return FusionLoader(images, labels, idx, anchors, partners, config=config, train=train, seed=seed,
                         device=device, rank=rank, world_size=world_size)

@@ -91,7 +91,8 @@ def train_slide_fusion(config: SlideFusionConfig) -> dict:
     from ingest.slide_store import SlideStore
     from models.registry import build_model
     from pipelines.augment import GpuAugment, eval_transform
-    from pipelines.train import EarlyStopping, seed_everything
+    from pipelines.tracking import EarlyStopping, EpochClock, RunLogger
+    from pipelines.train import seed_everything
 
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -112,7 +113,6 @@ def train_slide_fusion(config: SlideFusionConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
     (out / "splits.json").write_text(json.dumps({**by_split, "notes": notes, "classes": classes}, indent=1))
-    stopper = EarlyStopping(config.patience, out / "metrics.jsonl")
 
     def predict(name: str) -> np.ndarray:
         views, _ = data[name]
@@ -127,28 +127,32 @@ def train_slide_fusion(config: SlideFusionConfig) -> dict:
 
     x_train, owner_train = data["train"]
     y_train = torch.tensor([classes.index(labels[s]) for s in owner_train])
-    for epoch in range(config.epochs):
-        model.train()
-        order = torch.from_numpy(rng.permutation(len(x_train)))
-        loss_sum = 0.0
-        for start in range(0, len(order), config.batch_size):
-            pos = order[start:start + config.batch_size]
-            v = x_train[pos].to(config.device)
-            x = augment(v.flatten(0, 1)).view(*v.shape[:2], 3, tile, tile)
-            loss = torch.nn.functional.cross_entropy(model(x), y_train[pos].to(config.device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            loss_sum += loss.item() * len(pos)
-        val_name = "val" if "val" in data else "train"
-        val = _slide_metrics(predict(val_name), data[val_name][1], labels, classes)
-        row = {"epoch": epoch, "train_loss": loss_sum / len(order), "val_slide_macro_f1": val.macro_f1,
-               "val_slide_accuracy": val.accuracy}
-        if stopper.step(row, {"macro_f1": val.macro_f1, "accuracy": val.accuracy}, lambda: torch.save(
-                {"model": model.state_dict(), "classes": classes, "n_inputs": n_views,
-                 "config": json.dumps(asdict(config))}, out / "best.pt")):
-            break
+    with RunLogger(out, config=asdict(config)) as tracker:
+        stopper = EarlyStopping(config.patience, out / "metrics.jsonl", tracker)
+        for epoch in range(config.epochs):
+            model.train()
+            clock = EpochClock(config.device)
+            order = torch.from_numpy(rng.permutation(len(x_train)))
+            loss_sum = 0.0
+            for start in range(0, len(order), config.batch_size):
+                pos = order[start:start + config.batch_size]
+                v = x_train[pos].to(config.device)
+                x = augment(v.flatten(0, 1)).view(*v.shape[:2], 3, tile, tile)
+                loss = torch.nn.functional.cross_entropy(model(x), y_train[pos].to(config.device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                loss_sum += loss.item() * len(pos)
+            perf = clock.stats(len(order), "tiles")
+            val_name = "val" if "val" in data else "train"
+            val = _slide_metrics(predict(val_name), data[val_name][1], labels, classes)
+            row = {"epoch": epoch, "train_loss": loss_sum / len(order), "lr": config.lr, **perf,
+                   "val_slide_macro_f1": val.macro_f1, "val_slide_accuracy": val.accuracy}
+            if stopper.step(row, {"macro_f1": val.macro_f1, "accuracy": val.accuracy}, lambda: torch.save(
+                    {"model": model.state_dict(), "classes": classes, "n_inputs": n_views,
+                     "config": json.dumps(asdict(config))}, out / "best.pt")):
+                break
     model.load_state_dict(torch.load(out / "best.pt", map_location=config.device, weights_only=True)["model"])
     summary = {"best_val": stopper.best, "classes": classes, "n_inputs": n_views,
                "n_slides": {k: len(v) for k, v in by_split.items()},

@@ -131,7 +131,8 @@ def train_mil(config: MILConfig) -> dict:
 
     from ingest.slide_store import SlideStore
     from models.registry import build_model
-    from pipelines.train import EarlyStopping, seed_everything
+    from pipelines.tracking import EarlyStopping, EpochClock, RunLogger
+    from pipelines.train import seed_everything
 
     store = SlideStore(config.store)
     labels, patients = read_labels(config.labels, store.slide_ids())
@@ -150,31 +151,35 @@ def train_mil(config: MILConfig) -> dict:
     (out / "splits.json").write_text(json.dumps({**by_split, "notes": notes, "classes": classes}, indent=1))
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
     rng = random.Random(config.seed)
-    stopper = EarlyStopping(config.patience, out / "metrics.jsonl")
-    for epoch in range(config.epochs):
-        model.train()
-        order = list(by_split["train"])
-        rng.shuffle(order)
-        loss_sum = 0.0
-        for sid in order:
-            bag = bags[sid]
-            if len(bag) > config.max_patches:
-                bag = bag[sorted(rng.sample(range(len(bag)), config.max_patches))]
-            logits, _ = model(torch.from_numpy(bag).to(config.device))
-            loss = torch.nn.functional.cross_entropy(logits, torch.tensor([classes.index(labels[sid])],
-                                                                          device=config.device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item()
-        model.eval()
-        val = _evaluate(model, bags, by_split["val"] or by_split["train"], labels, classes, config.device)
-        row = {"epoch": epoch, "train_loss": loss_sum / max(1, len(order)), "val_macro_f1": val.macro_f1,
-               "val_accuracy": val.accuracy}
-        if stopper.step(row, {"macro_f1": val.macro_f1, "accuracy": val.accuracy}, lambda: torch.save(
-                {"model": model.state_dict(), "classes": classes, "in_dim": dim,
-                 "config": json.dumps(asdict(config))}, out / "best.pt")):
-            break
+    with RunLogger(out, config=asdict(config)) as tracker:
+        stopper = EarlyStopping(config.patience, out / "metrics.jsonl", tracker)
+        for epoch in range(config.epochs):
+            model.train()
+            clock = EpochClock(config.device)
+            order = list(by_split["train"])
+            rng.shuffle(order)
+            loss_sum = 0.0
+            for sid in order:
+                bag = bags[sid]
+                if len(bag) > config.max_patches:
+                    bag = bag[sorted(rng.sample(range(len(bag)), config.max_patches))]
+                logits, _ = model(torch.from_numpy(bag).to(config.device))
+                loss = torch.nn.functional.cross_entropy(logits, torch.tensor([classes.index(labels[sid])],
+                                                                              device=config.device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.item()
+            perf = clock.stats(len(order), "slides")
+            model.eval()
+            val = _evaluate(model, bags, by_split["val"] or by_split["train"], labels, classes, config.device)
+            row = {"epoch": epoch, "train_loss": loss_sum / max(1, len(order)), "lr": config.lr, **perf,
+                   "val_macro_f1": val.macro_f1, "val_accuracy": val.accuracy,
+                   "val_balanced_accuracy": val.balanced_accuracy}
+            if stopper.step(row, {"macro_f1": val.macro_f1, "accuracy": val.accuracy}, lambda: torch.save(
+                    {"model": model.state_dict(), "classes": classes, "in_dim": dim,
+                     "config": json.dumps(asdict(config))}, out / "best.pt")):
+                break
     state = torch.load(out / "best.pt", map_location=config.device, weights_only=True)
     model.load_state_dict(state["model"])
     model.eval()

@@ -4,7 +4,8 @@ A positive pair is two images of the *same patient* at two magnifications chosen
 adjacent magnifications; fixed: always the same pair; random: any two), each augmented independently on the
 device; the other pairs in the batch are the negatives (NT-Xent). Labels are never read. The encoder is saved as
 ``encoder.safetensors`` in the run directory, ready for ``histo-bench train --model <backbone> --weights ...``
-(fine-tuning) or a linear evaluation.
+(fine-tuning, on either ``--task``) or a linear evaluation. The per-epoch ``pretrain.jsonl`` has its TensorBoard view
+in ``tb/`` (:mod:`pipelines.tracking`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +39,7 @@ class PretrainConfig:
         seed: seeds sampling, augmentation and initialisation.
         device: auto, cpu or cuda.
         out: run directory (default ``runs/<model>-<pair>``).
+        log_every: optimizer steps between step-level TensorBoard points (loss, lr); 0 = per epoch only.
     """
 
     model: str = "mpcs_resnet50"
@@ -54,6 +55,7 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"
     out: str | None = None
+    log_every: int = 10
 
     def __post_init__(self) -> None:
         from models.mpcs import PAIR_STRATEGIES
@@ -64,6 +66,8 @@ class PretrainConfig:
             raise ValueError("epochs must be >= 1 and batch_size >= 2 (negatives come from the batch)")
         if not self.model.startswith("mpcs_"):
             raise ValueError(f"pretraining needs an mpcs_* model, got {self.model!r}")
+        if self.log_every < 0:
+            raise ValueError("log_every must be >= 0")
 
     @property
     def run_dir(self) -> Path:
@@ -103,6 +107,7 @@ def pretrain(config: PretrainConfig, progress=None) -> Path:
     from pipelines.augment import GpuAugment
     from pipelines.data import load_images
     from pipelines.device import resolve_device
+    from pipelines.tracking import EpochClock, RunLogger
     from pipelines.train import default_store, seed_everything
 
     store_path = Path(config.store) if config.store else default_store()
@@ -127,35 +132,40 @@ def pretrain(config: PretrainConfig, progress=None) -> Path:
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps * config.epochs)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps({**asdict(config), "store": str(store_path),
-                                                     "origin": store.attrs.get("origin", {})}, indent=1))
+    resolved = {**asdict(config), "store": str(store_path), "origin": store.attrs.get("origin", {})}
+    (run_dir / "config.json").write_text(json.dumps(resolved, indent=1))
     history = run_dir / "pretrain.jsonl"
     history.unlink(missing_ok=True)
-    for epoch in range(config.epochs):
-        model.train()
-        order = np.array(anchors_all)[np.random.default_rng(config.seed + epoch).permutation(len(anchors_all))]
-        t0, loss_sum = time.perf_counter(), 0.0
-        for step in range(steps):
-            a, b = sample_pairs(order[step * config.batch_size:(step + 1) * config.batch_size], patients, index,
-                                config.pair, rng)
-            z1 = model(augment(images[torch.as_tensor(a, device=device)]))
-            z2 = model(augment(images[torch.as_tensor(b, device=device)]))
-            loss = nt_xent(z1, z2, config.temperature)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"MPCS loss became {loss.item()} at epoch {epoch} step {step}; lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.item()
-            if progress:
-                progress(epoch * steps + step + 1, config.epochs * steps)
-        row = {"epoch": epoch, "loss": loss_sum / steps, "seconds": round(time.perf_counter() - t0, 2),
-               "pairs_per_s": round(steps * config.batch_size / (time.perf_counter() - t0), 1)}
-        with history.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        log.info("MPCS epoch %d: NT-Xent %.4f", epoch, row["loss"])
+    with RunLogger(run_dir, config=resolved) as tracker:
+        for epoch in range(config.epochs):
+            model.train()
+            order = np.array(anchors_all)[np.random.default_rng(config.seed + epoch).permutation(len(anchors_all))]
+            clock, loss_sum = EpochClock(device), 0.0
+            for step in range(steps):
+                a, b = sample_pairs(order[step * config.batch_size:(step + 1) * config.batch_size], patients, index,
+                                    config.pair, rng)
+                z1 = model(augment(images[torch.as_tensor(a, device=device)]))
+                z2 = model(augment(images[torch.as_tensor(b, device=device)]))
+                loss = nt_xent(z1, z2, config.temperature)
+                if not torch.isfinite(loss):
+                    raise RuntimeError(f"MPCS loss became {loss.item()} at epoch {epoch} step {step}; lower --lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                loss_sum += loss.item()
+                done = epoch * steps + step + 1
+                if config.log_every and done % config.log_every == 0:
+                    tracker.log_step({"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}, done)
+                if progress:
+                    progress(done, config.epochs * steps)
+            row = {"epoch": epoch, "loss": loss_sum / steps, "lr": optimizer.param_groups[0]["lr"],
+                   **clock.stats(steps * config.batch_size, "pairs")}
+            with history.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            tracker.log_epoch(row, epoch)
+            log.info("MPCS epoch %d: NT-Xent %.4f", epoch, row["loss"])
     weights = run_dir / "encoder.safetensors"
     save_file({k: v.detach().cpu().contiguous() for k, v in model.encoder.state_dict().items()}, str(weights))
     return weights

@@ -3,7 +3,7 @@
 Tables follow the DeiT/Swin study: in-domain performance, the train x test macro-F1 matrix per model,
 directional asymmetry (100X->400X against 400X->100X), mixed-training generalisation, and the cross-domain mean.
 Every number is read from ``results.json`` (so figures and tables agree with the metrics files), and the header
-says which data it ran on and how many patients and images back each cell.
+says which data and which task (subtype or binary) it ran on and how many patients and images back each cell.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.tasks import describe_task
+
 
 def _cell(cells: list[dict], model: str, train: str, test: str) -> dict | None:
     return next((c for c in cells if c["model"] == model and c["train"] == train and c["test"] == test), None)
@@ -21,6 +23,11 @@ def _cell(cells: list[dict], model: str, train: str, test: str) -> dict | None:
 
 def _f1(c: dict | None) -> str:
     return f"{c['macro_f1']:.3f}" if c else "-"
+
+
+def task_line(results: dict[str, Any]) -> str:
+    """``binary task (benign vs malignant)`` / ``subtype task (8 classes)`` (results before tasks: subtype)."""
+    return describe_task(results.get("task", "subtype"), results["classes"])
 
 
 def data_line(results: dict[str, Any]) -> str:
@@ -37,7 +44,8 @@ def tables(results: dict[str, Any]) -> str:
     models = list(dict.fromkeys(c["model"] for c in cells))
     trains = list(dict.fromkeys(c["train"] for c in cells))
     tests = list(dict.fromkeys(c["test"] for c in cells))
-    out = ["## In-domain (train and test on the same magnification)", "",
+    task = task_line(results)
+    out = [f"## In-domain (train and test on the same magnification), {task}", "",
            "| model | " + " | ".join(t for t in trains if t in tests) + " |",
            "| --- |" + " ---: |" * len([t for t in trains if t in tests])]
     for m in models:
@@ -46,12 +54,12 @@ def tables(results: dict[str, Any]) -> str:
         out.append(f"| {m} | " + " | ".join(row) + " |")
     out += ["", "Macro-F1 on the test split; n = test patients / images behind each number.", ""]
     for m in models:
-        out += [f"## {m}: train x test macro-F1", "", "| train \\ test | " + " | ".join(tests) + " |",
+        out += [f"## {m}: train x test macro-F1, {task}", "", "| train \\ test | " + " | ".join(tests) + " |",
                 "| --- |" + " ---: |" * len(tests)]
         for t in trains:
             out.append(f"| {t} | " + " | ".join(_f1(_cell(cells, m, t, s)) for s in tests) + " |")
         out.append("")
-    out += ["## Directional asymmetry and generalisation", "",
+    out += [f"## Directional asymmetry and generalisation, {task}", "",
             "| model | 100X->400X | 400X->100X | asymmetry | mixed->100X | mixed->400X | cross-domain mean |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for m in models:
@@ -76,6 +84,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
 
     cells = results["cells"]
     classes = results["classes"]
+    task = results.get("task", "subtype")
     models = list(dict.fromkeys(c["model"] for c in cells))
     trains = list(dict.fromkeys(c["train"] for c in cells))
     tests = list(dict.fromkeys(c["test"] for c in cells))
@@ -89,7 +98,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set_yticks(range(len(trains)), trains)
         ax.set_xlabel("test")
         ax.set_ylabel("train")
-        ax.set_title(f"{m}: macro-F1")
+        ax.set_title(f"{m}: macro-F1 ({task})")
         for i in range(len(trains)):
             for j in range(len(tests)):
                 ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center",
@@ -105,7 +114,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_xticks(range(len(models)), models)
     ax.set_ylabel("macro-F1")
     ax.set_ylim(0, 1)
-    ax.set_title("directional asymmetry")
+    ax.set_title(f"directional asymmetry ({task})")
     ax.legend()
     paths.append(_save(fig, out_dir / "asymmetry.png"))
 
@@ -155,8 +164,9 @@ def write_report(suite_dir: str | Path) -> Path:
     results = json.loads((suite_dir / "results.json").read_text())
     figs = figures(results, suite_dir)
     cfg = results["config"]["train"]
-    body = [f"# Cross-magnification report ({', '.join(dict.fromkeys(c['model'] for c in results['cells']))})", "",
-            data_line(results), "",
+    models = ", ".join(dict.fromkeys(c["model"] for c in results["cells"]))
+    body = [f"# Cross-magnification report, {task_line(results)} ({models})", "",
+            data_line(results), "", f"**Task:** {task_line(results)}: classes {', '.join(results['classes'])}.", "",
             f"Training: {cfg['epochs']} epochs max, batch {cfg['batch_size']}, AdamW lr {cfg['lr']}, weight decay "
             f"{cfg['weight_decay']}, {cfg['image_size']} px, precision {cfg['precision']}, early stopping on "
             f"validation macro-F1 (patience {cfg['patience']}), seed {cfg['seed']}"

@@ -2,9 +2,11 @@
 
 Protocol: 224x224 inputs, ImageNet normalisation, AdamW (lr 3e-4, weight decay 0.05), linear warm-up then cosine
 decay, automatic mixed precision where the device supports it, gradient clipping at 1.0, class-weighted loss for
-imbalance, early stopping on validation macro-F1 (ties broken by accuracy), fixed seeds. A run directory holds
-the resolved config, the split ids, a metrics JSONL (one row per epoch), ``best.pt`` and ``last.pt``; an
-interrupted run resumes from ``last.pt``; a finished one is not retrained.
+imbalance, early stopping on validation macro-F1 (ties broken by accuracy), fixed seeds. The task (8 subtypes or
+benign vs malignant, :mod:`pipelines.tasks`) sets the labels, the head and the metrics. A run directory holds the
+resolved config, the split ids, a metrics JSONL (one row per epoch) with its TensorBoard view in ``tb/``
+(:mod:`pipelines.tracking`), ``best.pt`` and ``last.pt``; an interrupted run resumes from ``last.pt``; a finished one
+is not retrained.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import logging
 import math
 import random
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ from ingest.breakhis_names import resolve_magnifications
 from pipelines.device import PRECISIONS, DeviceError, autocast, autocast_dtype, resolve_device
 from pipelines.distributed import barrier, broadcast_flag, init_distributed, shutdown, wrap
 from pipelines.evaluate import Metrics, full_metrics, predict
+from pipelines.tasks import check_scorable, check_task, map_predictions, task_classes, task_labels
+from pipelines.tracking import EpochClock, RunLogger, better, require_wandb
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,9 @@ class TrainConfig:
         out: run directory (default ``runs/<model>-<train_magnification>``).
         max_steps_per_epoch: cap on training steps per epoch (demo and tests); None = the whole split.
         label_smoothing: cross-entropy label smoothing.
+        task: "subtype" (the store's classes; BreakHis: 8 tumour types) or "binary" (benign vs malignant).
+        log_every: optimizer steps between step-level TensorBoard points (train loss, lr); 0 = per epoch only.
+        wandb: also send the curves to Weights & Biases (needs ``pip install wandb``).
     """
 
     model: str = "deit_small"
@@ -88,6 +94,9 @@ class TrainConfig:
     out: str | None = None
     max_steps_per_epoch: int | None = None
     label_smoothing: float = 0.0
+    task: str = "subtype"
+    log_every: int = 10
+    wandb: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -102,6 +111,9 @@ class TrainConfig:
             raise ValueError("class_weighting must be 'loss' or 'none'")
         if self.patience < 1:
             raise ValueError("patience must be >= 1")
+        check_task(self.task)
+        if self.log_every < 0:
+            raise ValueError("log_every must be >= 0")
         if self.load_size is None:
             object.__setattr__(self, "load_size", round(self.image_size * 8 / 7))
         if self.load_size < self.image_size:
@@ -109,7 +121,8 @@ class TrainConfig:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.out or f"runs/{self.model}-{self.train_magnification}")
+        suffix = "" if self.task == "subtype" else f"-{self.task}"
+        return Path(self.out or f"runs/{self.model}-{self.train_magnification}{suffix}")
 
 
 @dataclass
@@ -147,39 +160,17 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return weights.astype(np.float32)
 
 
-def better(candidate: dict[str, Any], best: dict[str, Any] | None) -> bool:
-    """Early-stopping order: higher validation macro-F1, then higher accuracy."""
-    if best is None:
-        return True
-    return (candidate["macro_f1"], candidate["accuracy"]) > (best["macro_f1"], best["accuracy"])
-
-
-class EarlyStopping:
-    """Per-epoch bookkeeping for the smaller trainers (MIL, slide fusion): append the epoch's row to a JSONL, keep
-    the best validation result by :func:`better` (saving through ``save``), and say when ``patience`` epochs have
-    passed without one."""
-
-    def __init__(self, patience: int, metrics_path: Path) -> None:
-        self.patience = patience
-        self.metrics_path = metrics_path
-        self.best: dict[str, Any] | None = None
-        self.stale = 0
-        metrics_path.unlink(missing_ok=True)
-
-    def step(self, row: dict[str, Any], current: dict[str, Any], save: Callable[[], None]) -> bool:
-        """Record one epoch; True when training should stop."""
-        with self.metrics_path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        if better(current, self.best):
-            self.best, self.stale = current, 0
-            save()
-        else:
-            self.stale += 1
-        return self.stale >= self.patience
-
-
 def _config_json(config: TrainConfig, store_path: Path) -> dict[str, Any]:
     return {**asdict(config), "store": str(store_path)}
+
+
+#: Fields that change how a run is logged, not what it computes: resuming ignores them.
+LOGGING_FIELDS = frozenset({"log_every", "wandb"})
+
+
+def _same_run(saved: dict[str, Any], current: dict[str, Any]) -> bool:
+    saved = {"task": "subtype", **saved}  # runs from before tasks were subtype runs
+    return all(saved.get(k) == current.get(k) for k in saved.keys() | current.keys() if k not in LOGGING_FIELDS)
 
 
 def loader_factory(family: str):
@@ -195,13 +186,16 @@ def loader_factory(family: str):
 
 
 def evaluate_split(model, store, split: str, magnification, data_config, device: str, amp,
-                   family: str = "classifier") -> Metrics:
-    """Metrics of ``model`` on a split of ``store`` at ``magnification`` (image and patient level); for the fusion
-    model ``magnification`` lists its inputs."""
+                   family: str = "classifier", model_task: str | None = None) -> Metrics:
+    """Metrics of ``model`` on a split of ``store`` at ``magnification`` (image and patient level) for the task
+    ``data_config.task``; for the fusion model ``magnification`` lists its inputs. ``model_task`` is the task the
+    model was trained for when it differs (a subtype model scored on ``binary``: see ``map_predictions``)."""
+    check_scorable(model_task or data_config.task, data_config.task)  # before any image is loaded
     loader = loader_factory(family)(store, split, magnification, data_config, device=device, train=False, seed=0)
     logits, y, idx = predict(model, loader, device, amp)
     pred = logits.argmax(1).numpy() if len(logits) else np.zeros(0, dtype=np.int64)
-    return full_metrics(y.numpy(), pred, store.patient[idx.numpy()], list(store.classes))
+    pred = map_predictions(store, pred, model_task or data_config.task, data_config.task)
+    return full_metrics(y.numpy(), pred, store.patient[idx.numpy()], list(task_classes(store, data_config.task)))
 
 
 def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainResult:
@@ -214,10 +208,15 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
 
     run_dir = config.run_dir
     if (run_dir / "complete").exists():
+        done = json.loads((run_dir / "config.json").read_text()).get("task", "subtype")
+        if done != config.task:
+            raise TrainingError(f"{run_dir} holds a finished {done} run, not {config.task}; use another --out")
         log.info("%s is complete; not retraining (delete it or use another --out)", run_dir)
         summary = json.loads((run_dir / "complete").read_text())
         return TrainResult(run_dir, summary["best_epoch"], summary["best_val"], summary["epochs_run"],
                            already_complete=True)
+    if config.wandb:
+        require_wandb(TrainingError)
     store_path = Path(config.store) if config.store else default_store()
     store = ImageStore(store_path)
     try:
@@ -228,14 +227,15 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
     amp = autocast_dtype(config.precision, device)
     seed_everything(config.seed)
     data_config = DataConfig(image_size=config.image_size, load_size=config.load_size,
-                             batch_size=config.batch_size, loader=config.loader)
+                             batch_size=config.batch_size, loader=config.loader, task=config.task)
     mags = resolve_magnifications(config.train_magnification)
     train_idx = store.select(split="train", magnification=mags)
     val_idx = store.select(split="val", magnification=mags)
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise TrainingError(f"{store_path}: no {'train' if len(train_idx) == 0 else 'val'} images at "
                             f"{'+'.join(mags)}; ingest with a split that has them")
-    n_classes = len(store.classes)
+    labels, classes = task_labels(store, config.task)
+    n_classes = len(classes)
     family = MODELS.get(config.model).family
     if family not in ("classifier", "fusion"):
         trainable = [n for n in MODELS.names() if MODELS.get(n).family in ("classifier", "fusion")]
@@ -260,7 +260,7 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup_steps, total_steps))
     scaler = torch.amp.GradScaler(device=device.split(":")[0], enabled=amp == torch.float16)
-    weights = class_weights(store.label[train_idx], n_classes) if config.class_weighting == "loss" else None
+    weights = class_weights(labels[train_idx], n_classes) if config.class_weighting == "loss" else None
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.as_tensor(weights, device=device) if weights is not None
                                         else None, label_smoothing=config.label_smoothing)
 
@@ -270,7 +270,7 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
     resumed = False
     if (run_dir / "last.pt").exists():
         state = torch.load(run_dir / "last.pt", map_location=device, weights_only=True)
-        if json.loads(state["config"]) == _config_json(config, store_path):
+        if _same_run(json.loads(state["config"]), _config_json(config, store_path)):
             net.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -284,69 +284,70 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
         else:
             log.warning("%s/last.pt was written with another config; starting over", run_dir)
     if main:
-        _write_run_files(run_dir, config, store, store_path, mags, resumed)
+        _write_run_files(run_dir, config, store, store_path, mags, resumed, classes)
     metrics_path = run_dir / "metrics.jsonl"
 
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, config.epochs):
-        if broadcast_flag(stale >= config.patience, ctx):
-            break
-        train_loader.set_epoch(epoch)
-        model.train()
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        seen, loss_sum = 0, 0.0
-        for step, (x, y, _) in enumerate(train_loader):
-            if step >= steps_per_epoch:
+    # a resumed run hides the interrupted epoch's step-level points (optimizer steps after the last finished epoch)
+    with RunLogger(run_dir, config=_config_json(config, store_path), wandb=config.wandb, enabled=main,
+                   resume_step=start_epoch * steps_per_epoch + 1 if resumed else None) as tracker:
+        epoch = start_epoch - 1
+        for epoch in range(start_epoch, config.epochs):
+            if broadcast_flag(stale >= config.patience, ctx):
                 break
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast(device, amp):
-                loss = loss_fn(model(x), y)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss became {loss.item()} at epoch {epoch} step {step}; lower --lr, or use "
-                                    "--precision fp32")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            seen += len(y)
-            loss_sum += loss.item() * len(y)
-            if progress and main:
-                progress(epoch, step + 1, steps_per_epoch, loss_sum / seen)
-        train_seconds = time.perf_counter() - t0
-        if not main:
-            continue
-        val = evaluate_split(net, store, "val", mags, data_config, device, amp, family)
-        row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
-               "epoch_seconds": round(train_seconds, 3),
-               "images_per_s": round(seen * ctx.world_size / train_seconds, 2), "world_size": ctx.world_size,
-               "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.startswith("cuda")
-               else None,
-               "val_accuracy": val.accuracy, "val_balanced_accuracy": val.balanced_accuracy,
-               "val_macro_f1": val.macro_f1, "val_patient_accuracy": val.patient_accuracy,
-               "val_per_class_f1": {k: v["f1"] for k, v in val.per_class.items()}}
-        with metrics_path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        current = val.to_dict()
-        if better(current, best):
-            best, best_epoch, stale = current, epoch, 0
-            torch.save({"model": net.state_dict(), "config": json.dumps(_config_json(config, store_path)),
-                        "model_kwargs": json.dumps(model_kwargs), "family": family,
-                        "classes": list(store.classes), "epoch": epoch}, run_dir / "best.pt")
-        else:
-            stale += 1
-        log.info("epoch %d: loss %.4f, val macro-F1 %.3f, acc %.3f (best %.3f at %d), %.0f images/s", epoch,
-                 row["train_loss"], val.macro_f1, val.accuracy, best["macro_f1"], best_epoch, row["images_per_s"])
-        torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "epoch": epoch, "best": json.dumps(best),
-                    "best_epoch": best_epoch, "stale": stale,
-                    "config": json.dumps(_config_json(config, store_path))}, run_dir / "last.pt")
+            train_loader.set_epoch(epoch)
+            model.train()
+            clock = EpochClock(device)
+            seen, loss_sum = 0, 0.0
+            for step, (x, y, _) in enumerate(train_loader):
+                if step >= steps_per_epoch:
+                    break
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with autocast(device, amp):
+                    loss = loss_fn(model(x), y)
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"loss became {loss.item()} at epoch {epoch} step {step}; lower --lr, or use "
+                                        "--precision fp32")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if config.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                seen += len(y)
+                loss_sum += loss.item() * len(y)
+                if progress and main:
+                    progress(epoch, step + 1, steps_per_epoch, loss_sum / seen)
+                if config.log_every and (done := epoch * steps_per_epoch + step + 1) % config.log_every == 0:
+                    tracker.log_step({"train_loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}, done)
+            perf = clock.stats(seen * ctx.world_size)
+            if not main:
+                continue
+            val = evaluate_split(net, store, "val", mags, data_config, device, amp, family)
+            row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
+                   **perf, "world_size": ctx.world_size,
+                   "val_accuracy": val.accuracy, "val_balanced_accuracy": val.balanced_accuracy,
+                   "val_macro_f1": val.macro_f1, "val_patient_accuracy": val.patient_accuracy,
+                   "val_per_class_f1": {k: v["f1"] for k, v in val.per_class.items()}}
+            with metrics_path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            current = val.to_dict()
+            if better(current, best):
+                best, best_epoch, stale = current, epoch, 0
+                torch.save({"model": net.state_dict(), "config": json.dumps(_config_json(config, store_path)),
+                            "model_kwargs": json.dumps(model_kwargs), "family": family,
+                            "classes": list(classes), "epoch": epoch}, run_dir / "best.pt")
+            else:
+                stale += 1
+            log.info("epoch %d: loss %.4f, val macro-F1 %.3f, acc %.3f (best %.3f at %d), %.0f images/s", epoch,
+                     row["train_loss"], val.macro_f1, val.accuracy, best["macro_f1"], best_epoch, row["images_per_s"])
+            torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                        "torch_rng": torch.get_rng_state(), "epoch": epoch, "best": json.dumps(best),
+                        "best_epoch": best_epoch, "stale": stale,
+                        "config": json.dumps(_config_json(config, store_path))}, run_dir / "last.pt")
+            tracker.log_epoch(row, epoch)  # after last.pt: a resumed run never repeats a logged epoch
     summary = {"best_epoch": best_epoch, "best_val": best, "epochs_run": epoch + 1, "world_size": ctx.world_size}
     if main:
         (run_dir / "complete").write_text(json.dumps(summary, indent=1))
@@ -355,12 +356,13 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
     return TrainResult(run_dir, best_epoch, best or {}, epoch + 1, resumed=resumed)
 
 
-def _write_run_files(run_dir: Path, config: TrainConfig, store, store_path: Path, mags, resumed: bool) -> None:
+def _write_run_files(run_dir: Path, config: TrainConfig, store, store_path: Path, mags, resumed: bool,
+                     classes) -> None:
     """The resolved config and the split ids beside the checkpoints; a fresh run starts a fresh metrics file."""
     (run_dir / "config.json").write_text(json.dumps(_config_json(config, store_path), indent=1))
     (run_dir / "splits.json").write_text(json.dumps({
         "store": str(store_path), "origin": store.attrs.get("origin", {}),
-        "magnifications": list(mags), "classes": list(store.classes),
+        "magnifications": list(mags), "task": config.task, "classes": list(classes),
         **{s: {"indices": store.select(split=s).tolist(),
                "patients": sorted(set(store.patient[store.select(split=s)].tolist()))}
            for s in ("train", "val", "test")}}))

@@ -13,6 +13,7 @@ from ingest.tile_runner import run_tiling
 from ingest.tiling import TileConfig
 from pipelines.features import extract_slide_features, features_key
 from pipelines.mil import MILConfig, MILError, infer_mil, read_labels, train_mil
+from tests.pipelines.test_tracking import tb_scalars
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,9 @@ def test_train_and_infer(slide_store, tmp_path):
     summary = train_mil(config)
     assert sum(summary["n_slides"].values()) == 6 and summary["classes"] == ["normal", "tumour"]
     assert 0.0 <= summary["test"]["accuracy"] <= 1.0
+    curves = tb_scalars(tmp_path / "run" / "tb")
+    epochs = [s for s, _ in curves["epoch/val_macro_f1"]]
+    assert epochs == list(range(len(epochs))) and {"epoch/train_loss", "epoch/slides_per_s"} <= set(curves)
     path = infer_mil([tmp_path / "run" / "best.pt"] * 2, slide_store / "tiles.zarr", tmp_path / "pred", scale="10x",
                      extractor="resnet34")
     rows = list(csv.DictReader(path.open()))

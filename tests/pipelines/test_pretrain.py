@@ -10,6 +10,7 @@ import pytest
 
 from models.registry import build_model
 from pipelines.pretrain import PretrainConfig, pair_index, pretrain, sample_pairs
+from tests.pipelines.test_tracking import tb_scalars
 from tests.pipelines.test_train import colour_store  # noqa: F401 - the fixture
 
 
@@ -35,6 +36,9 @@ def test_pretrain_writes_encoder_weights_that_load_into_the_backbone(colour_stor
     weights = pretrain(config)
     rows = [json.loads(line) for line in (tmp_path / "mpcs" / "pretrain.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
+    curves = tb_scalars(tmp_path / "mpcs" / "tb")
+    assert [s for s, _ in curves["epoch/loss"]] == [0, 1]
+    assert {"epoch/lr", "epoch/pairs_per_s", "epoch/epoch_seconds", "step/loss"} <= set(curves)
     from safetensors.torch import load_file
 
     saved = load_file(str(weights))

@@ -1,0 +1,109 @@
+"""Tasks: subtype (the store's 8 classes) and binary (benign vs malignant) through training, checkpoints,
+evaluation, the suite and its report; patient-level splits are the same for both."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ingest.breakhis_names import CLASSES
+from ingest.store import ImageStore
+from pipelines.data import DataConfig, make_loader
+from pipelines.tasks import BINARY_CLASSES, map_predictions, task_labels
+from pipelines.train import TrainConfig, TrainingError, evaluate_split, load_checkpoint, train
+from tests.pipelines.test_train import _config, colour_store  # noqa: F401 - the fixture
+
+
+def test_task_labels_and_loaders_carry_the_task(colour_store):  # noqa: F811
+    store = ImageStore(colour_store)
+    labels, classes = task_labels(store, "binary")
+    assert classes == BINARY_CLASSES == ("benign", "malignant")
+    assert np.array_equal(labels, store.malignant.astype(np.int64))
+    assert np.array_equal(labels, np.isin(store.label, [4, 5, 6, 7]))  # the carcinomas are the malignant classes
+    assert task_labels(store, "subtype")[1] == CLASSES
+    from pipelines.dali import dali_available
+    from pipelines.fusion_data import make_fusion_loader
+
+    loaders = ["device", "torch"] + (["dali"] if dali_available() is None else [])
+    for loader in loaders:
+        config = DataConfig(image_size=32, load_size=40, batch_size=16, loader=loader, num_workers=0, task="binary")
+        _, y, idx = next(iter(make_loader(store, "val", "100X", config, device="cpu", train=False)))
+        assert np.array_equal(y.numpy(), store.malignant[idx.numpy()].astype(np.int64)), loader
+    _, y, idx = next(iter(make_fusion_loader(store, "val", "100X,400X", config, device="cpu", train=False)))
+    assert np.array_equal(y.numpy(), store.malignant[idx.numpy()].astype(np.int64))
+
+
+def test_bad_task_is_a_clear_error():
+    for make in (lambda: TrainConfig(task="grade"), lambda: DataConfig(task="grade")):
+        with pytest.raises(ValueError, match="unknown task 'grade': use one of subtype, binary"):
+            make()
+
+
+def test_binary_run_trains_two_classes_reloads_and_evaluates(colour_store, tmp_path):  # noqa: F811
+    result = train(_config(colour_store, tmp_path, task="binary", epochs=3))
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert set(rows[0]["val_per_class_f1"]) == {"benign", "malignant"}
+    assert max(r["val_macro_f1"] for r in rows) > 0.6
+    model, config, classes = load_checkpoint(result.run_dir / "best.pt")
+    assert classes == ["benign", "malignant"] and config["task"] == "binary"
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 2)
+    splits = json.loads((result.run_dir / "splits.json").read_text())
+    store = ImageStore(colour_store)
+    assert splits["task"] == "binary" and splits["train"]["indices"] == store.select(split="train").tolist()
+
+    data_config = DataConfig(image_size=32, load_size=40, batch_size=8, loader="device", task="binary")
+    m = evaluate_split(model, store, "test", "100X", data_config, "cpu", None)
+    assert set(m.per_class) == {"benign", "malignant"} and np.array(m.confusion).shape == (2, 2)
+    assert m.n_patients > 0 and m.patient_accuracy is not None
+
+    from benchmark.cli import app
+
+    res = CliRunner().invoke(app, ["evaluate", str(result.run_dir / "best.pt"), "--device", "cpu", "--mag", "100X"])
+    assert res.exit_code == 0, res.output
+    assert "binary task" in res.output
+    res = CliRunner().invoke(app, ["evaluate", str(result.run_dir / "best.pt"), "--device", "cpu", "--task",
+                                   "subtype"])
+    assert res.exit_code == 1 and "a binary model cannot be evaluated on the subtype task" in res.output
+
+    with pytest.raises(TrainingError, match="holds a finished binary run, not subtype; use another --out"):
+        train(_config(colour_store, tmp_path, epochs=3))
+
+
+def test_subtype_predictions_map_to_malignancy():
+    store = SimpleNamespace(classes=CLASSES, label=np.array([0, 4, 7]), malignant=np.array([False, True, True]))
+    pred = np.array([0, 1, 2, 3, 4, 5, 6, 7])
+    assert map_predictions(store, pred, "subtype", "binary").tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert map_predictions(store, pred, "binary", "binary") is pred
+    with pytest.raises(ValueError, match="a binary model cannot be evaluated on the subtype task"):
+        map_predictions(store, pred, "binary", "subtype")
+
+
+def test_default_run_and_suite_directories_name_the_task():
+    from pipelines.suite import SuiteConfig
+
+    assert str(TrainConfig(model="m").run_dir) == "runs/m-100X"
+    assert str(TrainConfig(model="m", task="binary").run_dir) == "runs/m-100X-binary"
+    assert str(SuiteConfig().suite_dir) == "runs/suite"
+    assert str(SuiteConfig(train=TrainConfig(task="binary")).suite_dir) == "runs/suite-binary"
+
+
+def test_binary_suite_records_the_task_and_the_report_says_so(colour_store, tmp_path):  # noqa: F811
+    from pipelines.report import write_report
+    from pipelines.suite import SuiteConfig, run_suite
+
+    base = replace(_config(colour_store, tmp_path, task="binary", epochs=1), out=None)
+    config = SuiteConfig(models=("tiny_cnn_test",), train_magnifications=("100X",),
+                         test_magnifications=("100X", "400X"), train=base, out=str(tmp_path / "suite"))
+    results = run_suite(config)
+    saved = json.loads((tmp_path / "suite" / "results.json").read_text())
+    assert saved["task"] == results["task"] == "binary" and saved["classes"] == ["benign", "malignant"]
+    assert all(set(c["per_class"]) == {"benign", "malignant"} for c in saved["cells"])
+    report = write_report(tmp_path / "suite").read_text()
+    assert report.startswith("# Cross-magnification report, binary task (benign vs malignant)")
+    assert "## tiny_cnn_test: train x test macro-F1, binary task (benign vs malignant)" in report
