@@ -14,6 +14,7 @@ import typer
 from ingest.console import console, setup_logging, stdout
 from pipelines.cli import (
     evaluate_command,
+    explain_command,
     fusion_slides_command,
     loader_bench_command,
     mil_infer_command,
@@ -45,6 +46,7 @@ app.command("fusion-slides")(fusion_slides_command)
 app.command("loader-bench")(loader_bench_command)
 app.command("suite")(suite_command)
 app.command("report")(report_command)
+app.command("explain")(explain_command)
 
 
 @app.command()
@@ -112,6 +114,8 @@ def run(
     mag: Annotated[Optional[list[str]], typer.Option("--mag", help="Test magnification(s) for accuracy "
                                                                    "(default: all in the store).")] = None,
     max_eval_images: Annotated[Optional[int], typer.Option(help="Cap on test images per magnification.")] = None,
+    task: Annotated[str, typer.Option(help="subtype or binary, for a checkpoint trained first (a given "
+                                           "checkpoint brings its own).")] = "subtype",
     train_epochs: Annotated[int, typer.Option(help="Epochs when a checkpoint is trained first.")] = 2,
     min_time: Annotated[Optional[float], typer.Option(help="Seconds to time each point at least.")] = None,
     max_time: Annotated[Optional[float], typer.Option(help="Seconds to time each point at most.")] = None,
@@ -127,7 +131,7 @@ def run(
                              data=str(data) if data else None, backends=_csv(backends), precisions=_csv(precisions),
                              batch_sizes=_csv(batch_sizes, int), device=device, image_size=image_size,
                              magnifications=tuple(mag or ()), max_eval_images=max_eval_images,
-                             train_epochs=train_epochs, min_time_s=min_time,
+                             task=task, train_epochs=train_epochs, min_time_s=min_time,
                              max_time_s=max(max_time, min_time or 0) if max_time else None, out=str(out))
     except (ValueError, KeyError) as exc:
         _bench_fail(str(exc).strip("'\""))

@@ -179,13 +179,67 @@ def suite_command(
     stdout.print(f"report: {report}")
 
 
-def report_command(suite_dir: Annotated[Path, typer.Argument(help="A suite directory (with results.json).")]) -> None:
-    """Rebuild a suite's report.md and figures from its results.json."""
+def report_command(run_dir: Annotated[Path, typer.Argument(
+        help="A run directory: suite, training run, explain output, benchmark results, MIL predictions, or a "
+             "folder holding several.")]) -> None:
+    """Rebuild a run's reports: the suite's report.md + figures (where results.json is) and a self-contained
+    report.html gathering every curve, table and figure under RUN_DIR."""
+    from pipelines.html_report import ReportError, write_html
     from pipelines.report import write_report
 
-    if not (suite_dir / "results.json").exists():
-        _fail(f"{suite_dir}: no results.json (run `histo-bench suite --out {suite_dir}` first)")
-    stdout.print(f"report: {write_report(suite_dir)}")
+    if not run_dir.is_dir():
+        _fail(f"{run_dir}: no such directory")
+    if (run_dir / "results.json").exists():
+        stdout.print(f"report: {write_report(run_dir)}")
+    try:
+        stdout.print(f"html report: {write_html(run_dir)}", highlight=False, soft_wrap=True)
+    except ReportError as exc:
+        _fail(str(exc))
+
+
+def explain_command(
+    checkpoint: Annotated[Path, typer.Option(help="A best.pt from train / suite (image classifier) or mil-train.")],
+    data: Annotated[Optional[Path], typer.Option(help="Image store (slide store for MIL); default: the "
+                                                      "checkpoint's.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default <checkpoint folder>/explain).")] = None,
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    mag: Annotated[Optional[list[str]], typer.Option("--mag", help="Magnification(s) to explain (repeatable; "
+                                                                   "default: all in the split).")] = None,
+    examples: Annotated[int, typer.Option(help="Images per saliency grid (one grid per magnification).")] = 8,
+    per_outcome: Annotated[int, typer.Option(help="Images per TP / FP / FN row of each class's grid.")] = 4,
+    max_images: Annotated[int, typer.Option(help="At most this many images per magnification (t-SNE).")] = 400,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    scale: Annotated[Optional[str], typer.Option(help="MIL: tile scale (default: the checkpoint's).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Picks the examples; seeds t-SNE.")] = 0,
+) -> None:
+    """Grad-CAM / attention-rollout overlays, TP/FP/FN grids per class, t-SNE by class and magnification (MIL:
+    attention heatmaps); figures + explain.json."""
+    from pipelines.explain import ExplainConfig, explain
+
+    if not checkpoint.is_file():
+        _fail(f"{checkpoint}: no such checkpoint")
+    if data is not None and not data.exists():
+        _fail(f"{data}: no such store")
+    try:
+        config = ExplainConfig(checkpoint=str(checkpoint), store=str(data) if data else None,
+                               out=str(out) if out else None, split=split, magnifications=tuple(mag or ()),
+                               n_examples=examples, n_per_outcome=per_outcome, max_images=max_images,
+                               batch_size=batch_size, scale=scale, device=device, seed=seed)
+    except ValueError as exc:
+        _fail(str(exc))
+    from ingest.console import progress_bar
+
+    with progress_bar("explaining") as bar:
+        try:
+            result = explain(config, progress=bar)
+        except (ValueError, KeyError) as exc:  # ExplainError is a ValueError
+            _fail(str(exc).strip("'\""))
+    out_dir = Path(result["path"]).parent
+    for fig in result["figures"]:
+        stdout.print(f"figure: {(out_dir / fig['file']).resolve()}", highlight=False, soft_wrap=True)
+    stdout.print(f"{result['data']['line']}\nmethod: {result['method']}\nexplain: {result['path']}", highlight=False,
+                 soft_wrap=True)
 
 
 def pretrain_command(
