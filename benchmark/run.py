@@ -16,6 +16,7 @@ from typing import Any
 
 from benchmark.backends import BACKENDS, BENCH_PRECISIONS
 from benchmark.harness import SweepPoint, TimingConfig, one_line, sweep
+from pipelines.tasks import check_task
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class BenchConfig:
         image_size: input side (None: the checkpoint's).
         magnifications: test magnifications for accuracy (empty: every magnification of the store).
         max_eval_images: cap on test images per magnification (None: the whole test split).
+        task: "subtype" or "binary", for a checkpoint trained first (a given checkpoint brings its own task).
         train_epochs: epochs when a checkpoint has to be trained first.
         train_max_steps: steps per epoch for that training (None: the whole split; default 10 on CPU).
         warmup, min_iters, min_time_s, max_time_s: timing overrides (None: the device's defaults).
@@ -61,6 +63,7 @@ class BenchConfig:
     image_size: int | None = None
     magnifications: tuple[str, ...] = ()
     max_eval_images: int | None = None
+    task: str = "subtype"
     train_epochs: int = 2
     train_max_steps: int | None = None
     warmup: int | None = None
@@ -77,6 +80,7 @@ class BenchConfig:
             raise ValueError(f"unknown precision {bad[0]!r}: use {', '.join(BENCH_PRECISIONS)}")
         if any(b < 1 for b in self.batch_sizes):
             raise ValueError("batch sizes must be >= 1")
+        check_task(self.task)
         if self.train_epochs < 1:
             raise ValueError("train_epochs must be >= 1")
         if self.max_eval_images is not None and self.max_eval_images < 1:
@@ -92,8 +96,8 @@ def train_checkpoint(config: BenchConfig, device: str) -> Path:
     steps = config.train_max_steps if config.train_max_steps is not None else (10 if cpu else None)
     train_config = TrainConfig(model=config.model, store=config.data, train_magnification="mixed",
                                epochs=config.train_epochs, max_steps_per_epoch=steps, batch_size=16 if cpu else 64,
-                               image_size=config.image_size or 224, device=device,
-                               out=f"runs/bench-{config.model}")
+                               image_size=config.image_size or 224, device=device, task=config.task,
+                               out=f"runs/bench-{config.model}" + ("-binary" if config.task == "binary" else ""))
     log.info("no --checkpoint: training %s for %d epoch(s)%s into %s", config.model, config.train_epochs,
              f" x {steps} steps" if steps else "", train_config.run_dir)
     result = train(train_config)

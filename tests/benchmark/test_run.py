@@ -87,6 +87,8 @@ def test_bad_input_is_a_clear_error(bench_checkpoint, tmp_path):
         BenchConfig(backends=("warp_drive",))
     with pytest.raises(ValueError, match="unknown precision"):
         BenchConfig(precisions=("int3",))
+    with pytest.raises(ValueError, match="unknown task"):
+        BenchConfig(task="grade")
     with pytest.raises(BenchError, match="no such checkpoint"):
         run_benchmark(BenchConfig(model="tiny_cnn_test", checkpoint=str(tmp_path / "x.pt"), device="cpu"))
     with pytest.raises(BenchError, match="holds tiny_cnn_test"):
