@@ -20,7 +20,7 @@ BENCH_STORAGE := file://bench_results/pytest-benchmark
 BENCH_ARGS := -m bench --benchmark-storage=$(BENCH_STORAGE) --benchmark-min-rounds=3 \
 	--benchmark-max-time=0.5 --benchmark-warmup=on --benchmark-columns=min,median,max,rounds
 
-.PHONY: install demo test bench bench-save lint clean
+.PHONY: install browser demo test bench bench-save lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,11 +44,24 @@ demo: install
 		--scale 20x --epochs 2 --max-tiles 16 --out $(DEMO_DIR)/fusion-slides
 	$(BIN)/histo-bench suite --model resnet50 --data $(DEMO_DIR)/breakhis.zarr --epochs 4 --lr 1e-3 \
 		--image-size 112 --batch-size 16 --device cpu --out $(DEMO_DIR)/suite
+	$(BIN)/histo-bench run --model resnet50 --checkpoint $(DEMO_DIR)/suite/resnet50/mixed/best.pt \
+		--data $(DEMO_DIR)/breakhis.zarr --device cpu --batch-sizes 1,8 --max-time 3 --out $(DEMO_DIR)/bench
+	$(BIN)/histo-bench explain --checkpoint $(DEMO_DIR)/suite/resnet50/mixed/best.pt \
+		--data $(DEMO_DIR)/breakhis.zarr --device cpu
+	$(BIN)/histo-bench report $(DEMO_DIR)
 
 lint: install
 	$(BIN)/ruff check .
 
-test: lint
+# Debian's chromium renders report.html in one test: installed where apt-get runs as root, else that test skips.
+browser:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's chromium for the report.html render test"; \
+		(apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
+		 apt-get install -y -q chromium >/dev/null 2>&1)) || echo "chromium not installed: that test will skip"; \
+	fi
+
+test: lint browser
 	$(BIN)/python -m pytest
 	$(BIN)/python -m pytest $(BENCH_ARGS) --benchmark-compare --benchmark-compare-fail=median:$(BENCH_TOLERANCE)
 

@@ -47,6 +47,7 @@ class OnnxRuntime(Backend):
         path = Path(self._tmp.name) / f"model-{len(self._sessions)}.onnx"
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter is chosen on purpose (above)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # timm's shape asserts, traced as constants
             torch.onnx.export(net, (x,), str(path), input_names=["input"], output_names=["logits"],
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
                               dynamo=False)
