@@ -143,6 +143,9 @@ def tile(
         help="µm per pixel of level 0 (overrides the slide's metadata).")] = None,
     reader: Annotated[str, typer.Option(help="auto, cucim, openslide or tifffile.")] = "auto",
     multiscale: Annotated[bool, typer.Option(help="Also write concentric 1x/2x/4x/8x fields of view.")] = False,
+    masks: Annotated[Optional[Path], typer.Option(
+        help="Folder of tissue masks <slide name>.png (any size, nonzero = tissue) used instead of automatic "
+             "detection; slides without one are detected automatically.")] = None,
     workers: Annotated[int, typer.Option(help="Slides in parallel (local processes).")] = 2,
     read_workers: Annotated[int, typer.Option(help="Reader threads per batch (cuCIM num_workers).")] = 2,
     scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address (tcp://HOST:PORT).")] = None,
@@ -162,12 +165,15 @@ def tile(
         out = out or data_home() / "demo" / "tiles.zarr"
     if out is None:
         _fail("--out is required when SLIDES are given (e.g. --out data/tiles.zarr)")
+    if masks is not None and not masks.is_dir():
+        _fail(f"--masks {masks}: no such folder")
     if reader != "auto" and reader not in READERS:
         _fail(f"--reader {reader!r}: use auto or one of {', '.join(READERS.names())}")
     try:
         config = TileConfig(magnifications=tuple(mag or ()) if (mag or mpp) else (20.0,), mpps=tuple(mpp or ()),
                             tile_size=tile_size, tissue_threshold=tissue_threshold, base_magnification=base_mag,
-                            base_mpp=base_mpp, reader=reader, multiscale=multiscale, read_workers=read_workers)
+                            base_mpp=base_mpp, reader=reader, multiscale=multiscale, read_workers=read_workers,
+                            masks=str(masks) if masks else None)
         paths = find_slides(slides)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))

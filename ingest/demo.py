@@ -72,9 +72,14 @@ def demo_store(progress=None) -> Path:
 #: tissue is built from benign or from malignant synthetic H&E fields, so MIL has a slide-level label to learn.
 DEMO_SLIDES: tuple[tuple[str, int, int, str], ...] = tuple(
     (f"demo-slide-{i + 1}", 4096, i, "benign" if i % 2 == 0 else "malignant") for i in range(6))
+#: The CPU-sized demo slides of ``--quick`` suites: the same generator, 1536 px a side.
+QUICK_SLIDES: tuple[tuple[str, int, int, str], ...] = tuple(
+    (f"quick-slide-{i + 1}", 1536, i, "benign" if i % 2 == 0 else "malignant") for i in range(6))
+#: How each set of demo slides is tiled by :func:`demo_slide_store`: (magnification, tile size).
+DEMO_TILING: dict[bool, tuple[float, int]] = {False: (20.0, 224), True: (10.0, 64)}
 
 
-def write_demo_slides(out: str | Path) -> list[Path]:
+def write_demo_slides(out: str | Path, slides: tuple[tuple[str, int, int, str], ...] = DEMO_SLIDES) -> list[Path]:
     """Write the synthetic demo slides and their ``labels.csv`` (slide_id,label) into ``out`` (kept when there)."""
     from ingest.breakhis_names import BENIGN, CLASSES
     from ingest.synthetic_wsi import write_synthetic_slide
@@ -82,14 +87,14 @@ def write_demo_slides(out: str | Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, side, seed, label in DEMO_SLIDES:
+    for name, side, seed, label in slides:
         path = out / f"{name}.tiff"
         if not path.exists():
             log.info("writing synthetic %s slide %s (%dx%d)", label, path, side, side)
             classes = [c for c in CLASSES if (c in BENIGN) == (label == "benign")]
             write_synthetic_slide(path, width=side, height=side, seed=seed, classes=classes)
         paths.append(path)
-    (out / "labels.csv").write_text("slide_id,label\n" + "".join(f"{n},{lab}\n" for n, _, _, lab in DEMO_SLIDES))
+    (out / "labels.csv").write_text("slide_id,label\n" + "".join(f"{n},{lab}\n" for n, _, _, lab in slides))
     return paths
 
 
@@ -98,3 +103,22 @@ def demo_slides() -> Path:
     root = data_home() / "demo" / "slides"
     write_demo_slides(root)
     return root
+
+
+def demo_slide_store(quick: bool = False) -> tuple[Path, Path, str]:
+    """(slide store, labels CSV, scale) of the demo slides, written and tiled on first use: the 6 demo slides at
+    20x in 224 px tiles, or (``quick``) 6 small ones at 10x in 64 px tiles. Tiling is resumable; slides that fail
+    raise a RuntimeError naming them."""
+    from ingest.tile_runner import run_tiling
+    from ingest.tiling import TileConfig
+
+    home = data_home() / "demo"
+    root = home / ("quick-slides" if quick else "slides")
+    paths = write_demo_slides(root, QUICK_SLIDES if quick else DEMO_SLIDES)
+    store = home / ("quick-tiles.zarr" if quick else "tiles.zarr")
+    magnification, tile_size = DEMO_TILING[quick]
+    summary = run_tiling(paths, store, TileConfig(magnifications=(magnification,), tile_size=tile_size))
+    failed = [r.line() for r in summary.results if r.status == "failed"]
+    if failed:
+        raise RuntimeError(f"tiling the demo slides failed: {'; '.join(failed)}")
+    return store, root / "labels.csv", f"{magnification:g}x"

@@ -180,3 +180,32 @@ def assert_patient_disjoint(patients: np.ndarray, codes: np.ndarray) -> None:
     crossing = sorted(p for p, s in seen.items() if len(s) > 1)
     if crossing:
         raise SplitError(f"{len(crossing)} patient(s) cross splits: {', '.join(crossing[:10])}")
+
+
+def train_subset(patients: np.ndarray, labels: np.ndarray, codes: np.ndarray, fraction: float,
+                 seed: int = 0) -> np.ndarray:
+    """Split codes in which only ``fraction`` of each class's *train* patients stay train (at least one per class
+    that has any); the others become ``unused``. Val and test are never touched. A patient's class is the label
+    most of its images carry (ties: the lowest); the choice is seeded and the same seed gives the same subset."""
+    if not 0 < fraction <= 1:
+        raise SplitError(f"the label fraction must be in (0, 1], got {fraction}")
+    patients = as_str_array(patients)
+    codes = np.array(codes, dtype=np.int8, copy=True)
+    if fraction == 1:
+        return codes
+    train = codes == SPLIT_CODES["train"]
+    per_patient: dict[str, Counter] = defaultdict(Counter)
+    for p, lab in zip(patients[train].tolist(), np.asarray(labels)[train].tolist(), strict=True):
+        per_patient[p][int(lab)] += 1
+    strata: dict[int, list[str]] = defaultdict(list)
+    for p in sorted(per_patient):
+        top = max(per_patient[p].values())
+        strata[min(lab for lab, c in per_patient[p].items() if c == top)].append(p)
+    dropped: set[str] = set()
+    for lab, pats in sorted(strata.items()):
+        keep = max(1, int(round(fraction * len(pats))))
+        order = np.random.default_rng(_stable_seed(seed, f"label-fraction:{lab}")).permutation(len(pats))
+        dropped.update(pats[i] for i in order[keep:])
+    codes[train & np.isin(patients, sorted(dropped))] = SPLIT_CODES["unused"]
+    assert_patient_disjoint(patients, codes)
+    return codes

@@ -210,10 +210,29 @@ def _tiles(renderer: _LevelRenderer, tile: int) -> Iterator[np.ndarray]:
             yield np.ascontiguousarray(t)
 
 
+#: The scanner string every page of a synthetic slide carries (how a slide is recognised as synthetic).
+SYNTHETIC_SCANNER = "Aperio Image Library vSynthetic"
+
+
+def is_synthetic_slide(path: str | Path) -> bool | None:
+    """True for a slide written by :func:`write_synthetic_slide`, False for another readable TIFF, None when the
+    file is missing or not a TIFF (unknown)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() not in (".tif", ".tiff", ".svs"):
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return (tif.pages[0].description or "").startswith(SYNTHETIC_SCANNER)
+    except (OSError, ValueError, tifffile.TiffFileError):
+        return None
+
+
 def aperio_description(width: int, height: int, tile: int, quality: int, mpp: float | None,
                        objective_power: float | None, level_size: tuple[int, int] | None = None) -> str:
     """The Aperio-style ImageDescription written on every page (``level_size`` for reduced levels)."""
-    head = f"Aperio Image Library vSynthetic\r\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile})"
+    head = f"{SYNTHETIC_SCANNER}\r\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile})"
     if level_size is not None:
         head += f" -> {level_size[0]}x{level_size[1]}"
     parts = [f"{head} JPEG/RGB Q={quality}"]

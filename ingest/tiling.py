@@ -23,7 +23,7 @@ from PIL import Image
 from ingest.grid import BaseResolution, Scale, ScaleError, concentric_boxes, grid
 from ingest.readers.base import ReaderError, SlideReader, open_slide
 from ingest.slide_store import SlideStoreError, SlideWriter, init_store, slide_status
-from ingest.tissue import TissueConfig, detect_tissue, tile_fractions
+from ingest.tissue import MaskError, TissueConfig, detect_tissue, load_mask, tile_fractions
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class TileConfig:
         shard_size: tiles per shard file.
         clevel: zstd level of the tile store.
         tissue: tissue-detection settings.
+        masks: folder of user tissue masks, ``<slide id>.png`` (any size, nonzero = tissue), used instead of
+            automatic detection; a slide without one falls back to detection; an unreadable one fails its slide.
     """
 
     magnifications: tuple[float, ...] = (20.0,)
@@ -69,6 +71,7 @@ class TileConfig:
     shard_size: int = 64
     clevel: int = 1
     tissue: TissueConfig = field(default_factory=TissueConfig)
+    masks: str | None = None
 
     def __post_init__(self) -> None:
         if not self.magnifications and not self.mpps:
@@ -232,7 +235,7 @@ def tile_slide(path: str | Path, store: str | Path, config: TileConfig, *, overl
         with reader:
             result.reader, result.mpp, result.objective_power = reader.name, reader.mpp, reader.objective_power
             _tile_open_slide(reader, path, sid, Path(store), config, timer, result, overlay_dir, progress)
-    except (ReaderError, ScaleError, SlideStoreError) as exc:
+    except (ReaderError, ScaleError, SlideStoreError, MaskError) as exc:
         result.error = str(exc).removeprefix(f"{path}: ")
     except (OSError, ValueError, RuntimeError, MemoryError) as exc:  # a slide that breaks mid-read
         result.error = f"{type(exc).__name__}: {exc}"
@@ -242,13 +245,24 @@ def tile_slide(path: str | Path, store: str | Path, config: TileConfig, *, overl
     return result
 
 
+def tissue_mask(thumb: np.ndarray, slide_id: str, config: TileConfig) -> tuple[np.ndarray, str]:
+    """(tissue mask on the thumbnail, where it came from: ``auto`` or the mask file): the user's
+    ``<masks>/<slide id>.png`` when ``config.masks`` has one, else automatic detection."""
+    if config.masks is not None:
+        path = Path(config.masks) / f"{slide_id}.png"
+        if path.is_file():
+            return load_mask(path, thumb.shape[:2]), str(path)
+        log.info("%s: no tissue mask %s; detecting tissue automatically", slide_id, path)
+    return detect_tissue(thumb, config.tissue), "auto"
+
+
 def _tile_open_slide(reader: SlideReader, path: Path, sid: str, store: Path, config: TileConfig, timer: _Timer,
                      result: SlideResult, overlay_dir, progress) -> None:
     scales = _scales(reader, config)
     w0, h0 = reader.dimensions
     with timer("tissue"):
         thumb = reader.thumbnail(config.tissue.thumbnail_max_side)
-        mask = detect_tissue(thumb, config.tissue)
+        mask, tissue_source = tissue_mask(thumb, sid, config)
     thumb_ds = w0 / thumb.shape[1]
     plans = []
     for scale in scales:
@@ -295,7 +309,8 @@ def _tile_open_slide(reader: SlideReader, path: Path, sid: str, store: Path, con
             "base_magnification": config.base_magnification, "base_mpp": config.base_mpp,
             "width": w0, "height": h0, "levels": [asdict(lv) for lv in reader.levels],
             "tile_size": config.tile_size, "tissue_threshold": config.tissue_threshold,
-            "thumbnail_downsample": thumb_ds, "tissue_fraction": float(mask.mean()), "scales": scale_attrs,
+            "thumbnail_downsample": thumb_ds, "tissue_fraction": float(mask.mean()), "tissue_source": tissue_source,
+            "scales": scale_attrs,
             "multiscale_fields": list(config.fields) if config.multiscale else [],
             "timings": {k: round(v, 4) for k, v in timer.seconds.items()},
         })

@@ -1,4 +1,5 @@
-"""Tissue detection on a slide thumbnail: Otsu on saturation, morphology, minimum area, hole filling.
+"""Tissue detection on a slide thumbnail: Otsu on saturation, morphology, minimum area, hole filling; or a mask the
+user drew (:func:`load_mask`: a PNG per slide, resized to the thumbnail).
 
 The same code runs on the CPU (numpy + scipy.ndimage) and on a GPU (cupy + cupyx.scipy.ndimage, whose API
 mirrors scipy's), so both give the same mask. Background glass is bright and unsaturated; H&E-stained tissue is
@@ -9,11 +10,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+class MaskError(ValueError):
+    """A user tissue mask that cannot be read or used; the message names the file and says why (one line)."""
 
 
 @dataclass(frozen=True)
@@ -151,3 +157,33 @@ def tile_fractions(mask: np.ndarray, mask_downsample: float, xs: np.ndarray, ys:
     inside = sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
     area = np.maximum((x1 - x0) * (y1 - y0), 1)
     return (inside / area).astype(np.float32)
+
+
+def load_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    """A user tissue mask (any image Pillow reads, typically a PNG; nonzero = tissue) as a boolean mask of
+    ``shape`` (the thumbnail's height, width). A mask of another size is resized: a thumbnail pixel is tissue when
+    at least half of the mask area it covers is. Raises :class:`MaskError` for an unreadable or empty file."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            arr = np.asarray(img)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        raise MaskError(f"tissue mask {path}: cannot read it ({reason})") from exc
+    if arr.ndim == 3:
+        arr = arr[..., :3].any(axis=-1)  # colour masks: any nonzero channel (alpha ignored)
+    if arr.ndim != 2 or arr.size == 0:
+        raise MaskError(f"tissue mask {path}: expected a 2-D image, got shape {arr.shape}")
+    mask = arr != 0
+    h, w = shape
+    if mask.shape != (h, w):
+        ratio_mask, ratio_thumb = mask.shape[1] / mask.shape[0], w / h
+        if abs(ratio_mask / ratio_thumb - 1) > 0.05:
+            log.warning("tissue mask %s is %dx%d, the slide thumbnail %dx%d: the aspect ratios differ; stretching",
+                        path, mask.shape[1], mask.shape[0], w, h)
+        resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.Resampling.BOX)
+        mask = np.asarray(resized) >= 128
+    return mask

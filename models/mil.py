@@ -25,13 +25,22 @@ from models.weights import load_weights
 FEATURE_DIMS: dict[str, int] = {"resnet50": 2048, "resnet34": 512, "vit_small": 384}
 
 
+#: Seed of a randomly initialised extractor: the same random encoder on every call, so features cached from one
+#: store and computed on another (inference) come from the same function.
+EXTRACTOR_SEED = 0
+
+
 def feature_extractor(name: str, pretrained: bool = False,
                       weights: str | Path | None = None) -> tuple[nn.Module, int]:
-    """A tile encoder (B, 3, 224, 224) -> (B, D) for building bags: timm resnet50 / resnet34 /
-    vit_small_patch16_224 with no head."""
+    """A tile encoder (B, 3, H, W) -> (B, D) for building bags: timm resnet50 / resnet34 / vit_small_patch16_224
+    with no head. Without ``weights`` / ``pretrained`` it is randomly initialised from :data:`EXTRACTOR_SEED`
+    (the global RNG is left untouched). The ViT takes any tile size (its position embedding is interpolated)."""
     if name not in FEATURE_DIMS:
         raise KeyError(f"unknown feature extractor {name!r}; valid names: {', '.join(FEATURE_DIMS)}")
-    return backbone(name, pretrained, weights, num_classes=0)
+    kwargs = {"dynamic_img_size": True, "dynamic_img_pad": True} if name.startswith("vit") else {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(EXTRACTOR_SEED)
+        return backbone(name, pretrained, weights, num_classes=0, **kwargs)
 
 
 class AttentionMIL(nn.Module):

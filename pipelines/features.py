@@ -1,12 +1,16 @@
 """Tile features for MIL: encode every tile of a slide once and cache the result in the slide store.
 
 Features live beside the tiles, at ``<slide>/features/<scale>/<extractor>`` (N, D) float16, so bags are read
-without touching the pixels again. A cached array whose row count matches the tiles is reused.
+without touching the pixels again. The array's ``weights`` attribute says which encoder made it (the seeded random
+initialisation, or a weights file by name and content hash): a cached array is reused only when its row count
+matches the tiles and it came from the same encoder; otherwise it is recomputed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +22,49 @@ def features_key(slide_id: str, scale: str, extractor: str) -> str:
     return f"{slide_id}/features/{scale}/{extractor}"
 
 
+def encoder_identity(weights: str | Path | None = None, pretrained: bool = False) -> str:
+    """What made a feature array: ``random-init seed 0``, ``timm pretrained`` or ``<file name> sha256:<16 hex>``."""
+    if weights is not None:
+        path = Path(weights)
+        stat = path.stat()
+        return f"{path.name} sha256:{_file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)}"
+    if pretrained:
+        return "timm pretrained"
+    from models.mil import EXTRACTOR_SEED
+
+    return f"random-init seed {EXTRACTOR_SEED}"
+
+
+@lru_cache(maxsize=16)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def cached_features(store_path: str | Path, slide_id: str, scale: str, extractor: str, *,
+                    weights: str | None = None, pretrained: bool = False) -> np.ndarray | None:
+    """The cached (N, D) features of a slide when they are complete and came from this encoder, else None."""
+    import zarr
+
+    group = zarr.open_group(str(store_path), mode="r")
+    key = features_key(slide_id, scale, extractor)
+    if key not in group or group[key].shape[0] != group[f"{slide_id}/tiles/{scale}"].shape[0]:
+        return None
+    if group[key].attrs.get("weights") != encoder_identity(weights, pretrained):
+        return None
+    return group[key][:].astype(np.float32)
+
+
 def extract_slide_features(store_path: str | Path, slide_id: str, scale: str, extractor: str = "resnet50", *,
                            weights: str | None = None, pretrained: bool = False, batch_size: int = 64,
                            device: str = "cpu", model=None) -> np.ndarray:
-    """(N, D) features of the tiles of ``slide_id`` at ``scale``; computed once, then read from the store."""
+    """(N, D) features of the tiles of ``slide_id`` at ``scale``; computed once, then read from the store.
+
+    ``model``: an already built encoder, or a function that builds one when it is needed (saves rebuilding it per
+    slide); it must be the encoder ``weights`` / ``pretrained`` describe, since they name the cache entry."""
     import torch
     import zarr
 
@@ -31,8 +74,15 @@ def extract_slide_features(store_path: str | Path, slide_id: str, scale: str, ex
     group = zarr.open_group(str(store_path), mode="r+")
     tiles = group[f"{slide_id}/tiles/{scale}"]
     key = features_key(slide_id, scale, extractor)
-    if key in group and group[key].shape[0] == tiles.shape[0]:
-        return group[key][:].astype(np.float32)
+    identity = encoder_identity(weights, pretrained)
+    cached = cached_features(store_path, slide_id, scale, extractor, weights=weights, pretrained=pretrained)
+    if cached is not None:
+        return cached
+    if key in group:
+        log.info("%s: cached %s features are stale or came from another encoder (%s); recomputing with %s", slide_id,
+                 extractor, group[key].attrs.get("weights", "unknown"), identity)
+    if callable(model) and not hasattr(model, "eval"):
+        model = model()  # a factory: the encoder is built only when something must be computed
     if model is None:
         model, _ = feature_extractor(extractor, pretrained=pretrained, weights=weights)
     model = model.to(device).eval()
@@ -43,6 +93,8 @@ def extract_slide_features(store_path: str | Path, slide_id: str, scale: str, ex
             chunks.append(model(normalize(batch.float() / 255.0)).float().cpu().numpy())
     feats = (np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)).astype(np.float16)
     parent = group.require_group(f"{slide_id}/features/{scale}")
-    parent.create_array(extractor, data=feats, chunks=(max(1, len(feats)), feats.shape[1] or 1), overwrite=True)
+    array = parent.create_array(extractor, data=feats, chunks=(max(1, len(feats)), feats.shape[1] or 1),
+                                overwrite=True)
+    array.attrs["weights"] = identity
     log.info("%s: %d tile features (%s, %d-d) cached", slide_id, len(feats), extractor, feats.shape[1])
     return feats.astype(np.float32)  # the same values a later read of the cache gives

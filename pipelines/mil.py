@@ -19,6 +19,10 @@ import numpy as np
 from ingest.splits import SPLIT_CODES, SplitConfig, patient_split
 from pipelines.evaluate import classification_metrics
 from pipelines.features import extract_slide_features
+from pipelines.losses import check_loss
+
+#: The tile feature extractors (``models.mil.FEATURE_DIMS``; listed here so configs validate without torch).
+FEATURE_EXTRACTORS: tuple[str, ...] = ("resnet50", "resnet34", "vit_small")
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +43,14 @@ class MILConfig:
         extractor: tile feature extractor: resnet50, resnet34 or vit_small.
         extractor_weights: local weights for the extractor (none: random init, fine for the pipeline only).
         max_patches: at most this many random tiles per bag in training (all tiles at evaluation).
+        loss: ``ce`` (cross-entropy) or ``focal`` (focal loss, :mod:`pipelines.losses`).
+        focal_gamma: the focal loss's gamma (0 = cross-entropy); used with ``loss="focal"``.
         epochs, lr, weight_decay, patience, seed: training settings.
-        split: slide-level split fractions.
+        split: slide-level split fractions (seeded by ``seed``), used when ``folds`` is 0.
+        folds: slide-level k-fold cross-validation (:mod:`pipelines.cv`, grouped by patient, stratified by label):
+            0 = one split by ``split`` fractions, else the number of folds (>= 2); ``fold`` is the test fold.
+        fold: the test fold, 0..folds-1.
+        split_seed: seeds the fold assignment.
         device: cpu or cuda.
         out: run directory.
     """
@@ -52,12 +62,17 @@ class MILConfig:
     extractor: str = "resnet50"
     extractor_weights: str | None = None
     max_patches: int = 512
+    loss: str = "ce"
+    focal_gamma: float = 2.0
     epochs: int = 50
     lr: float = 2e-4
     weight_decay: float = 1e-4
     patience: int = 10
     seed: int = 0
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    folds: int = 0
+    fold: int = 0
+    split_seed: int = 0
     device: str = "cpu"
     out: str = "runs/mil"
 
@@ -66,6 +81,14 @@ class MILConfig:
             raise ValueError(f"model must be abmil or abmil_gated, got {self.model!r}")
         if self.max_patches < 1 or self.epochs < 1 or self.patience < 1:
             raise ValueError("max_patches, epochs and patience must be >= 1")
+        check_loss(self.loss)
+        if self.focal_gamma < 0:
+            raise ValueError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
+        if self.extractor not in FEATURE_EXTRACTORS:
+            raise ValueError(f"extractor must be one of {', '.join(FEATURE_EXTRACTORS)}, got {self.extractor!r}")
+        if self.folds == 1 or self.folds < 0 or not 0 <= self.fold < max(self.folds, 1):
+            raise ValueError(f"folds must be 0 (one split) or >= 2, and fold in 0..folds-1; got folds {self.folds}, "
+                             f"fold {self.fold}")
 
 
 def read_labels(path: str | Path, slide_ids: list[str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -102,16 +125,50 @@ def split_slides(slides: list[str], labels: dict[str, str], patients: dict[str, 
     return by_split, split.notes
 
 
-def _bags(config: MILConfig, slide_ids: list[str], device: str) -> dict[str, np.ndarray]:
+def fold_slides(slides: list[str], labels: dict[str, str], patients: dict[str, str], classes: list[str],
+                folds: int, fold: int, seed: int) -> tuple[dict[str, list[str]], list[str]]:
+    """train/val/test slide lists of fold ``fold`` of a patient-grouped, label-stratified k-fold split
+    (:func:`pipelines.cv.fold_splits`, the image trainer's folds applied to slides)."""
+    from types import SimpleNamespace
+
+    from pipelines.cv import CVError, describe_folds, fold_splits
+
+    table = SimpleNamespace(patient=np.array([patients[s] for s in slides]), classes=tuple(classes),
+                            label=np.array([classes.index(labels[s]) for s in slides], dtype=np.int64))
+    try:
+        codes = fold_splits(table, folds, fold, seed)
+    except CVError as exc:
+        raise MILError(str(exc).replace("patients per class (subtype task)", "patients (slides) per label")) from exc
+    by_split = {name: [s for s, c in zip(slides, codes, strict=True) if c == code]
+                for name, code in SPLIT_CODES.items() if code >= 0}
+    return by_split, [describe_folds(folds, fold, seed, "label")]
+
+
+def sample_bag(bag: np.ndarray, max_patches: int, rng: random.Random) -> np.ndarray:
+    """At most ``max_patches`` rows of ``bag``, drawn at random without replacement (kept in tile order)."""
+    if len(bag) <= max_patches:
+        return bag
+    return bag[sorted(rng.sample(range(len(bag)), max_patches))]
+
+
+def slide_bags(store: str | Path, slide_ids: list[str], scale: str, extractor: str,
+               extractor_weights: str | None = None, device: str = "cpu") -> dict[str, np.ndarray]:
+    """slide -> (N, D) tile features (cached in the store); slides without tiles at ``scale`` are left out."""
     from models.mil import feature_extractor
 
-    extractor, _ = feature_extractor(config.extractor, weights=config.extractor_weights)
+    built: list = []
+
+    def encoder():  # built once, and only when a slide's features are not cached yet
+        if not built:
+            built.append(feature_extractor(extractor, weights=extractor_weights)[0])
+        return built[0]
+
     bags = {}
     for sid in slide_ids:
-        feats = extract_slide_features(config.store, sid, config.scale, config.extractor, device=device,
-                                       model=extractor)
+        feats = extract_slide_features(store, sid, scale, extractor, weights=extractor_weights, device=device,
+                                       model=encoder)
         if len(feats) == 0:
-            log.warning("%s has no tiles at %s; left out", sid, config.scale)
+            log.warning("%s has no tiles at %s; left out", sid, scale)
             continue
         bags[sid] = feats
     return bags
@@ -131,22 +188,30 @@ def train_mil(config: MILConfig) -> dict:
 
     from ingest.slide_store import SlideStore
     from models.registry import build_model
+    from pipelines.losses import classification_loss
     from pipelines.tracking import EarlyStopping, EpochClock, RunLogger
     from pipelines.train import seed_everything
 
+    out = Path(config.out)
+    if (out / "summary.json").exists() and _same_config(out, config):
+        log.info("%s is complete; not retraining (delete it or use another --out)", out)
+        return json.loads((out / "summary.json").read_text())
     store = SlideStore(config.store)
     labels, patients = read_labels(config.labels, store.slide_ids())
     classes = sorted(set(labels.values()))
-    bags = _bags(config, sorted(labels), config.device)
+    bags = slide_bags(config.store, sorted(labels), config.scale, config.extractor, config.extractor_weights,
+                      config.device)
     slides = sorted(bags)
     if len(slides) < 3:
         raise MILError(f"only {len(slides)} labelled slide(s) with tiles; need at least 3 (train, val, test)")
-    by_split, notes = split_slides(slides, labels, patients, classes, config.split, config.seed)
+    if config.folds:
+        by_split, notes = fold_slides(slides, labels, patients, classes, config.folds, config.fold, config.split_seed)
+    else:
+        by_split, notes = split_slides(slides, labels, patients, classes, config.split, config.seed)
     seed_everything(config.seed)
     dim = next(iter(bags.values())).shape[1]
     model = build_model(config.model, len(classes), in_dim=dim).to(config.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "splits.json").write_text(json.dumps({**by_split, "notes": notes, "classes": classes}, indent=1))
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
@@ -160,12 +225,11 @@ def train_mil(config: MILConfig) -> dict:
             rng.shuffle(order)
             loss_sum = 0.0
             for sid in order:
-                bag = bags[sid]
-                if len(bag) > config.max_patches:
-                    bag = bag[sorted(rng.sample(range(len(bag)), config.max_patches))]
+                bag = sample_bag(bags[sid], config.max_patches, rng)
                 logits, _ = model(torch.from_numpy(bag).to(config.device))
-                loss = torch.nn.functional.cross_entropy(logits, torch.tensor([classes.index(labels[sid])],
-                                                                              device=config.device))
+                loss = classification_loss(config.loss, logits, torch.tensor([classes.index(labels[sid])],
+                                                                             device=config.device),
+                                           gamma=config.focal_gamma)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -184,10 +248,23 @@ def train_mil(config: MILConfig) -> dict:
     model.load_state_dict(state["model"])
     model.eval()
     test = _evaluate(model, bags, by_split["test"], labels, classes, config.device)
+    test.n_patients = len({patients[s] for s in by_split["test"]})
     summary = {"best_val": stopper.best, "test": test.to_dict(), "n_slides": {k: len(v) for k, v in by_split.items()},
-               "classes": classes}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+               "classes": classes, "test_predictions": {
+                   s: [round(float(p), 6) for p in _predict(model, bags[s], config.device)[0]]
+                   for s in by_split["test"]}}
+    tmp = out / "summary.json.tmp"  # written last, atomically: its presence marks a finished run
+    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.replace(out / "summary.json")
     return summary
+
+
+def _same_config(out: Path, config: MILConfig) -> bool:
+    try:
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return saved == json.loads(json.dumps(asdict(config)))
 
 
 def _evaluate(model, bags, slides, labels, classes, device):
@@ -195,17 +272,32 @@ def _evaluate(model, bags, slides, labels, classes, device):
     return classification_metrics([classes.index(labels[s]) for s in slides], preds, classes)
 
 
-def infer_mil(checkpoints: list[str | Path], store_path: str | Path, out: str | Path, scale: str = "20x",
-              extractor: str = "resnet50", device: str = "cpu") -> Path:
-    """Predictions CSV (mean class probabilities of an ensemble of checkpoints) and, per slide, the attention as
-    ``.npy`` and a heatmap PNG over the thumbnail."""
+def _resolved(name: str, given: str | None, configs: list[dict], paths: list) -> str | None:
+    """``given`` or the value every checkpoint was trained with; a disagreement is a MILError naming them."""
+    values = {c.get(name) for c in configs}
+    if given is not None:
+        if len(values) == 1 and None not in values and given != next(iter(values)):
+            raise MILError(f"--{name.replace('_', '-')} {given!r}: the checkpoints were trained with "
+                           f"{next(iter(values))!r}; their features would not match")
+        return given
+    if len(values) > 1:
+        raise MILError(f"the checkpoints were trained with different {name} values ({sorted(map(str, values))}): "
+                       f"{', '.join(map(str, paths))}")
+    return next(iter(values))
+
+
+def load_mil_checkpoints(checkpoints: list[str | Path], device: str = "cpu") -> tuple[list, list[str], list[dict]]:
+    """(models in eval mode, class names, training configs) of MIL ``best.pt`` files; all must share classes."""
     import torch
 
-    from ingest.slide_store import SlideStore
     from models.registry import build_model
 
-    models, classes = [], None
+    if not checkpoints:
+        raise MILError("give at least one checkpoint")
+    models, classes, configs = [], None, []
     for ckpt in checkpoints:
+        if not Path(ckpt).is_file():
+            raise MILError(f"{ckpt}: no such checkpoint")
         state = torch.load(ckpt, map_location=device, weights_only=True)
         cfg = json.loads(state["config"])
         m = build_model(cfg["model"], len(state["classes"]), in_dim=state["in_dim"])
@@ -213,26 +305,51 @@ def infer_mil(checkpoints: list[str | Path], store_path: str | Path, out: str | 
         models.append(m.to(device).eval())
         if classes is not None and classes != state["classes"]:
             raise MILError(f"{ckpt}: classes {state['classes']} differ from the other checkpoints' {classes}")
-        classes = state["classes"]
+        classes = list(state["classes"])
+        configs.append(cfg)
+    return models, classes or [], configs
+
+
+def infer_mil(checkpoints: list[str | Path], store_path: str | Path, out: str | Path, scale: str | None = None,
+              extractor: str | None = None, device: str = "cpu", *, extractor_weights: str | None = None,
+              labels: str | Path | None = None, slides: list[str] | None = None) -> Path:
+    """Predictions CSV and, per slide, the attention as ``.npy`` and a heatmap PNG over the thumbnail.
+
+    Several checkpoints make an ensemble: a slide's class probabilities (``p_<class>`` columns) are the mean of
+    the checkpoints' softmax probabilities, its attention the mean of their attention. ``scale``, ``extractor``
+    and ``extractor_weights`` default to what the checkpoints were trained with. ``labels`` (the training CSV)
+    adds a ``label`` column; ``slides`` limits the slides (default: every slide of the store).
+    """
+    from ingest.slide_store import SlideStore
+
+    models, classes, configs = load_mil_checkpoints(checkpoints, device)
+    scale = _resolved("scale", scale, configs, checkpoints)
+    extractor = _resolved("extractor", extractor, configs, checkpoints)
+    extractor_weights = _resolved("extractor_weights", extractor_weights, configs, checkpoints)
     store = SlideStore(store_path)
+    truth = read_labels(labels, store.slide_ids())[0] if labels is not None else {}
     out = Path(out)
     (out / "attention").mkdir(parents=True, exist_ok=True)
+    wanted = store.slide_ids() if slides is None else list(slides)
+    bags = slide_bags(store_path, wanted, scale, extractor, extractor_weights, device)
     rows = []
-    for sid in store.slide_ids():
-        bag = extract_slide_features(store_path, sid, scale, extractor, device=device)
-        if len(bag) == 0:
+    for sid in wanted:
+        if sid not in bags:
             continue
-        probs, attn = zip(*(_predict(m, bag, device) for m in models), strict=True)
+        probs, attn = zip(*(_predict(m, bags[sid], device) for m in models), strict=True)
         p, a = np.mean(probs, axis=0), np.mean(attn, axis=0)
-        rows.append({"slide_id": sid, "predicted": classes[int(np.argmax(p))],
+        rows.append({"slide_id": sid, **({"label": truth.get(sid, "")} if truth else {}),
+                     "predicted": classes[int(np.argmax(p))],
                      **{f"p_{c}": round(float(v), 6) for c, v in zip(classes, p, strict=True)}})
         np.save(out / "attention" / f"{sid}.npy", a)
         heatmap_png(store, sid, scale, a, out / "attention" / f"{sid}.png")
     path = out / "predictions.csv"
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["slide_id", "predicted", *[f"p_{c}" for c in classes or []]])
+        writer = csv.DictWriter(fh, fieldnames=["slide_id", *(["label"] if truth else []), "predicted",
+                                                *[f"p_{c}" for c in classes]])
         writer.writeheader()
         writer.writerows(rows)
+    log.info("predictions of %d checkpoint(s) on %d slide(s) written to %s", len(models), len(rows), path)
     return path
 
 

@@ -40,6 +40,12 @@ class PretrainConfig:
         device: auto, cpu or cuda.
         out: run directory (default ``runs/<model>-<pair>``).
         log_every: optimizer steps between step-level TensorBoard points (loss, lr); 0 = per epoch only.
+        folds, fold, split_seed: patient-level k-fold cross-validation as in ``TrainConfig`` (:mod:`pipelines.cv`):
+            with ``folds`` >= 2, ``split`` is taken from fold ``fold``'s splits, so pretraining never sees the
+            patients the fine-tuned model of that fold is tested on; 0 = the store's own split.
+        task: the task whose classes stratify the folds (the same as the fine-tuning runs'); labels are not used
+            for anything else.
+        max_steps_per_epoch: cap on steps per epoch (quick runs); None = every anchor image once per epoch.
     """
 
     model: str = "mpcs_resnet50"
@@ -56,9 +62,15 @@ class PretrainConfig:
     device: str = "auto"
     out: str | None = None
     log_every: int = 10
+    folds: int = 0
+    fold: int = 0
+    split_seed: int = 0
+    task: str = "subtype"
+    max_steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
         from models.mpcs import PAIR_STRATEGIES
+        from pipelines.tasks import check_task
 
         if self.pair not in PAIR_STRATEGIES:
             raise ValueError(f"pair must be one of {', '.join(PAIR_STRATEGIES)}, got {self.pair!r}")
@@ -68,6 +80,12 @@ class PretrainConfig:
             raise ValueError(f"pretraining needs an mpcs_* model, got {self.model!r}")
         if self.log_every < 0:
             raise ValueError("log_every must be >= 0")
+        if self.folds == 1 or self.folds < 0 or not 0 <= self.fold < max(self.folds, 1):
+            raise ValueError(f"folds must be 0 (the store's split) or >= 2, and fold in 0..folds-1; got folds "
+                             f"{self.folds}, fold {self.fold}")
+        check_task(self.task)
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ValueError("max_steps_per_epoch must be >= 1 (or None)")
 
     @property
     def run_dir(self) -> Path:
@@ -105,13 +123,18 @@ def pretrain(config: PretrainConfig, progress=None) -> Path:
     from models.mpcs import FIXED_PAIR, nt_xent
     from models.registry import build_model
     from pipelines.augment import GpuAugment
+    from pipelines.cv import split_view
     from pipelines.data import load_images
     from pipelines.device import resolve_device
     from pipelines.tracking import EpochClock, RunLogger
     from pipelines.train import default_store, seed_everything
 
     store_path = Path(config.store) if config.store else default_store()
-    store = ImageStore(store_path)
+    weights = config.run_dir / "encoder.safetensors"
+    if weights.exists() and _finished_same(config, store_path):
+        log.info("%s is complete; not pretraining again (delete it or use another --out)", config.run_dir)
+        return weights
+    store = split_view(ImageStore(store_path), config.folds, config.fold, config.split_seed, config.task)
     device = resolve_device(config.device)
     seed_everything(config.seed)
     rng = random.Random(config.seed)
@@ -129,10 +152,14 @@ def pretrain(config: PretrainConfig, progress=None) -> Path:
     augment = GpuAugment(out_size=config.image_size, seed=config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = len(anchors_all) // config.batch_size
+    if config.max_steps_per_epoch is not None:
+        steps = min(steps, config.max_steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps * config.epochs)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = {**asdict(config), "store": str(store_path), "origin": store.attrs.get("origin", {})}
+    resolved = {**asdict(config), "store": str(store_path), "origin": store.attrs.get("origin", {}),
+                "split_description": store.attrs.get("split", {}).get("description"),
+                "patients": sorted(set(patients.tolist()))}
     (run_dir / "config.json").write_text(json.dumps(resolved, indent=1))
     history = run_dir / "pretrain.jsonl"
     history.unlink(missing_ok=True)
@@ -166,6 +193,17 @@ def pretrain(config: PretrainConfig, progress=None) -> Path:
                 fh.write(json.dumps(row) + "\n")
             tracker.log_epoch(row, epoch)
             log.info("MPCS epoch %d: NT-Xent %.4f", epoch, row["loss"])
-    weights = run_dir / "encoder.safetensors"
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.encoder.state_dict().items()}, str(weights))
+    partial = weights.with_name(weights.name + ".partial")  # written, then renamed: a crash leaves no encoder
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.encoder.state_dict().items()}, str(partial))
+    partial.replace(weights)
     return weights
+
+
+def _finished_same(config: PretrainConfig, store_path: Path) -> bool:
+    """True when ``config.run_dir`` holds a finished run of the same config (logging settings aside)."""
+    try:
+        saved = json.loads((config.run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    current = json.loads(json.dumps({**asdict(config), "store": str(store_path)}))
+    return all(saved.get(k) == v for k, v in current.items() if k != "log_every")

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import csv
+import random
 
 import numpy as np
 import pytest
+import torch
 import zarr
 
 from ingest.synthetic_wsi import write_synthetic_slide
 from ingest.tile_runner import run_tiling
 from ingest.tiling import TileConfig
 from pipelines.features import extract_slide_features, features_key
-from pipelines.mil import MILConfig, MILError, infer_mil, read_labels, train_mil
+from pipelines.mil import FEATURE_EXTRACTORS, MILConfig, MILError, infer_mil, read_labels, sample_bag, train_mil
 from tests.pipelines.test_tracking import tb_scalars
 
 
@@ -69,3 +71,96 @@ def test_label_file_errors(slide_store, tmp_path):
         read_labels(tmp_path / "missing.csv", ["s0"])
     with pytest.raises(ValueError, match="abmil"):
         MILConfig(store="x", labels="y", model="transformer")
+
+
+def test_extractor_choices_build():
+    from models.mil import FEATURE_DIMS, feature_extractor
+
+    assert FEATURE_EXTRACTORS == tuple(FEATURE_DIMS) == ("resnet50", "resnet34", "vit_small")
+    x = torch.rand(2, 3, 64, 64)  # tiles smaller than 224: the ViT interpolates its position embedding
+    for name in FEATURE_EXTRACTORS:
+        model, dim = feature_extractor(name)
+        with torch.inference_mode():
+            assert model.eval()(x).shape == (2, dim) == (2, FEATURE_DIMS[name])
+        MILConfig(store="x", labels="y", extractor=name)
+    with pytest.raises(ValueError, match="extractor must be one of resnet50, resnet34, vit_small"):
+        MILConfig(store="x", labels="y", extractor="vit")
+
+
+def test_feature_cache_is_tied_to_the_encoder(slide_store, tmp_path):
+    import timm
+
+    store = slide_store / "tiles.zarr"
+    random_init = extract_slide_features(store, "s5", "10x", "resnet34")
+    torch.manual_seed(123)
+    torch.save(timm.create_model("resnet34", num_classes=0).state_dict(), tmp_path / "enc.pt")
+    other = extract_slide_features(store, "s5", "10x", "resnet34", weights=str(tmp_path / "enc.pt"))
+    assert other.shape == random_init.shape and not np.allclose(other, random_init)
+    attrs = zarr.open_group(str(store), mode="r")[features_key("s5", "10x", "resnet34")].attrs
+    assert attrs["weights"].startswith("enc.pt sha256:")
+    again = extract_slide_features(store, "s5", "10x", "resnet34")  # the seeded random encoder, recomputed
+    assert np.array_equal(again, random_init)
+
+
+def test_sample_bag_keeps_at_most_max_patches():
+    bag = np.arange(20, dtype=np.float32).reshape(10, 2)
+    rng = random.Random(0)
+    sub = sample_bag(bag, 4, rng)
+    assert sub.shape == (4, 2) and np.all(np.diff(sub[:, 0]) > 0) and set(sub[:, 0]) <= set(bag[:, 0])
+    assert sample_bag(bag, 10, rng) is bag and sample_bag(bag, 50, rng) is bag
+    with pytest.raises(ValueError, match="max_patches"):
+        MILConfig(store="x", labels="y", max_patches=0)
+
+
+def test_focal_loss_run_and_ensemble_is_the_mean_of_probabilities(slide_store, tmp_path):
+    store, labels = slide_store / "tiles.zarr", slide_store / "labels.csv"
+    runs = []
+    for seed, loss in ((0, "ce"), (1, "focal")):
+        config = MILConfig(store=str(store), labels=str(labels), scale="10x", extractor="resnet34", epochs=2,
+                           max_patches=8, split=(0.34, 0.33, 0.33), seed=seed, loss=loss, focal_gamma=2.0,
+                           model="abmil" if seed else "abmil_gated", out=str(tmp_path / f"run{seed}"))
+        train_mil(config)
+        runs.append(tmp_path / f"run{seed}" / "best.pt")
+    singles = [list(csv.DictReader(infer_mil([r], store, tmp_path / f"p{i}").open())) for i, r in enumerate(runs)]
+    ensemble = list(csv.DictReader(infer_mil(runs, store, tmp_path / "ens", labels=labels).open()))
+    assert list(ensemble[0]) == ["slide_id", "label", "predicted", "p_normal", "p_tumour"]
+    for row, a, b in zip(ensemble, *singles, strict=True):
+        for c in ("p_normal", "p_tumour"):
+            assert float(row[c]) == pytest.approx((float(a[c]) + float(b[c])) / 2, abs=2e-6)
+        assert row["predicted"] == max(("normal", "tumour"), key=lambda c: float(row[f"p_{c}"]))
+        assert row["label"] == ("tumour" if int(row["slide_id"][1:]) % 2 else "normal")
+    attn = [np.load(tmp_path / d / "attention" / "s2.npy") for d in ("p0", "p1", "ens")]
+    assert np.allclose(attn[2], (attn[0] + attn[1]) / 2, atol=1e-6)
+    with pytest.raises(MILError, match="trained with 'resnet34'"):
+        infer_mil(runs, store, tmp_path / "bad", extractor="resnet50")
+    with pytest.raises(ValueError, match="unknown loss"):
+        MILConfig(store="x", labels="y", loss="hinge")
+
+
+def test_slide_level_folds_and_a_finished_run_is_not_retrained(slide_store, tmp_path):
+    import json
+
+    base = dict(store=str(slide_store / "tiles.zarr"), labels=str(slide_store / "labels.csv"), scale="10x",
+                extractor="resnet34", epochs=1, max_patches=8, folds=3)
+    tests = []
+    for fold in range(3):
+        summary = train_mil(MILConfig(**base, fold=fold, out=str(tmp_path / f"f{fold}")))
+        splits = json.loads((tmp_path / f"f{fold}" / "splits.json").read_text())
+        assert summary["n_slides"] == {"train": 2, "val": 2, "test": 2} and "3-fold" in splits["notes"][0]
+        assert {int(s[1:]) % 2 for s in splits["test"]} == {0, 1}  # one slide of each label
+        assert set(summary["test_predictions"]) == set(splits["test"]) and summary["test"]["n_patients"] == 2
+        tests += splits["test"]
+    assert sorted(tests) == [f"s{i}" for i in range(6)]  # every slide is tested exactly once
+    stamp = (tmp_path / "f0" / "best.pt").stat().st_mtime_ns
+    assert train_mil(MILConfig(**base, fold=0, out=str(tmp_path / "f0")))["test"] == summary_of(tmp_path / "f0")
+    assert (tmp_path / "f0" / "best.pt").stat().st_mtime_ns == stamp
+    with pytest.raises(MILError, match="4-fold cross-validation needs at least 4"):
+        train_mil(MILConfig(**{**base, "folds": 4}, out=str(tmp_path / "x")))
+    with pytest.raises(ValueError, match="fold in 0..folds-1"):
+        MILConfig(**base, fold=3)
+
+
+def summary_of(run):
+    import json
+
+    return json.loads((run / "summary.json").read_text())["test"]

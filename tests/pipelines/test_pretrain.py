@@ -53,3 +53,22 @@ def test_config_errors():
         PretrainConfig(pair="sideways")
     with pytest.raises(ValueError, match="mpcs_"):
         PretrainConfig(model="resnet50")
+
+
+def test_pretrain_on_a_fold_sees_only_its_train_patients_and_is_not_redone(colour_store, tmp_path):  # noqa: F811
+    from ingest.store import ImageStore
+    from pipelines.cv import split_view
+
+    config = PretrainConfig(model="mpcs_efficientnet_b0", store=str(colour_store), pair="ordered", epochs=1,
+                            batch_size=4, image_size=32, device="cpu", folds=2, fold=1, task="binary",
+                            max_steps_per_epoch=2, out=str(tmp_path / "fold"))
+    weights = pretrain(config)
+    saved = json.loads((tmp_path / "fold" / "config.json").read_text())
+    view = split_view(ImageStore(colour_store), 2, 1, 0, "binary")
+    assert saved["patients"] == sorted(set(view.patient[view.select(split="train")].tolist()))
+    assert not set(saved["patients"]) & set(view.patient[view.select(split="test")].tolist())
+    assert len((tmp_path / "fold" / "pretrain.jsonl").read_text().splitlines()) == 1
+    stamp = weights.stat().st_mtime_ns
+    assert pretrain(config) == weights and weights.stat().st_mtime_ns == stamp  # finished: not redone
+    with pytest.raises(ValueError, match="fold in 0..folds-1"):
+        PretrainConfig(folds=2, fold=2)
