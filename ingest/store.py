@@ -301,6 +301,22 @@ class ImageStore:
             mask &= np.isin(self.label, [self.classes.index(c) for c in classes])
         return np.flatnonzero(mask)
 
+    def with_splits(self, codes: np.ndarray, description: str = "") -> ImageStore:
+        """A view of this store whose split codes (:data:`~ingest.splits.SPLIT_CODES`, one per image) are ``codes``
+        (e.g. one fold of patient-level cross-validation): ``select``, ``counts`` and every loader use them; pixels
+        and metadata are shared. Raises :class:`~ingest.splits.SplitError` when a patient would cross splits."""
+        import copy
+
+        codes = np.asarray(codes, dtype=np.int8)
+        if codes.shape != (len(self),):
+            raise ValueError(f"need one split code per image ({len(self)}), got shape {codes.shape}")
+        assert_patient_disjoint(self.patient, codes)
+        view = copy.copy(self)
+        view.split = codes
+        view.attrs = {**self.attrs, "split": {"description": description or "split override",
+                                              "stored": self.attrs.get("split", {}).get("description")}}
+        return view
+
     def read(self, indices: np.ndarray | list[int]) -> np.ndarray:
         """Images at ``indices`` (any order, repeats allowed) as (n, H, W, 3) uint8.
 

@@ -12,7 +12,12 @@ a **float32, ImageNet-normalised batch** ``(B, 3, S, S)`` on the same device.
    matrix + offset per sample, applied with one batched matmul (clamped to [0, 1] once at the end, unlike
    torchvision which clamps after every step and randomises the order; here the order is fixed:
    brightness, contrast, saturation, hue);
-3. ImageNet normalisation.
+3. Gaussian blur (probability ``blur``, sigma drawn per sample, one grouped separable convolution for the batch);
+4. ImageNet normalisation;
+5. random erasing (probability ``erasing``: one rectangle per sample set to 0 = the ImageNet mean colour).
+
+Blur and erasing are off by default (the fusion-inputs study turns them on); their random draws happen only when
+they are on, so a seed gives the same augmentation as before they existed.
 
 The bilinear ``grid_sample`` does no antialiasing; the loaders resize images once at load time so the shorter side
 is ``load_size`` (256), which keeps the downscale of a crop to 224 px below ~1.8x, where aliasing is mild.
@@ -50,6 +55,10 @@ class AugmentConfig:
         contrast: contrast factor drawn from [1 - contrast, 1 + contrast], 0..1.
         saturation: saturation factor drawn from [1 - saturation, 1 + saturation], 0..1.
         hue: hue rotation drawn from [-hue, hue] in fractions of a full turn, 0..0.5 (histology: keep it small).
+        blur: probability of a Gaussian blur, 0..1.
+        blur_sigma: range of the blur's sigma in output pixels, 0 < lo <= hi.
+        erasing: probability of erasing one random rectangle, 0..1.
+        erasing_scale: range of the erased area as a fraction of the image, 0 < lo <= hi < 1.
     """
 
     scale: tuple[float, float] = (0.35, 1.0)
@@ -61,16 +70,22 @@ class AugmentConfig:
     contrast: float = 0.2
     saturation: float = 0.2
     hue: float = 0.02
+    blur: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 1.5)
+    erasing: float = 0.0
+    erasing_scale: tuple[float, float] = (0.02, 0.2)
 
     def __post_init__(self) -> None:
-        for name in ("scale", "ratio"):
+        for name in ("scale", "ratio", "blur_sigma", "erasing_scale"):
             value = tuple(float(v) for v in getattr(self, name))
             if len(value) != 2 or not 0 < value[0] <= value[1]:
                 raise ValueError(f"AugmentConfig.{name} must be (lo, hi) with 0 < lo <= hi, got {value}")
             object.__setattr__(self, name, value)
         if self.scale[1] > 1:
             raise ValueError(f"AugmentConfig.scale must lie in (0, 1], got {self.scale}")
-        for name in ("hflip", "vflip", "brightness", "contrast", "saturation"):
+        if self.erasing_scale[1] >= 1:
+            raise ValueError(f"AugmentConfig.erasing_scale must lie in (0, 1), got {self.erasing_scale}")
+        for name in ("hflip", "vflip", "brightness", "contrast", "saturation", "blur", "erasing"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"AugmentConfig.{name} must be in [0, 1], got {value}")
@@ -228,4 +243,43 @@ class GpuAugment(torch.nn.Module):
             offset = ((1 - c) * b).to(device=device, dtype=x.dtype) * mean_grey
             x = torch.einsum("nij,njhw->nihw", matrix, x)
             x = x.add_(offset.view(n, 1, 1, 1)).clamp_(0.0, 1.0)
-        return normalize(x)
+        if cfg.blur > 0:
+            x = self._blur(x, gen)
+        x = normalize(x)
+        if cfg.erasing > 0:
+            x = x.masked_fill(self._erase_mask(n, gen).to(device), 0.0)
+        return x
+
+    def _blur(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        """Gaussian blur of a random subset of the batch (per-sample sigma), one grouped conv per axis."""
+        cfg = self.config
+        n, c, h, w = x.shape
+        apply = torch.rand(n, generator=gen, dtype=torch.float64) < cfg.blur
+        sigma = _uniform(n, *cfg.blur_sigma, gen)
+        if not apply.any():
+            return x
+        radius = max(1, math.ceil(3 * cfg.blur_sigma[1]))
+        offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        kernel = torch.exp(-0.5 * (offsets.view(1, -1) / sigma.view(-1, 1)) ** 2)
+        kernel = (kernel / kernel.sum(1, keepdim=True)).to(device=x.device, dtype=x.dtype)  # (n, k)
+        k = kernel.repeat_interleave(c, 0)  # one kernel per (sample, channel)
+        flat = x.reshape(1, n * c, h, w)
+        flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), k.view(n * c, 1, 1, -1), groups=n * c)
+        flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), k.view(n * c, 1, -1, 1), groups=n * c)
+        mask = apply.to(x.device).view(n, 1, 1, 1)
+        return torch.where(mask, flat.view(n, c, h, w), x)
+
+    def _erase_mask(self, n: int, gen: torch.Generator | None) -> torch.Tensor:
+        """(n, 1, S, S) bool: one random rectangle per erased sample (area ``erasing_scale``, aspect 0.3..3.3)."""
+        cfg, side = self.config, self.out_size
+        apply = torch.rand(n, generator=gen, dtype=torch.float64) < cfg.erasing
+        area = _uniform(n, *cfg.erasing_scale, gen) * side * side
+        aspect = torch.exp(_uniform(n, math.log(0.3), math.log(1 / 0.3), gen))
+        eh = torch.sqrt(area / aspect).clamp(1, side)
+        ew = torch.sqrt(area * aspect).clamp(1, side)
+        top = torch.rand(n, generator=gen, dtype=torch.float64) * (side - eh)
+        left = torch.rand(n, generator=gen, dtype=torch.float64) * (side - ew)
+        coords = torch.arange(side, dtype=torch.float64)
+        rows = (coords.view(1, -1) >= top.view(-1, 1)) & (coords.view(1, -1) < (top + eh).view(-1, 1))
+        cols = (coords.view(1, -1) >= left.view(-1, 1)) & (coords.view(1, -1) < (left + ew).view(-1, 1))
+        return (rows.view(n, 1, side, 1) & cols.view(n, 1, 1, side)) & apply.view(n, 1, 1, 1)

@@ -56,6 +56,13 @@ def train_command(
     task: Annotated[str, typer.Option(help="subtype (the store's classes) or binary (benign vs malignant).")
                     ] = "subtype",
     wandb: Annotated[bool, typer.Option(help="Also log the curves to Weights & Biases (pip install wandb).")] = False,
+    folds: Annotated[int, typer.Option(help="Patient-level k-fold cross-validation (0 = the store's own split).")
+                     ] = 0,
+    fold: Annotated[int, typer.Option(help="The test fold (0..folds-1) under --folds.")] = 0,
+    split_seed: Annotated[int, typer.Option(help="Seed of the fold assignment.")] = 0,
+    unfreeze: Annotated[str, typer.Option(help="Parameters that train: full, last_block or head.")] = "full",
+    label_fraction: Annotated[float, typer.Option(
+        help="Train on this fraction of the train patients (class-stratified, seeded; val/test untouched).")] = 1.0,
     out: Annotated[Optional[Path], typer.Option(
         help="Run directory (default runs/<model>-<mag>, runs/<model>-<mag>-binary for --task binary).")] = None,
 ) -> None:
@@ -68,7 +75,8 @@ def train_command(
                              epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                              patience=patience, precision=precision, device=device, loader=loader,
                              image_size=image_size, pretrained=pretrained, weights=str(weights) if weights else None,
-                             max_steps_per_epoch=max_steps, seed=seed, task=task, wandb=wandb,
+                             max_steps_per_epoch=max_steps, seed=seed, task=task, wandb=wandb, folds=folds,
+                             fold=fold, split_seed=split_seed, unfreeze=unfreeze, label_fraction=label_fraction,
                              out=str(out) if out else None)
     except ValueError as exc:
         _fail(str(exc))
@@ -80,7 +88,7 @@ def train_command(
 
         try:
             result = train(config, progress=step)
-        except (TrainingError, KeyError) as exc:
+        except (TrainingError, KeyError, ValueError) as exc:  # CVError (too few patients per class) is a ValueError
             _fail(str(exc).strip("'\""))
     best = result.best_val
     note = " (already complete)" if result.already_complete else (" (resumed)" if result.resumed else "")
@@ -104,7 +112,7 @@ def evaluate_command(
     from rich.table import Table
 
     from ingest.report_tables import origin_line
-    from ingest.store import ImageStore
+    from pipelines.cv import store_for_run
     from pipelines.data import DataConfig
     from pipelines.device import resolve_device
     from pipelines.train import evaluate_split, load_checkpoint
@@ -113,7 +121,7 @@ def evaluate_command(
         _fail(f"{checkpoint}: no such checkpoint")
     dev = resolve_device(device)
     model, config, _ = load_checkpoint(checkpoint, dev)
-    store = ImageStore(data or config["store"])
+    store = store_for_run(config, str(data) if data else None)  # the run's split (its fold under --folds)
     model_task = config.get("task", "subtype")  # checkpoints from before tasks are subtype models
     try:
         data_config = DataConfig(image_size=config["image_size"], load_size=config["load_size"],
@@ -142,41 +150,69 @@ def evaluate_command(
 
 
 def suite_command(
-    model: Annotated[Optional[list[str]], typer.Option("--model", help="Model(s) to compare (repeatable).")] = None,
+    name: Annotated[Optional[str], typer.Argument(
+        help="Suite to run (see --list): magnification-transfer (the default), fusion-inputs, transfer, ...")] = None,
+    list_suites: Annotated[bool, typer.Option("--list", help="List the registered suites and exit.")] = False,
+    model: Annotated[Optional[list[str]], typer.Option("--model", help="Model(s) to run (repeatable; default: the "
+                                                                       "suite's).")] = None,
     data: Annotated[Optional[Path], typer.Option(help="Image store (default: the embedded demo store).")] = None,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs per run.")] = 30,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
+    task: Annotated[Optional[list[str]], typer.Option(
+        "--task", help="subtype and/or binary (repeatable; default: the suite's, transfer runs both).")] = None,
+    folds: Annotated[int, typer.Option(help="Patient-level k-fold cross-validation (0 = the store's own split; "
+                                            "the papers use 5).")] = 0,
+    seeds: Annotated[int, typer.Option(help="Training seeds per fold (seed, seed+1, ...).")] = 1,
+    quick: Annotated[bool, typer.Option(help="CPU-sized runs (64 px, 1 epoch, 3 steps): checks the study end to "
+                                             "end.")] = False,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs per run (default 30; --quick 1).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per step (default 32; --quick 8).")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Cap on steps per epoch (quick runs).")] = None,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 3e-4,
-    image_size: Annotated[int, typer.Option(help="Network input side.")] = 224,
+    lr: Annotated[Optional[float], typer.Option(help="Peak AdamW learning rate (default: the suite's).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Network input side (default 224; --quick 64).")] = None,
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Seed for every run.")] = 0,
-    task: Annotated[str, typer.Option(help="subtype (the store's classes) or binary (benign vs malignant).")
-                    ] = "subtype",
+    seed: Annotated[int, typer.Option(help="First training seed.")] = 0,
+    split_seed: Annotated[int, typer.Option(help="Seed of the fold assignment.")] = 0,
+    pretrained: Annotated[bool, typer.Option(help="Start from ImageNet weights (needs the timm hub).")] = False,
+    weights_dir: Annotated[Optional[Path], typer.Option(
+        help="Folder of local weights named after the models (resnet50.safetensors, ...).")] = None,
+    keep_last: Annotated[bool, typer.Option(help="Keep each finished run's last.pt (optimizer state).")] = False,
     out: Annotated[Optional[Path], typer.Option(
-        help="Suite directory (default runs/suite, runs/suite-binary for --task binary).")] = None,
+        help="Suite directory (default runs/suites/NAME; without NAME: runs/suite, runs/suite-binary).")] = None,
 ) -> None:
-    """Cross-magnification suite: train on 100X / 400X / mixed, test on each; Markdown report + heatmaps."""
-    from pipelines.report import write_report
-    from pipelines.suite import SuiteConfig, run_suite
-    from pipelines.train import TrainConfig, TrainingError
+    """Seed-study suites: train over folds x seeds, write report.md + report.html with mean ± std tables and figures.
+    Without NAME: the cross-magnification suite (100X / 400X / mixed x test each)."""
+    from pipelines.suites import SUITES, StudyConfig, run_suite
+
+    if list_suites:
+        for suite_name in SUITES.names():
+            spec = SUITES.get(suite_name)
+            defaults = f"; models: {', '.join(spec.models)}" if spec.models else ""
+            stdout.print(f"{suite_name}: {spec.description} (tasks: {', '.join(spec.tasks)}{defaults})",
+                         markup=False, highlight=False, soft_wrap=True)
+        return
+    if name is None and out is None:  # the pre-suites command line and its directories
+        first = (task or ["subtype"])[0]
+        out = Path("runs/suite" if first == "subtype" else f"runs/suite-{first}")
+    from pipelines.train import TrainingError
 
     try:
-        base = TrainConfig(store=str(data) if data else None, epochs=epochs, batch_size=batch_size, lr=lr,
-                           max_steps_per_epoch=max_steps, image_size=image_size, precision=precision,
-                           device=device, seed=seed, task=task)
-        config = SuiteConfig(models=tuple(model or ("deit_small", "swin_tiny")), train=base,
-                             out=str(out) if out else None)
-    except ValueError as exc:
-        _fail(str(exc))
-    try:
-        run_suite(config, on_run=lambda m, t: console.print(f"[bold]{m}[/] trained on {t}"))
-    except (TrainingError, KeyError) as exc:
+        study = StudyConfig(suite=name or "magnification-transfer", store=str(data) if data else None,
+                            tasks=tuple(task or ()), models=tuple(model or ()), folds=folds, seeds=seeds, seed=seed,
+                            split_seed=split_seed, quick=quick, device=device, out=str(out) if out else None,
+                            epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
+                            max_steps_per_epoch=max_steps, precision=precision, pretrained=pretrained,
+                            weights_dir=str(weights_dir) if weights_dir else None, keep_last=keep_last)
+        SUITES.get(study.suite)
+    except (ValueError, KeyError) as exc:
         _fail(str(exc).strip("'\""))
-    report = write_report(config.suite_dir)
-    stdout.print(report.read_text(), markup=False, highlight=False)
-    stdout.print(f"report: {report}")
+    try:
+        outcome = run_suite(study, on_run=lambda message: console.print(f"[bold]{study.suite}[/] {message}",
+                                                                        highlight=False))
+    except (TrainingError, ValueError, KeyError) as exc:  # CVError / SplitError are ValueErrors
+        _fail(str(exc).strip("'\""))
+    stdout.print(outcome.report_md.read_text(), markup=False, highlight=False)
+    stdout.print(f"report: {outcome.report_md}\nhtml report: {outcome.report_html}", highlight=False,
+                 soft_wrap=True)
 
 
 def report_command(run_dir: Annotated[Path, typer.Argument(
@@ -190,6 +226,12 @@ def report_command(run_dir: Annotated[Path, typer.Argument(
     if not run_dir.is_dir():
         _fail(f"{run_dir}: no such directory")
     if (run_dir / "results.json").exists():
+        from pipelines.suites import is_suite_results, rebuild_report
+
+        if is_suite_results(run_dir):  # rebuilds report.html too
+            stdout.print(f"report: {rebuild_report(run_dir)}\nhtml report: {run_dir / 'report.html'}",
+                         highlight=False, soft_wrap=True)
+            return
         stdout.print(f"report: {write_report(run_dir)}")
     try:
         stdout.print(f"html report: {write_html(run_dir)}", highlight=False, soft_wrap=True)
@@ -282,6 +324,8 @@ def mil_train_command(
     extractor: Annotated[str, typer.Option(help="Tile features: resnet50, resnet34 or vit_small.")] = "resnet50",
     extractor_weights: Annotated[Optional[Path], typer.Option(help="Local weights for the extractor.")] = None,
     max_patches: Annotated[int, typer.Option(help="Random tiles per training bag.")] = 512,
+    loss: Annotated[str, typer.Option(help="ce (cross-entropy) or focal.")] = "ce",
+    focal_gamma: Annotated[float, typer.Option(help="Focal-loss gamma (with --loss focal).")] = 2.0,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 50,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
@@ -293,7 +337,8 @@ def mil_train_command(
     try:
         config = MILConfig(store=str(store), labels=str(labels), scale=scale, model=model, extractor=extractor,
                            extractor_weights=str(extractor_weights) if extractor_weights else None,
-                           max_patches=max_patches, epochs=epochs, device=device, seed=seed, out=str(out))
+                           max_patches=max_patches, loss=loss, focal_gamma=focal_gamma, epochs=epochs,
+                           device=device, seed=seed, out=str(out))
         summary = train_mil(config)
     except (MILError, ValueError, KeyError) as exc:
         _fail(str(exc).strip("'\""))
@@ -305,16 +350,22 @@ def mil_train_command(
 def mil_infer_command(
     checkpoint: Annotated[list[Path], typer.Argument(help="One or more MIL best.pt (an ensemble averages them).")],
     store: Annotated[Path, typer.Option(help="Slide store from `histo-ingest tile`.")],
-    scale: Annotated[str, typer.Option(help="Tile scale in the store.")] = "20x",
-    extractor: Annotated[str, typer.Option(help="The extractor the checkpoints were trained on.")] = "resnet50",
+    scale: Annotated[Optional[str], typer.Option(help="Tile scale (default: the checkpoints').")] = None,
+    extractor: Annotated[Optional[str], typer.Option(help="Tile features (default: the checkpoints').")] = None,
+    extractor_weights: Annotated[Optional[Path], typer.Option(
+        help="Local extractor weights (default: the checkpoints').")] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="CSV slide_id,label: adds a label column.")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/mil-predictions"),
 ) -> None:
-    """Predictions CSV (class probabilities per slide) and attention heatmaps (.npy + PNG over the thumbnail)."""
+    """Predictions CSV (class probabilities per slide; several checkpoints: their mean) and attention heatmaps
+    (.npy + PNG over the thumbnail)."""
     from pipelines.mil import MILError, infer_mil
 
     try:
-        path = infer_mil(checkpoint, store, out, scale=scale, extractor=extractor, device=device)
+        path = infer_mil(checkpoint, store, out, scale=scale, extractor=extractor, device=device,
+                         extractor_weights=str(extractor_weights) if extractor_weights else None,
+                         labels=labels)
     except (MILError, KeyError) as exc:
         _fail(str(exc).strip("'\""))
     stdout.print(f"predictions: {path}\nattention heatmaps: {out / 'attention'}", highlight=False)

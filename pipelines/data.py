@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 LOADERS = ("auto", "device", "dali", "torch")
+SAMPLERS = ("shuffle", "weighted")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class DataConfig:
         augment: training augmentation strengths.
         device_fraction: at most this fraction of the free device memory may hold the resident images.
         task: which label the batches carry: "subtype" (the store's classes) or "binary" (benign vs malignant).
+        sampler: training order: "shuffle" (a permutation per epoch) or "weighted" (as many draws, with
+            replacement, with probability inversely proportional to the class frequency: balanced classes).
     """
 
     image_size: int = 224
@@ -68,9 +71,12 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     device_fraction: float = 0.5
     task: str = "subtype"
+    sampler: str = "shuffle"
 
     def __post_init__(self) -> None:
         check_task(self.task)
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}: use one of {', '.join(SAMPLERS)}")
         if self.image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
         if self.load_size < self.image_size:
@@ -96,11 +102,16 @@ def epoch_seed(seed: int, epoch: int, *extra: int) -> int:
 
 
 def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool, drop_last: bool, rank: int = 0,
-                world_size: int = 1) -> np.ndarray:
-    """Positions (into the selection of ``n`` images) that ``rank`` visits in ``epoch`` (see the module docstring)."""
+                world_size: int = 1, weights: np.ndarray | None = None) -> np.ndarray:
+    """Positions (into the selection of ``n`` images) that ``rank`` visits in ``epoch`` (see the module docstring).
+    With ``weights`` (and ``shuffle``), ``n`` positions drawn with replacement with probability ``weights``."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
-    order = np.random.default_rng(epoch_seed(seed, epoch)).permutation(n) if shuffle else np.arange(n)
+    rng = np.random.default_rng(epoch_seed(seed, epoch))
+    if shuffle and weights is not None:
+        order = rng.choice(n, size=n, replace=True, p=weights / weights.sum())
+    else:
+        order = rng.permutation(n) if shuffle else np.arange(n)
     if drop_last:
         order = order[: n - n % world_size]
     return order[rank::world_size]
@@ -178,10 +189,19 @@ def fits_on_device(n_bytes: int, device: torch.device | str, fraction: float = 0
 
 # -- loaders -------------------------------------------------------------------------------------------------------
 
+def balanced_weights(labels: np.ndarray) -> np.ndarray:
+    """Per-sample draw weights 1 / (count of the sample's class): every class is drawn equally often."""
+    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(labels)
+    return 1.0 / counts[labels]
+
+
 class _EpochMixin:
-    """Epoch bookkeeping shared by the loaders: ``set_epoch`` and the auto-advance when it is not called."""
+    """Epoch bookkeeping shared by the loaders: ``set_epoch`` and the auto-advance when it is not called;
+    ``sample_weights`` (set for ``DataConfig.sampler == "weighted"`` training loaders) makes the order weighted."""
 
     _next_epoch: int = 0
+    sample_weights: np.ndarray | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Use ``epoch`` for the next iteration (afterwards the epoch keeps advancing by one per iteration)."""
@@ -249,9 +269,11 @@ class DeviceLoader(_EpochMixin):
         log.info("DeviceLoader: %d images %s (%.1f MiB) loaded in %.1fs onto %s", len(images),
                  tuple(images.shape[1:]), images.numel() / 2**20, time.perf_counter() - t0, device)
         labels = task_labels(store, config.task)[0][indices]
-        return cls(images, labels, indices, batch_size=config.batch_size, train=train, augment=config.augment,
-                   image_size=config.image_size, seed=seed, device=device, rank=rank,
-                   world_size=world_size)
+        loader = cls(images, labels, indices, batch_size=config.batch_size, train=train, augment=config.augment,
+                     image_size=config.image_size, seed=seed, device=device, rank=rank, world_size=world_size)
+        if train and config.sampler == "weighted":
+            loader.sample_weights = balanced_weights(labels)
+        return loader
 
     @property
     def n_images(self) -> int:
@@ -260,7 +282,8 @@ class DeviceLoader(_EpochMixin):
 
     def _order(self, epoch: int) -> np.ndarray:
         return epoch_order(self.n_images, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
-                           drop_last=self.drop_last, rank=self.rank, world_size=self.world_size)
+                           drop_last=self.drop_last, rank=self.rank, world_size=self.world_size,
+                           weights=self.sample_weights)
 
     def __len__(self) -> int:
         per_rank = len(self._order(0)) if self.world_size > 1 else self.n_images
@@ -349,9 +372,12 @@ class TorchLoader(_EpochMixin):
     @classmethod
     def from_store(cls, store: Any, indices: np.ndarray, config: DataConfig, *, device: torch.device | str,
                    train: bool, seed: int = 0, rank: int = 0, world_size: int = 1) -> TorchLoader:
-        return cls(store, indices, batch_size=config.batch_size, train=train, augment=config.augment,
-                   image_size=config.image_size, load_size=config.load_size, num_workers=config.num_workers,
-                   seed=seed, device=device, rank=rank, world_size=world_size, task=config.task)
+        loader = cls(store, indices, batch_size=config.batch_size, train=train, augment=config.augment,
+                     image_size=config.image_size, load_size=config.load_size, num_workers=config.num_workers,
+                     seed=seed, device=device, rank=rank, world_size=world_size, task=config.task)
+        if train and config.sampler == "weighted":
+            loader.sample_weights = balanced_weights(loader.dataset.labels)
+        return loader
 
     @property
     def n_images(self) -> int:
@@ -359,7 +385,8 @@ class TorchLoader(_EpochMixin):
 
     def _order(self, epoch: int) -> np.ndarray:
         return epoch_order(self.n_images, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
-                           drop_last=self.drop_last, rank=self.rank, world_size=self.world_size)
+                           drop_last=self.drop_last, rank=self.rank, world_size=self.world_size,
+                           weights=self.sample_weights)
 
     def __len__(self) -> int:
         return _n_batches(len(self._order(0)), self.batch_size, self.drop_last)
@@ -403,6 +430,9 @@ def make_loader(store: Any, split: str | None, magnification: str | list[str] | 
     if choice == "device":
         return DeviceLoader.from_store(store, indices, config, device=device, train=train, seed=seed, rank=rank,
                                        world_size=world_size, progress=progress)
+    if choice == "dali" and train and config.sampler == "weighted":
+        raise ValueError("the weighted sampler is implemented by the device and torch loaders; use --loader device "
+                         "or --loader torch")
     if choice == "dali":
         return DaliLoader.from_store(store, indices, config, device=device, train=train, seed=seed, rank=rank,
                                      world_size=world_size)
@@ -464,5 +494,6 @@ def input_efficiency(loader, model_step: Callable[[torch.Tensor, torch.Tensor], 
             "efficiency": loader_rate / synth_rate, "n_batches": float(n_batches), "batch_size": float(len(sx))}
 
 
-__all__ = ["DataConfig", "DeviceLoader", "LOADERS", "StoreDataset", "TorchLoader", "available_ram", "epoch_order",
-           "fits_on_device", "input_efficiency", "load_images", "load_shape", "make_loader"]
+__all__ = ["DataConfig", "DeviceLoader", "LOADERS", "SAMPLERS", "StoreDataset", "TorchLoader", "available_ram",
+           "balanced_weights", "epoch_order", "fits_on_device", "input_efficiency", "load_images", "load_shape",
+           "make_loader"]

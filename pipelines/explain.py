@@ -201,9 +201,10 @@ def _spread(candidates: np.ndarray, labels: np.ndarray, n: int, rng: np.random.G
 
 
 def _explain_classifier(config: ExplainConfig, cfg: dict[str, Any], progress: Progress | None) -> dict[str, Any]:
-    from ingest.store import ImageStore, StoreError
+    from ingest.store import StoreError
     from models.registry import MODELS
     from pipelines.cam import explain_method
+    from pipelines.cv import store_for_run
     from pipelines.device import DeviceError, resolve_device
     from pipelines.explain_figures import cam_grid, outcome_grid, silhouette, tsne_embedding, tsne_figure
     from pipelines.train import load_checkpoint
@@ -218,8 +219,8 @@ def _explain_classifier(config: ExplainConfig, cfg: dict[str, Any], progress: Pr
     except DeviceError as exc:
         raise ExplainError(str(exc)) from exc
     model, cfg, classes = load_checkpoint(config.checkpoint, device)
-    try:
-        store = ImageStore(config.store or cfg["store"])
+    try:  # the run's own split (its cross-validation fold, if any)
+        store = store_for_run(cfg, config.store)
     except StoreError as exc:
         raise ExplainError(str(exc)) from exc
     task = cfg.get("task", "subtype")  # runs from before tasks were subtype runs

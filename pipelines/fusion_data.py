@@ -19,7 +19,16 @@ import torch
 
 from ingest.breakhis_names import resolve_magnifications
 from pipelines.augment import GpuAugment, eval_transform
-from pipelines.data import DataConfig, _EpochMixin, _n_batches, _open, epoch_order, epoch_seed, load_images
+from pipelines.data import (
+    DataConfig,
+    _EpochMixin,
+    _n_batches,
+    _open,
+    balanced_weights,
+    epoch_order,
+    epoch_seed,
+    load_images,
+)
 from pipelines.tasks import task_labels
 
 log = logging.getLogger(__name__)
@@ -47,7 +56,7 @@ class FusionLoader(_EpochMixin):
 
     def _order(self, epoch: int) -> np.ndarray:
         return epoch_order(len(self.anchors), seed=self.seed, epoch=epoch, shuffle=self.train, drop_last=self.train,
-                           rank=self.rank, world_size=self.world_size)
+                           rank=self.rank, world_size=self.world_size, weights=self.sample_weights)
 
     def __len__(self) -> int:
         return _n_batches(len(self._order(0)), self.batch_size, self.train)
@@ -97,5 +106,8 @@ def make_fusion_loader(store: Any, split: str | None, magnification, config: Dat
     partners = [[np.array(by_patient[patients[a]][m]) for a in anchors] for m in mags[1:]]
     images = load_images(store, idx, config.load_size, progress=progress)
     labels = task_labels(store, config.task)[0][idx]
-    return FusionLoader(images, labels, idx, anchors, partners, config=config, train=train, seed=seed,
-                        device=device, rank=rank, world_size=world_size)
+    loader = FusionLoader(images, labels, idx, anchors, partners, config=config, train=train, seed=seed,
+                          device=device, rank=rank, world_size=world_size)
+    if train and config.sampler == "weighted":  # balanced over the anchors' classes
+        loader.sample_weights = balanced_weights(labels[anchors])
+    return loader

@@ -5,7 +5,8 @@ commands write, by name, and builds the sections in this order:
 
 1. data: which stores the runs used and what they hold (a loud banner when any is SYNTHETIC);
 2. training curves: every ``metrics.jsonl`` (one JSON row per epoch: train, suite, MIL, slide fusion), plotted;
-3. cross-magnification: every suite's ``report.md`` (tables) and its figures (``results.json`` beside it);
+3. suites: every suite's ``report.md`` (tables: cross-magnification and the ``histo-bench suite NAME`` studies)
+   and its figures (``results.json`` beside it);
 4. benchmark: every ``results.md`` and any Markdown under a ``bench*`` folder, with the PNGs beside it;
 5. explanations: every ``explain.json`` (``histo-bench explain``) with its figures and captions;
 6. MIL: every ``predictions.csv`` (``histo-bench mil-infer``) and the attention heatmaps beside it.
@@ -333,7 +334,7 @@ figcaption{color:#57606a;font-size:12.5px;margin-top:4px;max-width:1000px}
 pre{background:#f6f8fa;padding:10px;overflow-x:auto}.missing{color:#9a6700}
 """
 
-_SECTIONS = (("data", "Data"), ("training", "Training curves"), ("cross-magnification", "Cross-magnification"),
+_SECTIONS = (("data", "Data"), ("training", "Training curves"), ("cross-magnification", "Suites"),
              ("benchmark", "Benchmark"), ("explanations", "Explanations"), ("mil", "MIL (slide level)"))
 
 
@@ -355,7 +356,7 @@ def build_html(run_dir: str | Path) -> str:
     page.add("data", "Data", _table(["store", "origin", "splits (patients / images)", "recorded in"], rows,
                                     numeric_from=99) if rows else "<p>No store recorded in these runs.</p>")
     page.add("training", "Training curves", _curves(found, page))
-    page.add("cross-magnification", "Cross-magnification", _suites(found, page))
+    page.add("cross-magnification", "Suites", _suites(found, page))  # cross-magnification and the seed studies
     page.add("benchmark", "Benchmark", _bench(found, page))
     mil_files = _mil_files(found)
     page.add("explanations", "Explanations", _explanations(found, page, mil_files))

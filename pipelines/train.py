@@ -70,6 +70,18 @@ class TrainConfig:
         task: "subtype" (the store's classes; BreakHis: 8 tumour types) or "binary" (benign vs malignant).
         log_every: optimizer steps between step-level TensorBoard points (train loss, lr); 0 = per epoch only.
         wandb: also send the curves to Weights & Biases (needs ``pip install wandb``).
+        model_kwargs: extra keyword arguments for the model builder (e.g. ``img_size`` for DeiT / Swin).
+        folds: patient-level k-fold cross-validation (:mod:`pipelines.cv`): 0 = the store's own split, else the
+            number of folds (>= 2); ``fold`` is then the test fold.
+        fold: the test fold, 0..folds-1 (0 when ``folds`` is 0).
+        split_seed: seeds the fold assignment (the same seed and data give the same folds).
+        unfreeze: which parameters train: "full" (all), "last_block" (the last stage + the head) or "head"
+            (the classifier head only); see :func:`pipelines.unfreeze.apply_unfreeze`.
+        label_fraction: train on this fraction of the train split's patients (class-stratified, seeded by
+            ``seed``; val and test untouched; :mod:`pipelines.label_fraction`); 1.0 = all of them.
+        augment: overrides of :class:`~pipelines.augment.AugmentConfig` fields, e.g. ``{"blur": 0.5,
+            "erasing": 0.25}`` (every input of the fusion model is augmented independently).
+        sampler: "shuffle" (a permutation per epoch) or "weighted" (class-balanced draws with replacement).
     """
 
     model: str = "deit_small"
@@ -98,6 +110,13 @@ class TrainConfig:
     log_every: int = 10
     wandb: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    folds: int = 0
+    fold: int = 0
+    split_seed: int = 0
+    unfreeze: str = "full"
+    label_fraction: float = 1.0
+    augment: dict[str, Any] = field(default_factory=dict)
+    sampler: str = "shuffle"
 
     def __post_init__(self) -> None:
         resolve_magnifications(self.train_magnification)
@@ -118,6 +137,20 @@ class TrainConfig:
             object.__setattr__(self, "load_size", round(self.image_size * 8 / 7))
         if self.load_size < self.image_size:
             raise ValueError(f"load_size ({self.load_size}) must be >= image_size ({self.image_size})")
+        if self.folds == 1 or self.folds < 0 or not 0 <= self.fold < max(self.folds, 1):
+            raise ValueError(f"folds must be 0 (the store's split) or >= 2, and fold in 0..folds-1; got folds "
+                             f"{self.folds}, fold {self.fold}")
+        from pipelines.unfreeze import check_unfreeze
+
+        check_unfreeze(self.unfreeze)
+        if self.sampler not in ("shuffle", "weighted"):
+            raise ValueError(f"sampler must be 'shuffle' or 'weighted', got {self.sampler!r}")
+        if self.augment:
+            from pipelines.augment import AugmentConfig
+
+            AugmentConfig(**self.augment)  # unknown fields / bad values fail here
+        if not 0 < self.label_fraction <= 1:
+            raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
 
     @property
     def run_dir(self) -> Path:
@@ -169,7 +202,9 @@ LOGGING_FIELDS = frozenset({"log_every", "wandb"})
 
 
 def _same_run(saved: dict[str, Any], current: dict[str, Any]) -> bool:
-    saved = {"task": "subtype", **saved}  # runs from before tasks were subtype runs
+    # runs from before tasks / folds / unfreeze were subtype runs on the store's split, fully trained
+    saved = {"task": "subtype", "folds": 0, "fold": 0, "split_seed": 0, "unfreeze": "full", "label_fraction": 1.0,
+             "augment": {}, "sampler": "shuffle", **saved}
     return all(saved.get(k) == current.get(k) for k in saved.keys() | current.keys() if k not in LOGGING_FIELDS)
 
 
@@ -204,7 +239,11 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
 
     from ingest.store import ImageStore
     from models.registry import MODELS, build_model
+    from pipelines.augment import AugmentConfig
+    from pipelines.cv import split_view
     from pipelines.data import DataConfig
+    from pipelines.label_fraction import label_fraction_view
+    from pipelines.unfreeze import apply_unfreeze
 
     run_dir = config.run_dir
     if (run_dir / "complete").exists():
@@ -218,7 +257,8 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
     if config.wandb:
         require_wandb(TrainingError)
     store_path = Path(config.store) if config.store else default_store()
-    store = ImageStore(store_path)
+    store = split_view(ImageStore(store_path), config.folds, config.fold, config.split_seed, config.task)
+    store = label_fraction_view(store, config.label_fraction, config.seed, config.task)
     try:
         device = resolve_device(config.device)
     except DeviceError as exc:
@@ -227,7 +267,8 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
     amp = autocast_dtype(config.precision, device)
     seed_everything(config.seed)
     data_config = DataConfig(image_size=config.image_size, load_size=config.load_size,
-                             batch_size=config.batch_size, loader=config.loader, task=config.task)
+                             batch_size=config.batch_size, loader=config.loader, task=config.task,
+                             augment=AugmentConfig(**config.augment), sampler=config.sampler)
     mags = resolve_magnifications(config.train_magnification)
     train_idx = store.select(split="train", magnification=mags)
     val_idx = store.select(split="val", magnification=mags)
@@ -247,6 +288,7 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
         model_kwargs.setdefault("n_inputs", len(mags))
     net = build_model(config.model, n_classes, pretrained=config.pretrained, weights=config.weights,
                       **model_kwargs).to(device)
+    apply_unfreeze(net, config.model, config.unfreeze)
     model = wrap(net, ctx, device)
     train_loader = loader_factory(family)(store, "train", mags, data_config, device=device, train=True,
                                           seed=config.seed, rank=ctx.rank, world_size=ctx.world_size)
@@ -257,7 +299,8 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
                             f"{config.batch_size}; lower --batch-size")
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup_steps, total_steps))
     scaler = torch.amp.GradScaler(device=device.split(":")[0], enabled=amp == torch.float16)
     weights = class_weights(labels[train_idx], n_classes) if config.class_weighting == "loss" else None
@@ -363,6 +406,8 @@ def _write_run_files(run_dir: Path, config: TrainConfig, store, store_path: Path
     (run_dir / "splits.json").write_text(json.dumps({
         "store": str(store_path), "origin": store.attrs.get("origin", {}),
         "magnifications": list(mags), "task": config.task, "classes": list(classes),
+        "split": store.attrs.get("split", {}).get("description"), "folds": config.folds, "fold": config.fold,
+        "split_seed": config.split_seed, "label_fraction": config.label_fraction,
         **{s: {"indices": store.select(split=s).tolist(),
                "patients": sorted(set(store.patient[store.select(split=s)].tolist()))}
            for s in ("train", "val", "test")}}))

@@ -1,0 +1,147 @@
+"""Patient-level k-fold cross-validation: folds grouped by patient and stratified by class.
+
+Every patient belongs to exactly one fold. A patient's stratum is the class most of its images carry *for the task*
+(``subtype``: the store's classes; ``binary``: benign / malignant; ties go to the lower label, as in
+:func:`ingest.splits.patient_split`), and each class's patients are dealt round-robin over the folds in a seeded
+order, the deal continuing where the previous class stopped so the folds also hold equal numbers of patients.
+
+For fold ``k``: test = the patients of fold ``k``; val = a stratified share (``val_fraction``, at least one patient
+of every class that has two or more patients left) of the remaining patients, taken from fold ``k + 1`` first, then
+``k + 2``, ...; train = the rest. :func:`assert_patient_disjoint` checks every assignment. A class with fewer
+patients than folds cannot be in every test fold: that is a :class:`CVError` naming the class, never fixed by
+splitting a patient.
+
+    folds = patient_folds(store, folds=5, seed=0)                 # {patient: fold}
+    codes = fold_splits(store, folds=5, fold=2, seed=0)           # per-image split codes (0 train, 1 val, 2 test)
+    view = store.with_splits(codes)                               # an ImageStore whose select(split=...) uses them
+    view = split_view(store, folds=5, fold=2, split_seed=0)       # the same in one call (folds=0: ``store`` itself)
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter, defaultdict
+from typing import Any
+
+import numpy as np
+
+from ingest.splits import SPLIT_CODES, SplitError, as_str_array, assert_patient_disjoint
+
+#: Default share of the non-test patients of each class used for validation.
+VAL_FRACTION = 0.2
+
+
+class CVError(SplitError):
+    """Folds that cannot be made (too few patients in a class, bad fold numbers)."""
+
+
+def _class_seed(seed: int, name: str) -> int:
+    return (int(seed) * 1_000_003 + zlib.crc32(f"cv:{name}".encode())) % (2**32)
+
+
+def patient_strata(patients: np.ndarray, labels: np.ndarray) -> dict[str, int]:
+    """patient -> the label most of its images carry (ties: the lowest label)."""
+    per_patient: dict[str, Counter] = defaultdict(Counter)
+    for p, lab in zip(as_str_array(patients).tolist(), np.asarray(labels).tolist(), strict=True):
+        per_patient[p][int(lab)] += 1
+    out = {}
+    for p in sorted(per_patient):
+        counts = per_patient[p]
+        top = max(counts.values())
+        out[p] = min(lab for lab, c in counts.items() if c == top)
+    return out
+
+
+def _labels(store: Any, task: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    from pipelines.tasks import task_labels
+
+    return task_labels(store, task)
+
+
+def patient_folds(store: Any, folds: int, seed: int = 0, task: str = "subtype") -> dict[str, int]:
+    """Fold id (0..folds-1) of every patient of ``store``, grouped by patient and stratified by ``task`` class.
+
+    Raises :class:`CVError` when ``folds`` < 2 or a class has fewer patients than ``folds`` (the message names the
+    class and the largest fold count the data allows).
+    """
+    if folds < 2:
+        raise CVError(f"k-fold cross-validation needs folds >= 2, got {folds}")
+    labels, classes = _labels(store, task)
+    strata = patient_strata(store.patient, labels)
+    by_class: dict[int, list[str]] = defaultdict(list)
+    for p, lab in strata.items():
+        by_class[lab].append(p)
+    short = {classes[lab]: len(ps) for lab, ps in by_class.items() if len(ps) < folds}
+    if short:
+        worst = min(len(ps) for ps in by_class.values())
+        listing = ", ".join(f"{name} has {n} patient(s)" for name, n in sorted(short.items()))
+        raise CVError(f"{folds}-fold cross-validation needs at least {folds} patients per class ({task} task): "
+                      f"{listing}; use --folds {worst} or fewer (a patient is never split)"
+                      if worst >= 2 else
+                      f"{folds}-fold cross-validation needs at least {folds} patients per class ({task} task): "
+                      f"{listing}; this store cannot be cross-validated on the {task} task")
+    assignment: dict[str, int] = {}
+    offset = 0
+    for lab in sorted(by_class):
+        pats = sorted(by_class[lab])
+        order = np.random.default_rng(_class_seed(seed, classes[lab])).permutation(len(pats))
+        for k, i in enumerate(order):
+            assignment[pats[i]] = (offset + k) % folds
+        offset = (offset + len(pats)) % folds
+    return assignment
+
+
+def fold_splits(store: Any, folds: int, fold: int, seed: int = 0, val_fraction: float = VAL_FRACTION,
+                task: str = "subtype") -> np.ndarray:
+    """Per-image split codes (:data:`ingest.splits.SPLIT_CODES`) of fold ``fold``: test = that fold, val = a
+    stratified ``val_fraction`` of the other patients (next fold first), train = the rest (module docstring)."""
+    if not 0 <= fold < folds:
+        raise CVError(f"fold must be in 0..{folds - 1}, got {fold}")
+    if not 0 < val_fraction < 1:
+        raise CVError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    assignment = patient_folds(store, folds, seed, task)
+    labels, _ = _labels(store, task)
+    strata = patient_strata(store.patient, labels)
+    code_of = {p: SPLIT_CODES["test"] if f == fold else SPLIT_CODES["train"] for p, f in assignment.items()}
+    rest: dict[int, list[str]] = defaultdict(list)
+    for p, f in assignment.items():
+        if f != fold:
+            rest[strata[p]].append(p)
+    for lab, pats in rest.items():
+        if len(pats) < 2:
+            continue  # a lone patient trains
+        n_val = min(len(pats) - 1, max(1, int(round(val_fraction * len(pats)))))
+        rng = np.random.default_rng(_class_seed(seed + 7919, str(lab)))
+        tiebreak = rng.permutation(len(pats))
+        ranked = sorted(range(len(pats)), key=lambda i: ((assignment[pats[i]] - fold) % folds, tiebreak[i]))
+        for i in ranked[:n_val]:
+            code_of[pats[i]] = SPLIT_CODES["val"]
+    patients = as_str_array(store.patient)
+    codes = np.array([code_of[p] for p in patients.tolist()], dtype=np.int8)
+    assert_patient_disjoint(patients, codes)
+    return codes
+
+
+def describe_folds(folds: int, fold: int, seed: int, task: str) -> str:
+    """One line naming the split, for store attrs and reports."""
+    return (f"patient-level {folds}-fold cross-validation stratified by {task} class, fold {fold} as test, "
+            f"split seed {seed}")
+
+
+def split_view(store: Any, folds: int = 0, fold: int = 0, split_seed: int = 0, task: str = "subtype",
+               val_fraction: float = VAL_FRACTION):
+    """``store`` itself for ``folds == 0`` (the store's own split), else its view with fold ``fold``'s splits."""
+    if folds == 0:
+        return store
+    codes = fold_splits(store, folds, fold, split_seed, val_fraction, task)
+    return store.with_splits(codes, description=describe_folds(folds, fold, split_seed, task))
+
+
+def store_for_run(config: dict[str, Any], store: str | None = None):
+    """The store (view) a run was trained on, from its resolved config (``config.json`` / a checkpoint's config):
+    opens ``store`` or the config's store and applies the run's folds (runs from before folds: the store's split)."""
+    from ingest.store import ImageStore
+
+    opened = ImageStore(store or config["store"])
+    return split_view(opened, int(config.get("folds", 0) or 0), int(config.get("fold", 0) or 0),
+                      int(config.get("split_seed", 0) or 0), config.get("task", "subtype"))
