@@ -8,8 +8,9 @@ order, the deal continuing where the previous class stopped so the folds also ho
 For fold ``k``: test = the patients of fold ``k``; val = a stratified share (``val_fraction``, at least one patient
 of every class that has two or more patients left) of the remaining patients, taken from fold ``k + 1`` first, then
 ``k + 2``, ...; train = the rest. :func:`assert_patient_disjoint` checks every assignment. A class with fewer
-patients than folds cannot be in every test fold: that is a :class:`CVError` naming the class, never fixed by
-splitting a patient.
+patients than folds cannot be in every test fold (real BreakHis has 3 phyllodes-tumour patients): it is logged,
+and :func:`classes_missing_from_test` says which folds' test sets lack it (suite reports print that); it is never
+fixed by splitting a patient. More folds than patients is a :class:`CVError`.
 
     folds = patient_folds(store, folds=5, seed=0)                 # {patient: fold}
     codes = fold_splits(store, folds=5, fold=2, seed=0)           # per-image split codes (0 train, 1 val, 2 test)
@@ -19,6 +20,7 @@ splitting a patient.
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections import Counter, defaultdict
 from typing import Any
@@ -26,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from ingest.splits import SPLIT_CODES, SplitError, as_str_array, assert_patient_disjoint
+
+log = logging.getLogger(__name__)
 
 #: Default share of the non-test patients of each class used for validation.
 VAL_FRACTION = 0.2
@@ -61,25 +65,24 @@ def _labels(store: Any, task: str) -> tuple[np.ndarray, tuple[str, ...]]:
 def patient_folds(store: Any, folds: int, seed: int = 0, task: str = "subtype") -> dict[str, int]:
     """Fold id (0..folds-1) of every patient of ``store``, grouped by patient and stratified by ``task`` class.
 
-    Raises :class:`CVError` when ``folds`` < 2 or a class has fewer patients than ``folds`` (the message names the
-    class and the largest fold count the data allows).
+    Raises :class:`CVError` when ``folds`` < 2 or exceeds the number of patients. A class with fewer patients than
+    ``folds`` is logged (its patients are dealt like the others; :func:`classes_missing_from_test` lists the folds
+    without it).
     """
     if folds < 2:
         raise CVError(f"k-fold cross-validation needs folds >= 2, got {folds}")
     labels, classes = _labels(store, task)
     strata = patient_strata(store.patient, labels)
+    if folds > len(strata):
+        raise CVError(f"{folds}-fold cross-validation needs at least {folds} patients; the store has {len(strata)}")
     by_class: dict[int, list[str]] = defaultdict(list)
     for p, lab in strata.items():
         by_class[lab].append(p)
     short = {classes[lab]: len(ps) for lab, ps in by_class.items() if len(ps) < folds}
     if short:
-        worst = min(len(ps) for ps in by_class.values())
-        listing = ", ".join(f"{name} has {n} patient(s)" for name, n in sorted(short.items()))
-        raise CVError(f"{folds}-fold cross-validation needs at least {folds} patients per class ({task} task): "
-                      f"{listing}; use --folds {worst} or fewer (a patient is never split)"
-                      if worst >= 2 else
-                      f"{folds}-fold cross-validation needs at least {folds} patients per class ({task} task): "
-                      f"{listing}; this store cannot be cross-validated on the {task} task")
+        log.warning("%d-fold cross-validation (%s task): %s, fewer than the folds, so some test folds have none "
+                    "(a patient is never split)", folds, task,
+                    ", ".join(f"{name} has {n} patient(s)" for name, n in sorted(short.items())))
     assignment: dict[str, int] = {}
     offset = 0
     for lab in sorted(by_class):
@@ -89,6 +92,19 @@ def patient_folds(store: Any, folds: int, seed: int = 0, task: str = "subtype") 
             assignment[pats[i]] = (offset + k) % folds
         offset = (offset + len(pats)) % folds
     return assignment
+
+
+def classes_missing_from_test(store: Any, folds: int, seed: int = 0, task: str = "subtype") -> dict[str, list[int]]:
+    """class name -> the folds whose test set has no patient of that class (empty when every class has at least
+    ``folds`` patients)."""
+    assignment = patient_folds(store, folds, seed, task)
+    labels, classes = _labels(store, task)
+    strata = patient_strata(store.patient, labels)
+    present: dict[int, set[int]] = defaultdict(set)
+    for p, f in assignment.items():
+        present[strata[p]].add(f)
+    return {classes[lab]: sorted(set(range(folds)) - fs) for lab, fs in sorted(present.items())
+            if len(fs) < folds}
 
 
 def fold_splits(store: Any, folds: int, fold: int, seed: int = 0, val_fraction: float = VAL_FRACTION,

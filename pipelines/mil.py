@@ -138,7 +138,7 @@ def fold_slides(slides: list[str], labels: dict[str, str], patients: dict[str, s
     try:
         codes = fold_splits(table, folds, fold, seed)
     except CVError as exc:
-        raise MILError(str(exc).replace("patients per class (subtype task)", "patients (slides) per label")) from exc
+        raise MILError(f"{exc} (slides are grouped by patient)") from exc
     by_split = {name: [s for s, c in zip(slides, codes, strict=True) if c == code]
                 for name, code in SPLIT_CODES.items() if code >= 0}
     return by_split, [describe_folds(folds, fold, seed, "label")]

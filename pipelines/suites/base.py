@@ -277,6 +277,8 @@ class SuiteContext:
         """
         tasks = list(dict.fromkeys(r["task"] for r in rows)) or list(self.study.tasks)
         spec = SUITES.get(self.study.suite)
+        if data is None and self.study.folds:
+            extra = {"fold_gaps": fold_gaps(self.study, tasks), **extra}
         results = {"format": RESULTS_FORMAT, "suite": self.study.suite, "description": spec.description,
                    "study": asdict(self.study), **(data or image_store_data(self.study.store_path, tasks)),
                    "protocol": self.study.protocol(), "command": self.study.command(), "tasks": tasks,
@@ -285,6 +287,15 @@ class SuiteContext:
         self.study.suite_dir.mkdir(parents=True, exist_ok=True)
         _atomic_json(self.study.suite_dir / "results.json", results)
         return results
+
+
+def fold_gaps(study: StudyConfig, tasks: Sequence[str]) -> dict[str, dict[str, list[int]]]:
+    """task -> class -> folds whose test set lacks that class (classes with fewer patients than folds)."""
+    from ingest.store import ImageStore
+    from pipelines.cv import classes_missing_from_test
+
+    store = ImageStore(study.store_path)
+    return {t: gaps for t in tasks if (gaps := classes_missing_from_test(store, study.folds, study.split_seed, t))}
 
 
 def image_store_data(path: str | Path, tasks: Sequence[str]) -> dict[str, Any]:

@@ -190,7 +190,6 @@ def _report(suite_dir: Path, results: dict[str, Any]) -> Path:
                                                                                best["loss"])]
     settings = ", ".join(f"{k} {v}" for k, v in results["settings"].items())
     sections = [
-        results["data_line"],
         f"## Protocol\n\n{results['protocol']}. Slides at {results['scale']}; tile features cached in the store; "
         "extractors: " + "; ".join(f"{e}: {w}" for e, w in results.get("extractor_init", {}).items())
         + (" (random features: the extractor comparison checks the pipeline, it does not measure the backbones)"

@@ -23,7 +23,9 @@ Figure = tuple[str | Path, str]
 
 
 def data_line(results: dict[str, Any]) -> str:
-    """The data sentence of a report header."""
+    """The data sentence of a report header (a suite that knows better, e.g. on slides, stores ``data_line``)."""
+    if results.get("data_line"):
+        return results["data_line"]
     origin = results.get("origin", {})
     counts = results.get("store_counts", {})
     size = f"{counts['images']} images of {counts['patients']} patients" if counts else "size not recorded"
@@ -46,6 +48,11 @@ def header(results: dict[str, Any]) -> list[str]:
     lines = [data_line(results), "", f"**Task{'s' if len(results.get('tasks', [])) > 1 else ''}:** {tasks}.", "",
              f"**Protocol:** {results.get('protocol', '?')}; folds {study.get('folds', 0)}, seeds "
              f"{study.get('seeds', 1)}. Splits are by patient (no patient in two splits, asserted in code).", ""]
+    gaps = [f"{name} ({task}): fold{'s' if len(folds) > 1 else ''} {', '.join(map(str, folds))}"
+            for task, by_class in results.get("fold_gaps", {}).items() for name, folds in by_class.items()]
+    if gaps:
+        lines += ["**Classes missing from some test folds** (fewer patients than folds; a patient is never split): "
+                  + "; ".join(gaps) + ". Their cells average over the folds that have them.", ""]
     settings = results.get("settings", {})
     if study.get("quick"):
         lines += ["**QUICK MODE** (CPU-sized: " + ", ".join(f"{k} {v}" for k, v in settings.items())

@@ -15,7 +15,7 @@ from ingest.breakhis import IngestConfig, ingest_breakhis
 from ingest.breakhis_names import CLASSES, relative_path
 from ingest.splits import SPLIT_CODES, SplitError
 from ingest.store import ImageStore
-from pipelines.cv import CVError, fold_splits, patient_folds, split_view, store_for_run
+from pipelines.cv import CVError, classes_missing_from_test, fold_splits, patient_folds, split_view, store_for_run
 from pipelines.suites.tables import aggregate, format_cell, mean_std_matrix, mean_std_table, summarize
 from pipelines.tasks import task_labels
 from tests.pipelines.tiny_models import TinyCNN  # noqa: F401  (registers tiny_cnn_test)
@@ -71,9 +71,16 @@ def test_folds_are_deterministic_by_seed(store):
     assert (fold_splits(store, 3, 1, seed=4) == fold_splits(store, 3, 1, seed=4)).all()
 
 
-def test_too_few_patients_names_the_class(store):
-    with pytest.raises(CVError, match=r"adenosis has 5 patient\(s\).*use --folds 5 or fewer"):
-        patient_folds(store, 6, seed=0)
+def test_a_class_with_fewer_patients_than_folds_is_reported_not_split(store, caplog):
+    with caplog.at_level("WARNING", logger="pipelines.cv"):
+        folds = patient_folds(store, 6, seed=0)
+    assert "adenosis has 5 patient(s)" in caplog.text
+    assert len(folds) == len(set(store.patient.tolist()))  # every patient in exactly one fold, none split
+    gaps = classes_missing_from_test(store, 6, seed=0)
+    assert set(gaps) >= {"adenosis"} and all(len(f) >= 1 for f in gaps.values())
+    assert classes_missing_from_test(store, 3, seed=0) == {}
+    with pytest.raises(CVError, match="needs at least 1000 patients"):
+        patient_folds(store, 1000)
     with pytest.raises(CVError, match="folds >= 2"):
         patient_folds(store, 1)
     with pytest.raises(CVError, match="fold must be in 0..2"):

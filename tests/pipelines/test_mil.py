@@ -154,8 +154,8 @@ def test_slide_level_folds_and_a_finished_run_is_not_retrained(slide_store, tmp_
     stamp = (tmp_path / "f0" / "best.pt").stat().st_mtime_ns
     assert train_mil(MILConfig(**base, fold=0, out=str(tmp_path / "f0")))["test"] == summary_of(tmp_path / "f0")
     assert (tmp_path / "f0" / "best.pt").stat().st_mtime_ns == stamp
-    with pytest.raises(MILError, match="4-fold cross-validation needs at least 4"):
-        train_mil(MILConfig(**{**base, "folds": 4}, out=str(tmp_path / "x")))
+    with pytest.raises(MILError, match="7-fold cross-validation needs at least 7 patients"):
+        train_mil(MILConfig(**{**base, "folds": 7}, out=str(tmp_path / "x")))
     with pytest.raises(ValueError, match="fold in 0..folds-1"):
         MILConfig(**base, fold=3)
 

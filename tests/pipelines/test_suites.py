@@ -56,9 +56,9 @@ def test_list_names_every_suite():
 
 
 def test_too_many_folds_is_a_clear_cli_error(synthetic_store, tmp_path):
-    res = runner.invoke(app, ["suite", "fusion-inputs", "--data", str(synthetic_store), "--folds", "5", "--quick",
+    res = runner.invoke(app, ["suite", "fusion-inputs", "--data", str(synthetic_store), "--folds", "500", "--quick",
                               "--device", "cpu", "--out", str(tmp_path / "x")])
-    assert res.exit_code == 1 and "adenosis has 4 patient(s)" in res.output and "--folds 4 or fewer" in res.output
+    assert res.exit_code == 1 and "500-fold cross-validation needs at least 500 patients" in res.output
     res = runner.invoke(app, ["suite", "nope"])
     assert res.exit_code == 1 and "unknown suite 'nope'" in res.output
 
@@ -155,3 +155,12 @@ def test_weighted_sampler_balances_classes():
     loader.sample_weights = weights
     seen = torch.cat([y for _, y, _ in loader])
     assert 0.3 < seen.float().mean().item() < 0.7
+
+
+def test_report_header_names_classes_missing_from_test_folds():
+    from pipelines.suites.report import header
+
+    lines = "\n".join(header({"tasks": ["subtype"], "classes": {"subtype": ["phyllodes_tumor"]},
+                               "store": "s.zarr", "study": {"folds": 5},
+                               "fold_gaps": {"subtype": {"phyllodes_tumor": [3, 4]}}}))
+    assert "phyllodes_tumor (subtype): folds 3, 4" in lines and "never split" in lines
