@@ -31,6 +31,26 @@ def _mags(rows) -> list[str]:
     return list(dict.fromkeys(m for r in rows for m in (r["macro_f1"] or {})))
 
 
+#: eager fp32 measured at the start and again at the end differing by more than this marks the run unsteady
+DRIFT_WARNING = 0.15
+
+
+def stability(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines comparing the eager fp32 baseline measured first with the same measured last."""
+    checks = [r for r in rows if r["recheck_throughput_ips"] and r["throughput_ips"]]
+    if not checks:
+        return []
+    ratios = [r["recheck_throughput_ips"] / r["throughput_ips"] for r in checks]
+    listing = ", ".join(f"batch {r['batch_size']}: {r['throughput_ips']:.1f} -> {r['recheck_throughput_ips']:.1f} "
+                        f"img/s" for r in checks)
+    if max(abs(x - 1) for x in ratios) > DRIFT_WARNING:
+        return [f"**Unsteady machine:** eager fp32, measured first and again after every other backend, moved by "
+                f"up to {100 * max(abs(x - 1) for x in ratios):.0f}% ({listing}). Something else was using the "
+                "machine; compare backends with care or rerun on a quiet machine.", ""]
+    return [f"Stability check: eager fp32 measured first and again last agrees within "
+            f"{100 * DRIFT_WARNING:.0f}% ({listing}).", ""]
+
+
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     """The whole ``results.md``."""
     first = rows[0]
@@ -64,6 +84,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {backend} | {precision} | {best['throughput_ips']:.1f} | {best['batch_size']} | "
                      f"{_fmt(one and one['latency_p50_ms'], '.2f')} | {_fmt(best['peak_mem_mb'], '.0f')} | {frac} | "
                      + " | ".join(f1) + f" | {_fmt(best['max_abs_logit_diff'], '.2e')} |")
+    lines += ["", *stability(rows)]
     n_img = {m: next((r["n_test_images"][m] for r in rows if m in (r["n_test_images"] or {})), 0) for m in mags}
     n_pat = {m: next((r["n_test_patients"][m] for r in rows if m in (r["n_test_patients"] or {})), 0) for m in mags}
     lines += ["", "Macro-F1 on each magnification's test split, computed through the backend itself ("

@@ -24,6 +24,7 @@ from benchmark.environment import gpu_names, package_version
 ROW_FIELDS: tuple[str, ...] = (
     "model", "task", "backend", "precision", "batch_size", "status", "reason", "device", "image_size",
     "n_iters", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_mean_ms", "throughput_ips",
+    "recheck_throughput_ips",
     "peak_mem_mb", "nvml_mem_delta_mb", "prepare_s", "first_call_s",
     "params_m", "gflops_per_image", "ceiling_ips", "ceiling_fraction",
     "macro_f1", "accuracy", "n_test_images", "n_test_patients", "eval_batch_size", "max_abs_logit_diff",

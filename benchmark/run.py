@@ -203,11 +203,27 @@ def run_benchmark(config: BenchConfig, progress: BenchProgress | None = None) ->
             point.infer = None  # release compiled graphs / captured memory before the next backend
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
+    _recheck_eager(rows, model, image_size, device, timing)
     save_rows(rows, out_dir)
     (out_dir / "config.json").write_text(json.dumps({**asdict(config), "device": device,
                                                                    "checkpoint": str(ckpt)}, indent=1))
     write_report(rows, out_dir)
     return out_dir, rows
+
+
+def _recheck_eager(rows: list[dict[str, Any]], model, image_size: int, device: str, timing: TimingConfig) -> None:
+    """Time eager fp32 again after every other backend, into ``recheck_throughput_ips``: the baseline of every
+    comparison, measured twice, shows whether the machine stayed steady through the run."""
+    import torch
+
+    from benchmark.backends.eager import Eager
+    from benchmark.harness import time_calls
+
+    for row in rows:
+        if row["backend"] == "eager" and row["precision"] == "fp32" and row["status"] == "ok":
+            x = torch.randn(row["batch_size"], 3, image_size, image_size, device=device)
+            again = time_calls(Eager().prepare(model, x, "fp32"), x, device, timing).summary(row["batch_size"])
+            row["recheck_throughput_ips"] = again["throughput_ips"]
 
 
 def _reference(backend, model, sets, device):

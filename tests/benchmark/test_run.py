@@ -43,6 +43,16 @@ def test_every_row_has_every_field_and_consistent_numbers(result):
     assert by["eager"]["max_abs_logit_diff"] == 0 and by["eager"]["top1_agreement"] == 1
     assert by["onnxruntime"]["max_abs_logit_diff"] < 1e-4
     assert by["amp"]["max_abs_logit_diff"] > 0  # bf16 changes the logits a little, and the row shows it
+    assert by["eager"]["recheck_throughput_ips"] > 0 and by["amp"]["recheck_throughput_ips"] is None
+
+
+def test_stability_line_flags_a_drifting_baseline():
+    from benchmark.report import stability
+
+    steady = {"throughput_ips": 100.0, "recheck_throughput_ips": 95.0, "batch_size": 8}
+    assert stability([steady])[0].startswith("Stability check")
+    assert stability([dict(steady, recheck_throughput_ips=10.0)])[0].startswith("**Unsteady machine:**")
+    assert stability([dict(steady, recheck_throughput_ips=None)]) == []
 
 
 def test_skipped_backends_are_rows_with_reasons(result):
@@ -59,6 +69,7 @@ def test_files_and_report(result):
     assert {"macro_f1_100X", "macro_f1_400X", "latency_p99_ms", "env_gpu"} <= set(header)
     md = (out_dir / "results.md").read_text()
     assert "## Efficiency" in md and "## Skipped backends" in md and "needs a CUDA GPU" in md
+    assert "Stability check" in md or "Unsteady machine" in md
     assert "Data: user-provided" in md and "macro-F1 100X" in md
     for name in PLOTS:
         assert (out_dir / name).stat().st_size > 5000
