@@ -26,14 +26,15 @@ class EvalSet:
     """One magnification's test images, ready for the model."""
 
     magnification: str
-    images: Any  # float (N, 3, S, S) on the benchmark device
+    images: Any  # float (N, 3, S, S) in host memory (moved to the device a batch at a time)
     labels: np.ndarray
     patients: np.ndarray
 
 
 def load_eval_sets(store, magnifications: list[str], data_config, device: str,
                    max_images: int | None = None) -> list[EvalSet]:
-    """The test split at each magnification (a magnification with no test images is left out, with a warning)."""
+    """The test split at each magnification (a magnification with no test images is left out, with a warning),
+    transformed on ``device`` and kept in host memory so it never counts in a backend's peak device memory."""
     import torch
 
     from pipelines.data import make_loader
@@ -47,7 +48,7 @@ def load_eval_sets(store, magnifications: list[str], data_config, device: str,
             continue
         xs, ys, idxs = [], [], []
         for x, y, idx in loader:
-            xs.append(x)
+            xs.append(x.cpu())
             ys.append(y.cpu())
             idxs.append(idx.cpu())
             if max_images and sum(len(b) for b in ys) >= max_images:
@@ -59,13 +60,14 @@ def load_eval_sets(store, magnifications: list[str], data_config, device: str,
     return sets
 
 
-def run_logits(fn: Callable, images, batch_size: int):
-    """``fn`` over ``images`` in batches of exactly ``batch_size`` (the last one padded with copies), float32 CPU."""
+def run_logits(fn: Callable, images, batch_size: int, device: str = "cpu"):
+    """``fn`` over ``images`` in batches of exactly ``batch_size`` (the last one padded with copies) moved to
+    ``device`` one at a time; float32 logits on the CPU."""
     import torch
 
     out = []
     for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
+        batch = images[start:start + batch_size].to(device, non_blocking=True)
         n = len(batch)
         if n < batch_size:
             batch = torch.cat([batch, batch[-1:].expand(batch_size - n, *batch.shape[1:])])
@@ -74,7 +76,7 @@ def run_logits(fn: Callable, images, batch_size: int):
 
 
 def accuracy_fields(fn: Callable, sets: list[EvalSet], batch_size: int, classes: list[str],
-                    reference: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+                    reference: dict[str, Any] | None, device: str = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
     """(row fields, logits per magnification) for one prepared backend.
 
     Row fields: ``macro_f1``, ``accuracy``, ``n_test_images``, ``n_test_patients`` (dicts by magnification),
@@ -86,7 +88,7 @@ def accuracy_fields(fn: Callable, sets: list[EvalSet], batch_size: int, classes:
     logits_by_mag = {}
     diffs, agree, total = [], 0, 0
     for s in sets:
-        logits = run_logits(fn, s.images, batch_size)
+        logits = run_logits(fn, s.images, batch_size, device)
         logits_by_mag[s.magnification] = logits
         pred = logits.argmax(1).numpy()
         metrics = classification_metrics(s.labels, pred, classes)

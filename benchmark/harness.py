@@ -44,7 +44,11 @@ class TimingConfig:
     def for_device(cls, device: str, **overrides: Any) -> TimingConfig:
         """Defaults per device (GPUs get more calls: they are fast and their first calls are noisy)."""
         base = dict(warmup=10, min_iters=50, min_time_s=2.0, max_time_s=20.0) if device.startswith("cuda") else {}
-        return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+        merged = {**dict(min_time_s=cls.min_time_s, max_time_s=cls.max_time_s), **base,
+                  **{k: v for k, v in overrides.items() if v is not None}}
+        if overrides.get("max_time_s") is None:  # a longer minimum than the default maximum raises the maximum
+            merged["max_time_s"] = max(merged["max_time_s"], merged["min_time_s"])
+        return cls(**merged)
 
 
 @dataclass
@@ -89,12 +93,16 @@ def nvml_used_mb(device: str) -> float | None:
         return None
 
 
-def time_calls(fn: Callable, x, device: str, config: TimingConfig) -> Timing:
-    """Time ``fn(x)``: one first call (recorded alone), ``warmup`` calls, then timed calls, each synchronised."""
+def time_calls(fn: Callable, x, device: str, config: TimingConfig, nvml_before: float | None = None) -> Timing:
+    """Time ``fn(x)``: one first call (recorded alone), ``warmup`` calls, then timed calls, each synchronised.
+
+    ``nvml_before``: NVML used memory read before the backend was prepared (so engine builds and runtime sessions
+    count in the delta); read here when not given."""
     import torch
 
     cuda = device.startswith("cuda")
-    nvml_before = nvml_used_mb(device)
+    if nvml_before is None:
+        nvml_before = nvml_used_mb(device)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -147,13 +155,16 @@ def one_line(exc: BaseException) -> str:
 
 
 def sweep(prepare: Callable[[Any], Callable], make_input: Callable[[int], Any], batch_sizes: list[int], device: str,
-          config: TimingConfig, on_point: Callable[[SweepPoint], None] | None = None) -> list[SweepPoint]:
+          config: TimingConfig, on_point: Callable[[SweepPoint], None] | None = None,
+          keep_up_to: int = 64) -> list[SweepPoint]:
     """Prepare and time each batch size in increasing order.
 
     ``prepare(example)`` returns the callable for that batch size (its duration is ``prepare_s``). On out-of-memory
     the size is recorded as ``oom`` with the error, half that size is tried instead (unless already measured), and
     larger sizes are recorded as ``skipped`` with the reason; other errors are recorded as ``error`` and the sweep
-    goes on with the next size.
+    goes on with the next size. Only one callable is kept (``infer``), that of the largest successful batch size up
+    to ``keep_up_to`` (else the smallest): the others are released as soon as they are timed, so compiled graphs
+    and captured memory of one size never count in the next size's peak memory.
     """
     import torch
 
@@ -161,14 +172,28 @@ def sweep(prepare: Callable[[Any], Callable], make_input: Callable[[int], Any], 
     done: set[int] = set()
     sizes = sorted(set(batch_sizes))
     oom_at: int | None = None
+    kept: list[SweepPoint] = []
+
+    def keep(point: SweepPoint) -> None:
+        if point.status != "ok":
+            return
+        best = kept[0] if kept else None
+        if best is None or (point.batch_size <= keep_up_to and
+                            (best.batch_size > keep_up_to or point.batch_size > best.batch_size)):
+            if best is not None:
+                best.infer = None
+            kept[:] = [point]
+        else:
+            point.infer = None
 
     def measure(bs: int, note: str = "") -> SweepPoint:
         x = make_input(bs)
+        nvml_before = nvml_used_mb(device)
         t0 = time.perf_counter()
         try:
             fn = prepare(x)
             prepare_s = time.perf_counter() - t0
-            timing = time_calls(fn, x, device, config).summary(bs)
+            timing = time_calls(fn, x, device, config, nvml_before).summary(bs)
         except Exception as exc:  # noqa: BLE001  (a backend failing must not end the run; the row says why)
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
@@ -184,6 +209,7 @@ def sweep(prepare: Callable[[Any], Callable], make_input: Callable[[int], Any], 
         else:
             point = measure(bs)
             done.add(bs)
+            keep(point)
         points.append(point)
         if on_point:
             on_point(point)
@@ -193,6 +219,7 @@ def sweep(prepare: Callable[[Any], Callable], make_input: Callable[[int], Any], 
             while smaller >= 1 and smaller not in done:
                 done.add(smaller)
                 retry = measure(smaller, note=f"backoff: batch {bs} ran out of memory")
+                keep(retry)
                 points.append(retry)
                 if on_point:
                     on_point(retry)

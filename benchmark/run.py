@@ -190,17 +190,21 @@ def run_benchmark(config: BenchConfig, progress: BenchProgress | None = None) ->
             if progress:
                 progress(name, precision, point)
 
-        points = sweep(lambda x, b=backend, p=precision: b.prepare(model, x, p),
+        runner = type(backend)()  # a fresh instance whose caches (exports, graphs, sessions) die with this variant
+        points = sweep(lambda x, b=runner, p=precision: b.prepare(model, x, p),
                        lambda bs: torch.randn(bs, 3, image_size, image_size, device=device), sizes, device, timing,
                        on_point)
-        acc = _accuracy(points, sets, classes, reference, accuracy_fields)
+        acc = _accuracy(points, sets, classes, reference, accuracy_fields, device)
+        note = acc.pop("reason", "")
         for point in points:
             fields = {**point.timing, **(acc if point.status == "ok" else {})}
             if point.status == "ok" and ceiling:
                 fields["ceiling_fraction"] = fields["throughput_ips"] / ceiling
             rows.append(make_row(**common, **fields, backend=name, precision=precision, batch_size=point.batch_size,
-                                 status=point.status, reason=point.reason, prepare_s=point.prepare_s))
-            point.infer = None  # release compiled graphs / captured memory before the next backend
+                                 status=point.status, reason=point.reason or (note if point.status == "ok" else ""),
+                                 prepare_s=point.prepare_s))
+            point.infer = None
+        del runner, points  # release compiled graphs / captured memory before the next backend
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
     _recheck_eager(rows, model, image_size, device, timing)
@@ -235,17 +239,17 @@ def _reference(backend, model, sets, device):
     import torch
 
     fn = backend.prepare(model, torch.zeros(1, *sets[0].images.shape[1:], device=device), "fp32")
-    return [run_logits(fn, s.images, 32) for s in sets]
+    return [run_logits(fn, s.images, 32, device) for s in sets]
 
 
-def _accuracy(points: list[SweepPoint], sets, classes, reference, accuracy_fields) -> dict[str, Any]:
-    """Accuracy fields through the callable prepared for the largest successful batch size up to 64."""
-    ok = [p for p in points if p.status == "ok" and p.infer is not None]
-    if not ok or not sets:
+def _accuracy(points: list[SweepPoint], sets, classes, reference, accuracy_fields, device: str) -> dict[str, Any]:
+    """Accuracy fields through the one callable the sweep kept (largest successful batch size up to 64)."""
+    kept = [p for p in points if p.status == "ok" and p.infer is not None]
+    if not kept or not sets:
         return {}
-    eval_point = max((p for p in ok if p.batch_size <= 64), key=lambda p: p.batch_size, default=ok[0])
+    eval_point = kept[0]
     try:
-        fields, _ = accuracy_fields(eval_point.infer, sets, eval_point.batch_size, classes, reference)
+        fields, _ = accuracy_fields(eval_point.infer, sets, eval_point.batch_size, classes, reference, device)
     except Exception as exc:  # noqa: BLE001  (timing stands; the accuracy columns say why they are empty)
         log.warning("accuracy failed at batch %d: %s", eval_point.batch_size, one_line(exc))
         return {"reason": f"accuracy failed: {one_line(exc)}"}

@@ -10,6 +10,19 @@ from typing import ClassVar
 
 from benchmark.backends.base import Backend, inference_copy, register_backend, with_autocast
 
+#: static-shape graphs dynamo may keep per frame: every batch size of a sweep (plus OOM backoff sizes) and the
+#: precisions; past its default limit (8) dynamo silently falls back to eager in rows labelled ``compile``
+RECOMPILE_LIMIT = 64
+
+
+def raise_recompile_limit() -> None:
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # the newer name, then the older alias
+        if hasattr(cfg, name) and getattr(cfg, name) < RECOMPILE_LIMIT:
+            setattr(cfg, name, RECOMPILE_LIMIT)
+
 
 class _Compiled(Backend):
     mode: ClassVar[str] = "default"
@@ -23,6 +36,7 @@ class _Compiled(Backend):
     def prepare(self, model, example, precision):
         import torch
 
+        raise_recompile_limit()
         key = (id(model), precision)
         if key not in self._compiled:  # one compiled module per model and precision; batch sizes recompile inside
             net = inference_copy(model)

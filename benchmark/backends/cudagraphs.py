@@ -34,22 +34,27 @@ class CudaGraphs(Backend):
 
         import torch
 
-        net = self._nets.setdefault(id(model), inference_copy(model))
+        if id(model) not in self._nets:
+            self._nets[id(model)] = inference_copy(model)
+        net = self._nets[id(model)]
         dtype = dtype_of(precision)
 
         def amp():
-            return torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+            # autocast's weight-cast cache must be off while capturing (the cached casts would be graph-private)
+            return (torch.autocast("cuda", dtype=dtype, cache_enabled=False) if dtype is not None
+                    else contextlib.nullcontext())
 
-        static_x = example.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.no_grad(), amp():
-            for _ in range(3):  # warm-up on a side stream (cuDNN/cuBLAS workspace allocation) before capture
-                net(static_x)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph), amp():
-            static_y = net(static_x)
+        with torch.cuda.device(example.device):
+            static_x = example.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), torch.no_grad(), amp():
+                for _ in range(3):  # warm-up on a side stream (cuDNN/cuBLAS workspace allocation) before capture
+                    net(static_x)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.no_grad(), torch.cuda.graph(graph), amp():
+                static_y = net(static_x)
 
         def run(x: torch.Tensor) -> torch.Tensor:
             static_x.copy_(x)

@@ -86,7 +86,11 @@ class OnnxRuntime(Backend):
             out = torch.empty((x.shape[0], n_classes), dtype=dtype, device=x.device)
             binding.bind_input("input", "cuda", index, np_dtype, tuple(x.shape), x.data_ptr())
             binding.bind_output("logits", "cuda", index, np_dtype, tuple(out.shape), out.data_ptr())
+            # ONNX Runtime's CUDA provider runs on its own stream: the input written on torch's stream must be
+            # complete before it reads it, and its output before torch reads that
+            torch.cuda.current_stream(x.device).synchronize()
             session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
             return out.float()
 
         return run_cuda

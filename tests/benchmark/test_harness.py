@@ -62,3 +62,17 @@ def test_other_errors_become_error_rows_and_the_sweep_goes_on():
     points = sweep(prepare, lambda bs: torch.zeros(bs, 2), [1, 2, 4], "cpu", FAST)
     assert [(p.batch_size, p.status) for p in points] == [(1, "ok"), (2, "error"), (4, "ok")]
     assert points[1].reason == "ValueError: unsupported shape"
+
+
+def test_only_the_evaluation_callable_is_kept():
+    points = sweep(lambda example: (lambda x: x.sum()), lambda bs: torch.zeros(bs, 2), [1, 8, 32, 128], "cpu", FAST,
+                   keep_up_to=64)
+    assert [p.batch_size for p in points if p.infer is not None] == [32]
+    points = sweep(lambda example: (lambda x: x.sum()), lambda bs: torch.zeros(bs, 2), [128, 256], "cpu", FAST,
+                   keep_up_to=64)
+    assert [p.batch_size for p in points if p.infer is not None] == [128]
+
+
+def test_a_longer_minimum_time_raises_the_default_maximum():
+    config = TimingConfig.for_device("cpu", min_time_s=30.0)
+    assert config.min_time_s == config.max_time_s == 30.0

@@ -119,3 +119,18 @@ def test_default_backend_set_on_cpu_lists_every_backend():
     reasons = {v[0]: v[3] for v in variants}
     assert reasons["eager"] is None and reasons["compile"] is None and reasons["onnxruntime"] is None
     assert reasons["cudagraphs"] and reasons["tensorrt"] and reasons["compile_max_autotune"]
+
+
+def test_a_failing_accuracy_pass_keeps_the_timing_and_says_why(bench_checkpoint, bench_store, tmp_path, monkeypatch):
+    import benchmark.accuracy
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("backend returned NaN\nmore")
+
+    monkeypatch.setattr(benchmark.accuracy, "accuracy_fields", broken)
+    _, rows = run_benchmark(BenchConfig(model="tiny_cnn_test", checkpoint=str(bench_checkpoint),
+                                        data=str(bench_store), backends=("eager",), batch_sizes=(2,), device="cpu",
+                                        out=str(tmp_path), **FAST))
+    (row,) = rows
+    assert row["status"] == "ok" and row["throughput_ips"] > 0 and row["macro_f1"] == {}
+    assert row["reason"] == "accuracy failed: RuntimeError: backend returned NaN"
