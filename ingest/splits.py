@@ -87,8 +87,21 @@ def as_str_array(values) -> np.ndarray:
     return np.array(np.asarray(values).tolist(), dtype=str)
 
 
-def _stable_seed(seed: int, key: str) -> int:
-    return (seed * 1_000_003 + zlib.crc32(key.encode())) % (2**32)
+def stable_seed(seed: int, key: str) -> int:
+    """A seed for ``key`` (a class name, a purpose) derived from ``seed``, the same in every process and run."""
+    return (int(seed) * 1_000_003 + zlib.crc32(key.encode())) % (2**32)
+
+
+def patient_strata(patients, labels) -> dict[str, int]:
+    """patient -> the label most of its images carry (ties: the lowest label), patients in sorted order."""
+    per_patient: dict[str, Counter] = defaultdict(Counter)
+    for p, lab in zip(as_str_array(patients).tolist(), np.asarray(labels).tolist(), strict=True):
+        per_patient[p][int(lab)] += 1
+    out = {}
+    for p in sorted(per_patient):
+        top = max(per_patient[p].values())
+        out[p] = min(lab for lab, c in per_patient[p].items() if c == top)
+    return out
 
 
 def _allocate_by_fraction(n: int, fractions: tuple[float, float, float]) -> list[int]:
@@ -121,19 +134,15 @@ def patient_split(patients: np.ndarray, labels: np.ndarray, class_names: tuple[s
     labels = np.asarray(labels)
     if patients.shape != labels.shape:
         raise SplitError("patients and labels must have the same length")
-    per_patient: dict[str, Counter] = defaultdict(Counter)
-    for p, lab in zip(patients.tolist(), labels.tolist(), strict=True):
-        per_patient[p][lab] += 1
+    images_of = Counter(zip(patients.tolist(), (int(v) for v in labels.tolist()), strict=True))  # (patient, label)
     strata: dict[int, list[str]] = defaultdict(list)
-    for p in sorted(per_patient):
-        counts = per_patient[p]
-        top = max(counts.values())
-        strata[min(lab for lab, c in counts.items() if c == top)].append(p)
+    for p, lab in patient_strata(patients, labels).items():
+        strata[lab].append(p)
 
     assignment: dict[str, int] = {}
     for lab in sorted(strata):
         pats = list(strata[lab])
-        rng = np.random.default_rng(_stable_seed(config.seed, class_names[lab]))
+        rng = np.random.default_rng(stable_seed(config.seed, class_names[lab]))
         pats = [pats[i] for i in rng.permutation(len(pats))]
         if config.counts is None:
             sizes = _allocate_by_fraction(len(pats), config.fractions)
@@ -147,7 +156,7 @@ def patient_split(patients: np.ndarray, labels: np.ndarray, class_names: tuple[s
             filled = {0: 0, 1: 0, 2: 0}
             order = [c for c in (2, 1, 0) if targets[c] > 0]
             for p in pats:
-                n_img = per_patient[p][lab]
+                n_img = images_of[(p, lab)]
                 code = next((c for c in order if filled[c] < targets[c]), SPLIT_CODES["unused"])
                 assignment[p] = code
                 if code >= 0:
@@ -194,17 +203,13 @@ def train_subset(patients: np.ndarray, labels: np.ndarray, codes: np.ndarray, fr
     if fraction == 1:
         return codes
     train = codes == SPLIT_CODES["train"]
-    per_patient: dict[str, Counter] = defaultdict(Counter)
-    for p, lab in zip(patients[train].tolist(), np.asarray(labels)[train].tolist(), strict=True):
-        per_patient[p][int(lab)] += 1
     strata: dict[int, list[str]] = defaultdict(list)
-    for p in sorted(per_patient):
-        top = max(per_patient[p].values())
-        strata[min(lab for lab, c in per_patient[p].items() if c == top)].append(p)
+    for p, lab in patient_strata(patients[train], np.asarray(labels)[train]).items():
+        strata[lab].append(p)
     dropped: set[str] = set()
     for lab, pats in sorted(strata.items()):
         keep = max(1, int(round(fraction * len(pats))))
-        order = np.random.default_rng(_stable_seed(seed, f"label-fraction:{lab}")).permutation(len(pats))
+        order = np.random.default_rng(stable_seed(seed, f"label-fraction:{lab}")).permutation(len(pats))
         dropped.update(pats[i] for i in order[keep:])
     codes[train & np.isin(patients, sorted(dropped))] = SPLIT_CODES["unused"]
     assert_patient_disjoint(patients, codes)

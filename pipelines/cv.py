@@ -21,13 +21,19 @@ fixed by splitting a patient. More folds than patients is a :class:`CVError`.
 from __future__ import annotations
 
 import logging
-import zlib
-from collections import Counter, defaultdict
+from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
-from ingest.splits import SPLIT_CODES, SplitError, as_str_array, assert_patient_disjoint
+from ingest.splits import (
+    SPLIT_CODES,
+    SplitError,
+    as_str_array,
+    assert_patient_disjoint,
+    patient_strata,
+    stable_seed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +43,6 @@ VAL_FRACTION = 0.2
 
 class CVError(SplitError):
     """Folds that cannot be made (too few patients in a class, bad fold numbers)."""
-
-
-def _class_seed(seed: int, name: str) -> int:
-    return (int(seed) * 1_000_003 + zlib.crc32(f"cv:{name}".encode())) % (2**32)
-
-
-def patient_strata(patients: np.ndarray, labels: np.ndarray) -> dict[str, int]:
-    """patient -> the label most of its images carry (ties: the lowest label)."""
-    per_patient: dict[str, Counter] = defaultdict(Counter)
-    for p, lab in zip(as_str_array(patients).tolist(), np.asarray(labels).tolist(), strict=True):
-        per_patient[p][int(lab)] += 1
-    out = {}
-    for p in sorted(per_patient):
-        counts = per_patient[p]
-        top = max(counts.values())
-        out[p] = min(lab for lab, c in counts.items() if c == top)
-    return out
 
 
 def _labels(store: Any, task: str) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -87,7 +76,7 @@ def patient_folds(store: Any, folds: int, seed: int = 0, task: str = "subtype") 
     offset = 0
     for lab in sorted(by_class):
         pats = sorted(by_class[lab])
-        order = np.random.default_rng(_class_seed(seed, classes[lab])).permutation(len(pats))
+        order = np.random.default_rng(stable_seed(seed, f"cv:{classes[lab]}")).permutation(len(pats))
         for k, i in enumerate(order):
             assignment[pats[i]] = (offset + k) % folds
         offset = (offset + len(pats)) % folds
@@ -127,7 +116,7 @@ def fold_splits(store: Any, folds: int, fold: int, seed: int = 0, val_fraction: 
         if len(pats) < 2:
             continue  # a lone patient trains
         n_val = min(len(pats) - 1, max(1, int(round(val_fraction * len(pats)))))
-        rng = np.random.default_rng(_class_seed(seed + 7919, str(lab)))
+        rng = np.random.default_rng(stable_seed(seed + 7919, f"cv:{lab}"))
         tiebreak = rng.permutation(len(pats))
         ranked = sorted(range(len(pats)), key=lambda i: ((assignment[pats[i]] - fold) % folds, tiebreak[i]))
         for i in ranked[:n_val]:
