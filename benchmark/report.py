@@ -123,19 +123,16 @@ def _batch_axis(ax, rows) -> None:
 
 def plots(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """The four PNGs of :data:`PLOTS`."""
-    import matplotlib
+    from pipelines.plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     variants = [(b, p) for b, p in _variants(rows) if _ok(rows, b, p)]
     title = f"{rows[0]['model']} on {rows[0]['env']['gpu'] or 'CPU'}"
     paths = []
 
     def save(fig, name):
-        fig.savefig(out_dir / name, dpi=110)
-        plt.close(fig)
-        paths.append(out_dir / name)
+        paths.append(save_figure(fig, out_dir / name))
 
     fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
     for b, p in variants:

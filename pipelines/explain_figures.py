@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.cam import overlay
+from pipelines.plotting import pyplot, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -29,22 +30,6 @@ class Example:
     magnification: str
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
-    return path
-
-
 def _short(name: str, n: int = 20) -> str:
     return name if len(name) <= n else name[: n - 1] + "…"
 
@@ -52,7 +37,7 @@ def _short(name: str, n: int = 20) -> str:
 def cam_grid(examples: list[Example], title: str, path: Path, pairs_per_row: int = 4) -> Path:
     """Pairs (image | overlay) with the true label over the image and the prediction (green right, red wrong)
     over the overlay."""
-    plt = _plt()
+    plt = pyplot()
     rows = max(1, -(-len(examples) // pairs_per_row))
     cols = 2 * min(pairs_per_row, max(1, len(examples)))
     fig, axes = plt.subplots(rows, cols, figsize=(1.55 * cols, 1.8 * rows + 0.4), squeeze=False,
@@ -68,12 +53,12 @@ def cam_grid(examples: list[Example], title: str, path: Path, pairs_per_row: int
         right.set_title(f"pred: {_short(ex.pred)}", fontsize=6.5,
                         color="#1a7f37" if ex.true == ex.pred else "#cf222e")
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def outcome_grid(class_name: str, groups: dict[str, list[Example]], per_row: int, path: Path) -> Path:
     """One row per outcome (TP, FP, FN) of ``class_name``, saliency overlays titled magnification, true -> pred."""
-    plt = _plt()
+    plt = pyplot()
     cols = max(1, per_row)
     fig, axes = plt.subplots(len(OUTCOMES), cols, figsize=(1.9 * cols + 0.5, 2.0 * len(OUTCOMES) + 0.3),
                              squeeze=False, layout="constrained")
@@ -97,13 +82,13 @@ def outcome_grid(class_name: str, groups: dict[str, list[Example]], per_row: int
             ax.set_title(f"{ex.magnification}: {_short(ex.true)}\n-> {_short(ex.pred)}", fontsize=6.5,
                          color="#1a7f37" if ex.true == ex.pred else "#cf222e")
     fig.suptitle(f"{class_name}: true positives, false positives, false negatives", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def tsne_figure(embedding: np.ndarray, labels: np.ndarray, classes: list[str], magnifications: np.ndarray,
                 title: str, path: Path) -> Path:
     """Two panels of the same 2-D embedding: coloured by class, and by magnification."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), layout="constrained")
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
     for k, name in enumerate(classes):
@@ -125,7 +110,7 @@ def tsne_figure(embedding: np.ndarray, labels: np.ndarray, classes: list[str], m
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def tsne_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:

@@ -77,10 +77,9 @@ def tables(results: dict[str, Any]) -> str:
 
 def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     """Heatmaps (train x test), asymmetry bars, in-domain confusion matrices and per-class F1, as PNGs."""
-    import matplotlib
+    from pipelines.plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cells = results["cells"]
     classes = results["classes"]
@@ -104,7 +103,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
                 ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center",
                         color="white" if grid[i, j] < 0.6 else "black")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
-    paths.append(_save(fig, out_dir / "cross_magnification_heatmaps.png"))
+    paths.append(save_figure(fig, out_dir / "cross_magnification_heatmaps.png"))
 
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(models), 3.4), layout="constrained")
     width = 0.38
@@ -116,7 +115,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_ylim(0, 1)
     ax.set_title(f"directional asymmetry ({task})")
     ax.legend()
-    paths.append(_save(fig, out_dir / "asymmetry.png"))
+    paths.append(save_figure(fig, out_dir / "asymmetry.png"))
 
     in_domain = [c for c in cells if c["train"] == c["test"]]
     fig, axes = plt.subplots(len(models), max(1, len(trains)), figsize=(3.6 * len(trains), 3.4 * len(models)),
@@ -134,7 +133,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.set_yticks(range(len(classes)), [n[:6] for n in classes], fontsize=6)
             ax.set_xlabel("predicted", fontsize=8)
             ax.set_ylabel("true", fontsize=8)
-    paths.append(_save(fig, out_dir / "confusion_matrices.png"))
+    paths.append(save_figure(fig, out_dir / "confusion_matrices.png"))
 
     fig, ax = plt.subplots(figsize=(8, 3.4), layout="constrained")
     width = 0.8 / max(1, len(in_domain))
@@ -145,17 +144,8 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_ylabel("F1 (in-domain test)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
-    paths.append(_save(fig, out_dir / "per_class_f1.png"))
+    paths.append(save_figure(fig, out_dir / "per_class_f1.png"))
     return paths
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
 
 
 def write_report(suite_dir: str | Path) -> Path:

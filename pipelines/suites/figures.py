@@ -11,27 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
-    return path
+from pipelines.plotting import pyplot, save_figure
 
 
 def heatmaps(panels: Sequence[tuple[str, np.ndarray, np.ndarray, Sequence[str], Sequence[str]]], path: Path,
              xlabel: str = "test", ylabel: str = "train", vmax: float = 1.0) -> Path:
     """One heatmap per panel ``(title, mean, std, row labels, column labels)``, cells annotated mean ± std."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4.0), squeeze=False, layout="constrained")
     im = None
     for ax, (title, mean, std, rows, cols) in zip(axes[0], panels, strict=True):
@@ -50,13 +36,13 @@ def heatmaps(panels: Sequence[tuple[str, np.ndarray, np.ndarray, Sequence[str], 
                         color="white" if mean[i, j] < 0.6 * vmax else "black")
     if im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def grouped_bars(groups: Sequence[str], series: dict[str, tuple[Sequence[float], Sequence[float]]], path: Path,
                  ylabel: str, title: str, ylim: tuple[float, float] | None = (0, 1)) -> Path:
     """Bars per group, one colour per series ``label -> (means, stds)``, with ± std error bars."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(2.0 + 1.4 * len(groups) * max(1, len(series)) / 2, 3.6), layout="constrained")
     width = 0.8 / max(1, len(series))
     for k, (label, (means, stds)) in enumerate(series.items()):
@@ -70,13 +56,13 @@ def grouped_bars(groups: Sequence[str], series: dict[str, tuple[Sequence[float],
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def lines(x: Sequence[float], series: dict[str, tuple[Sequence[float], Sequence[float]]], path: Path, xlabel: str,
           ylabel: str, title: str, ylim: tuple[float, float] | None = (0, 1)) -> Path:
     """One line per series ``label -> (means, stds)`` over ``x``, with a ± std band and error bars."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.6), layout="constrained")
     for label, (means, stds) in series.items():
         m, s = np.asarray(means, dtype=float), np.nan_to_num(np.asarray(stds, dtype=float))
@@ -90,4 +76,4 @@ def lines(x: Sequence[float], series: dict[str, tuple[Sequence[float], Sequence[
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
