@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.environment import gpu_names, package_version
+from ingest.files import atomic_write_text
 
 #: Every row has exactly these keys, in this order.
 ROW_FIELDS: tuple[str, ...] = (
@@ -95,10 +96,7 @@ def env_tag(env: dict[str, Any]) -> str:
 def save_rows(rows: list[dict[str, Any]], out_dir: Path) -> Path:
     """``results.jsonl`` + ``results.csv`` in ``out_dir`` (replacing an earlier run's)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "results.jsonl"
-    tmp = path.with_suffix(".jsonl.partial")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    tmp.replace(path)
+    path = atomic_write_text(out_dir / "results.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     flat = [flatten(r) for r in rows]
     columns = list(dict.fromkeys(k for r in flat for k in r))
     with (out_dir / "results.csv").open("w", newline="") as f:

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ingest.files import atomic_write_json
 from pipelines.explain_figures import OUTCOMES, Example
 
 log = logging.getLogger(__name__)
@@ -326,10 +327,7 @@ def _explain_classifier(config: ExplainConfig, cfg: dict[str, Any], progress: Pr
 
 
 def _write_json(result: dict[str, Any], out: Path) -> dict[str, Any]:
-    path = out / "explain.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, path)
+    path = atomic_write_json(out / "explain.json", result)
     log.info("explain: %d figures in %s (%.1fs)", len(result["figures"]), out, result.get("seconds", 0))
     return {**result, "path": str(path)}
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ingest.files import atomic_write_text
 from pipelines.markdown_html import markdown_to_html
 
 log = logging.getLogger(__name__)
@@ -379,8 +380,6 @@ def write_html(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write ``report.html`` (default ``<run_dir>/report.html``, written atomically) and return its path."""
     text = build_html(run_dir)
     path = Path(out) if out else Path(run_dir) / "report.html"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     log.info("wrote %s (%.1f MiB)", path, path.stat().st_size / 2**20)
     return path

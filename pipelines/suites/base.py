@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ingest.files import atomic_write_json
 from ingest.registry import Registry
 from pipelines.suites.report import write_suite_report
 from pipelines.suites.tables import CELL_NOTE, aggregate, format_cell, mean_std_matrix, mean_std_table, summarize
@@ -264,7 +264,7 @@ class SuiteContext:
         missing = [t for t in tests if t not in cached]
         if missing:
             cached.update(_evaluate(result.run_dir / "best.pt", missing))
-            _atomic_json(cache, cached)
+            atomic_write_json(cache, cached)
         return [{**labels, "test": t, **cached[t], "val_macro_f1": (result.best_val or {}).get("macro_f1"),
                  "best_epoch": result.best_epoch, "run_dir": str(result.run_dir)} for t in tests]
 
@@ -285,7 +285,7 @@ class SuiteContext:
                    "settings": self.study.settings(), **self.extra, **extra, "cells": rows,
                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         self.study.suite_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_json(self.study.suite_dir / "results.json", results)
+        atomic_write_json(self.study.suite_dir / "results.json", results)
         return results
 
 
@@ -332,12 +332,6 @@ def _evaluate(checkpoint: Path, tests: Sequence[str]) -> dict[str, dict[str, Any
                      "patient_accuracy": m.patient_accuracy, "n_images": m.n_images, "n_patients": m.n_patients,
                      "per_class": m.per_class, "confusion": m.confusion}
     return out
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
 
 
 # -- registry --------------------------------------------------------------------------------------------------------

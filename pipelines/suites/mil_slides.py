@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.suites.base import SUITES, StudyConfig, SuiteContext, _atomic_json, register_suite, weights_file
+from ingest.files import atomic_write_json
+from pipelines.suites.base import SUITES, StudyConfig, SuiteContext, register_suite, weights_file
 from pipelines.suites.figures import grouped_bars
 from pipelines.suites.report import write_suite_report
 from pipelines.suites.tables import format_cell, mean_std_table, summarize
@@ -276,8 +277,11 @@ def run(study: StudyConfig, ctx: SuiteContext) -> dict[str, Any]:
                                  "n_images": test["n_images"], "val_macro_f1": (summary["best_val"] or {}).get(
                                      "macro_f1"), "run_dir": out})
     cells = {(r["model"], r["extractor"], r["loss"]) for r in rows}
-    best = max(sorted(cells), key=lambda c: summarize([r for r in rows if (r["model"], r["extractor"], r["loss"])
-                                                       == c], "val_macro_f1")["mean"] or -1.0)
+    def val_f1(c) -> float:  # a mean of 0.0 is a score; only None (no validation number) ranks last
+        mean = summarize([r for r in rows if (r["model"], r["extractor"], r["loss"]) == c], "val_macro_f1")["mean"]
+        return -1.0 if mean is None else mean
+
+    best = max(sorted(cells), key=val_f1)
     chosen = [r for r in rows if (r["model"], r["extractor"], r["loss"]) == best]
     ctx.announce(f"ensemble of {len(chosen)} checkpoints ({ATTENTION[best[0]]}, {best[1]}, {best[2]}) on every slide")
     predictions = infer_mil([Path(r["run_dir"]) / "best.pt" for r in chosen], store, study.suite_dir / "ensemble",
@@ -300,5 +304,5 @@ def run(study: StudyConfig, ctx: SuiteContext) -> dict[str, Any]:
                                                for p in (study.suite_dir / "ensemble" / "attention").glob("*.png"))},
                "cells": rows, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     study.suite_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_json(study.suite_dir / "results.json", results)
+    atomic_write_json(study.suite_dir / "results.json", results)
     return results
