@@ -1,4 +1,5 @@
-"""The cross-magnification report: Markdown tables and PNG figures from a suite's ``results.json``.
+"""The cross-magnification report of suite directories written before ``pipelines.suites`` (their ``results.json``
+has no ``format``): Markdown tables and PNG figures. ``histo-bench report DIR`` still renders them.
 
 Tables follow the DeiT/Swin study: in-domain performance, the train x test macro-F1 matrix per model,
 directional asymmetry (100X->400X against 400X->100X), mixed-training generalisation, and the cross-domain mean.

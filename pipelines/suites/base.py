@@ -393,7 +393,8 @@ def load_results(suite_dir: str | Path) -> dict[str, Any]:
 
 
 def is_suite_results(suite_dir: str | Path) -> bool:
-    """True when ``suite_dir/results.json`` was written by this framework (not by the legacy pipelines.suite)."""
+    """True when ``suite_dir/results.json`` was written by this framework (not by a pre-suites ``histo-bench
+    suite``, whose results.json :mod:`pipelines.report` still renders)."""
     try:
         return load_results(suite_dir).get("format") == RESULTS_FORMAT
     except (OSError, ValueError):

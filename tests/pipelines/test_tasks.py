@@ -4,7 +4,6 @@ evaluation, the suite and its report; patient-level splits are the same for both
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -84,26 +83,6 @@ def test_subtype_predictions_map_to_malignancy():
         map_predictions(store, pred, "binary", "subtype")
 
 
-def test_default_run_and_suite_directories_name_the_task():
-    from pipelines.suite import SuiteConfig
-
+def test_default_run_directory_names_the_task():
     assert str(TrainConfig(model="m").run_dir) == "runs/m-100X"
     assert str(TrainConfig(model="m", task="binary").run_dir) == "runs/m-100X-binary"
-    assert str(SuiteConfig().suite_dir) == "runs/suite"
-    assert str(SuiteConfig(train=TrainConfig(task="binary")).suite_dir) == "runs/suite-binary"
-
-
-def test_binary_suite_records_the_task_and_the_report_says_so(colour_store, tmp_path):  # noqa: F811
-    from pipelines.report import write_report
-    from pipelines.suite import SuiteConfig, run_suite
-
-    base = replace(_config(colour_store, tmp_path, task="binary", epochs=1), out=None)
-    config = SuiteConfig(models=("tiny_cnn_test",), train_magnifications=("100X",),
-                         test_magnifications=("100X", "400X"), train=base, out=str(tmp_path / "suite"))
-    results = run_suite(config)
-    saved = json.loads((tmp_path / "suite" / "results.json").read_text())
-    assert saved["task"] == results["task"] == "binary" and saved["classes"] == ["benign", "malignant"]
-    assert all(set(c["per_class"]) == {"benign", "malignant"} for c in saved["cells"])
-    report = write_report(tmp_path / "suite").read_text()
-    assert report.startswith("# Cross-magnification report, binary task (benign vs malignant)")
-    assert "## tiny_cnn_test: train x test macro-F1, binary task (benign vs malignant)" in report
