@@ -32,6 +32,40 @@ def write_tree(root: Path, classes=CLASSES, patients: int = 2, mags=("40X", "100
     return paths
 
 
+def write_colour_store(root: Path, patients: int, images: int, size: tuple[int, int], noise: float, seed: int,
+                       first_patient: int, fractions: tuple[float, float, float]) -> Path:
+    """A learnable store: 8 classes whose images differ by colour, ``patients`` per class at 100X and 400X,
+    ``images`` per patient and magnification, ingested with a patient-level split; returns the store path."""
+    from ingest.breakhis import IngestConfig, ingest_breakhis
+    from ingest.splits import SplitConfig
+
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(40, 220, (len(CLASSES), 3))
+    for c, cls in enumerate(CLASSES):
+        for p in range(patients):
+            for mag in ("100X", "400X"):
+                for k in range(1, images + 1):
+                    path = root / "tree" / relative_path(cls, f"14-{first_patient + 10 * c + p}", mag, k)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    img = np.clip(palette[c] + rng.normal(0, noise, (*size, 3)), 0, 255).astype(np.uint8)
+                    Image.fromarray(img).save(path)
+    ingest_breakhis(IngestConfig(root=str(root / "tree"), out=str(root / "s.zarr"), workers=1,
+                                 split=SplitConfig(fractions=fractions)))
+    return root / "s.zarr"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread for the test: on a 2-core machine shared with other jobs, two OpenMP threads
+    spin-wait on each other and small ops (and timing loops) run up to ~100x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_tree(tmp_path: Path) -> Path:
     """8 classes x 3 patients x 2 magnifications x 2 images of 70x46 px."""

@@ -16,11 +16,8 @@ pytestmark = pytest.mark.bench
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """A fixed workload: one torch thread (see tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")

@@ -2,43 +2,22 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
-from ingest.breakhis import IngestConfig, ingest_breakhis
-from ingest.breakhis_names import CLASSES, relative_path
-from ingest.splits import SplitConfig
+from tests.conftest import write_colour_store
 from tests.pipelines import tiny_models  # noqa: F401  (registers tiny_cnn_test)
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Timing loops on a shared 2-core machine: one torch thread keeps tiny ops from fighting over cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Timing loops and tiny models: one torch thread (see tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")
 def bench_store(tmp_path_factory):
     """8 colour-coded classes, 3 patients each, 100X and 400X, 3 images per patient and magnification."""
-    root = tmp_path_factory.mktemp("bench-store")
-    rng = np.random.default_rng(1)
-    palette = rng.integers(40, 220, (len(CLASSES), 3))
-    for c, cls in enumerate(CLASSES):
-        for p in range(3):
-            for mag in ("100X", "400X"):
-                for k in range(1, 4):
-                    path = root / "tree" / relative_path(cls, f"14-{200 + 10 * c + p}", mag, k)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    img = np.clip(palette[c] + rng.normal(0, 20, (36, 48, 3)), 0, 255).astype(np.uint8)
-                    Image.fromarray(img).save(path)
-    ingest_breakhis(IngestConfig(root=str(root / "tree"), out=str(root / "s.zarr"), workers=1,
-                                 split=SplitConfig(fractions=(0.34, 0.33, 0.33))))
-    return root / "s.zarr"
+    return write_colour_store(tmp_path_factory.mktemp("bench-store"), patients=3, images=3, size=(36, 48), noise=20,
+                              seed=1, first_patient=200, fractions=(0.34, 0.33, 0.33))
 
 
 @pytest.fixture(scope="session")
