@@ -420,6 +420,9 @@ def make_loader(store: Any, split: str | None, magnification: str | list[str] | 
         dali_missing = dali_available()
         if fits_on_device(n_bytes, device, config.device_fraction):
             choice, why = "device", f"{n_bytes / 2**20:.0f} MiB of images fit on {device}"
+        elif device.type == "cuda" and dali_missing is None and train and config.sampler == "weighted":
+            choice, why = "torch", (f"{n_bytes / 2**20:.0f} MiB of images do not fit on {device}; the weighted "
+                                    "sampler is not implemented by the DALI loader")
         elif device.type == "cuda" and dali_missing is None:
             choice, why = "dali", f"{n_bytes / 2**20:.0f} MiB of images do not fit on {device}"
         else:

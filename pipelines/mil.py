@@ -213,6 +213,8 @@ def train_mil(config: MILConfig) -> dict:
     model = build_model(config.model, len(classes), in_dim=dim).to(config.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in ("summary.json", "best.pt"):  # another config's result: never this run's if it is interrupted
+        (out / stale).unlink(missing_ok=True)
     (out / "splits.json").write_text(json.dumps({**by_split, "notes": notes, "classes": classes}, indent=1))
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
     rng = random.Random(config.seed)

@@ -160,6 +160,7 @@ def pretrain(config: PretrainConfig, progress=None) -> Path:
     resolved = {**asdict(config), "store": str(store_path), "origin": store.attrs.get("origin", {}),
                 "split_description": store.attrs.get("split", {}).get("description"),
                 "patients": sorted(set(patients.tolist()))}
+    weights.unlink(missing_ok=True)  # another config's encoder: never to pass as this run's if it is interrupted
     (run_dir / "config.json").write_text(json.dumps(resolved, indent=1))
     history = run_dir / "pretrain.jsonl"
     history.unlink(missing_ok=True)

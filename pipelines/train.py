@@ -6,7 +6,7 @@ imbalance, early stopping on validation macro-F1 (ties broken by accuracy), fixe
 benign vs malignant, :mod:`pipelines.tasks`) sets the labels, the head and the metrics. A run directory holds the
 resolved config, the split ids, a metrics JSONL (one row per epoch) with its TensorBoard view in ``tb/``
 (:mod:`pipelines.tracking`), ``best.pt`` and ``last.pt``; an interrupted run resumes from ``last.pt``; a finished one
-is not retrained.
+is not retrained (a finished one with other settings is a :class:`TrainingError`, never reported as the new run).
 """
 
 from __future__ import annotations
@@ -201,11 +201,18 @@ def _config_json(config: TrainConfig, store_path: Path) -> dict[str, Any]:
 LOGGING_FIELDS = frozenset({"log_every", "wandb"})
 
 
-def _same_run(saved: dict[str, Any], current: dict[str, Any]) -> bool:
+def _run_differences(saved: dict[str, Any], current: dict[str, Any],
+                     ignore: frozenset[str] = LOGGING_FIELDS) -> list[str]:
+    """``"key saved != current"`` for every field (outside ``ignore``) where two resolved configs differ."""
     # runs from before tasks / folds / unfreeze were subtype runs on the store's split, fully trained
     saved = {"task": "subtype", "folds": 0, "fold": 0, "split_seed": 0, "unfreeze": "full", "label_fraction": 1.0,
              "augment": {}, "sampler": "shuffle", **saved}
-    return all(saved.get(k) == current.get(k) for k in saved.keys() | current.keys() if k not in LOGGING_FIELDS)
+    return [f"{k} {saved.get(k)} != {current.get(k)}" for k in sorted(saved.keys() | current.keys())
+            if k not in ignore and saved.get(k) != current.get(k)]
+
+
+def _same_run(saved: dict[str, Any], current: dict[str, Any]) -> bool:
+    return not _run_differences(saved, current)
 
 
 def loader_factory(family: str):
@@ -243,20 +250,26 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
     from pipelines.cv import split_view
     from pipelines.data import DataConfig
     from pipelines.label_fraction import label_fraction_view
-    from pipelines.unfreeze import apply_unfreeze
+    from pipelines.unfreeze import apply_frozen_eval, apply_unfreeze
 
     run_dir = config.run_dir
+    store_path = Path(config.store) if config.store else default_store()
     if (run_dir / "complete").exists():
-        done = json.loads((run_dir / "config.json").read_text()).get("task", "subtype")
+        saved = json.loads((run_dir / "config.json").read_text())
+        done = saved.get("task", "subtype")
         if done != config.task:
             raise TrainingError(f"{run_dir} holds a finished {done} run, not {config.task}; use another --out")
+        # ``out`` names this very directory (None or a spelling of it): not a setting
+        differences = _run_differences(saved, _config_json(config, store_path), LOGGING_FIELDS | {"out"})
+        if differences:
+            raise TrainingError(f"{run_dir} holds a finished run with other settings ({', '.join(differences)}); "
+                                "use another --out or delete it")
         log.info("%s is complete; not retraining (delete it or use another --out)", run_dir)
         summary = json.loads((run_dir / "complete").read_text())
         return TrainResult(run_dir, summary["best_epoch"], summary["best_val"], summary["epochs_run"],
                            already_complete=True)
     if config.wandb:
         require_wandb(TrainingError)
-    store_path = Path(config.store) if config.store else default_store()
     store = split_view(ImageStore(store_path), config.folds, config.fold, config.split_seed, config.task)
     store = label_fraction_view(store, config.label_fraction, config.seed, config.task)
     try:
@@ -329,6 +342,8 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
     if main:
         _write_run_files(run_dir, config, store, store_path, mags, resumed, classes)
     metrics_path = run_dir / "metrics.jsonl"
+    if main and resumed:
+        _drop_rows_from(metrics_path, start_epoch)
 
     # a resumed run hides the interrupted epoch's step-level points (optimizer steps after the last finished epoch)
     with RunLogger(run_dir, config=_config_json(config, store_path), wandb=config.wandb, enabled=main,
@@ -339,6 +354,7 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
                 break
             train_loader.set_epoch(epoch)
             model.train()
+            apply_frozen_eval(model, config.unfreeze)  # a frozen encoder's BatchNorm statistics stay fixed
             clock = EpochClock(device)
             seen, loss_sum = 0, 0.0
             for step, (x, y, _) in enumerate(train_loader):
@@ -414,6 +430,25 @@ def _write_run_files(run_dir: Path, config: TrainConfig, store, store_path: Path
     metrics_path = run_dir / "metrics.jsonl"
     if not resumed and metrics_path.exists():
         metrics_path.unlink()
+
+
+def _drop_rows_from(metrics_path: Path, epoch: int) -> None:
+    """Drop the JSONL rows of epochs >= ``epoch`` (rewritten atomically): an epoch's row is appended before its
+    ``last.pt``, so a run interrupted in between would otherwise log that epoch twice once resumed."""
+    if not metrics_path.exists():
+        return
+    def before(line: str) -> bool:
+        try:
+            return json.loads(line)["epoch"] < epoch
+        except (ValueError, KeyError, TypeError):  # a row cut short by the interruption
+            return False
+
+    lines = metrics_path.read_text().splitlines()
+    kept = [line for line in lines if before(line)]
+    if len(kept) != len(lines):
+        tmp = metrics_path.with_name(metrics_path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(metrics_path)
 
 
 def default_store() -> Path:

@@ -4,10 +4,12 @@
 - ``last_block``: the last stage of the backbone, the final norm and the classifier head;
 - ``head``: the classifier head only (linear probing of the backbone's features).
 
-The other parameters get ``requires_grad = False`` (and are left out of the optimizer). BatchNorm statistics of
-frozen layers still follow the data in training mode, as in PyTorch's transfer-learning tutorial; only parameters
-are frozen. The parts are named per timm family in :data:`PARTS` (module-name prefixes); a model that is not listed
-can only train ``full``, and asking for another schedule raises a ValueError that lists the models that can.
+The other parameters get ``requires_grad = False`` (and are left out of the optimizer), and the frozen modules stay
+in eval mode while the rest trains (:func:`apply_frozen_eval`): their BatchNorm running statistics do not follow the
+training data and their dropout is off, so a frozen encoder is truly fixed (the linear-evaluation protocol).
+
+The parts are named per timm family in :data:`PARTS` (module-name prefixes); a model that is not listed can only
+train ``full``, and asking for another schedule raises a ValueError that lists the models that can.
 """
 
 from __future__ import annotations
@@ -63,3 +65,15 @@ def apply_unfreeze(model: Any, model_name: str, unfreeze: str) -> dict[str, int]
         raise ValueError(f"--unfreeze {unfreeze} leaves no trainable parameter in {model_name} (the part names "
                          "in pipelines.unfreeze.PARTS do not match this model)")
     return {"trainable": trainable, "total": total}
+
+
+def apply_frozen_eval(model: Any, unfreeze: str) -> None:
+    """Put every frozen module of ``model`` (it has parameters, none of which train) in eval mode; call it after each
+    ``model.train()``. Nothing changes under ``full``. Modules without parameters (a head's dropout) are left alone."""
+    if check_unfreeze(unfreeze) == "full":
+        return
+    for module in model.modules():  # parents first: a frozen parent's eval() covers its children
+        if module.training:
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                module.eval()

@@ -43,7 +43,9 @@ def _report(suite_dir: Path, results: dict[str, Any]) -> Path:
         + "\n".join(f"| {k} | {' + '.join(m)} |" for k, m in INPUT_SETS.items() if any(c["k"] == k for c in cells))
         + f"\n\nModel `{MODEL}`; per-input augmentation: crop, flips, rot90, colour jitter, Gaussian blur (p "
           f"{AUGMENT['blur']}) and random erasing (p {AUGMENT['erasing']}), drawn independently for every input; "
-          "class-weighted sampler plus inverse-frequency loss weights. Test images are counted at the anchor "
+          "a class-weighted sampler *and* inverse-frequency loss weights (both, as in the paper; this double-weights "
+          "rare classes: a class's effective weight is about 1/frequency², not 1/frequency). Test images are "
+          "counted at the anchor "
           "magnification (400X)."
         + ("\n\nSkipped (the store lacks a magnification): "
            + ", ".join(f"K={k} ({why})" for k, why in results.get("skipped", {}).items())
@@ -100,6 +102,7 @@ def run(study: StudyConfig, ctx: SuiteContext) -> dict[str, Any]:
                     parts = (f"k{k}",) if len(tasks) == 1 else (task, f"k{k}")
                     config = study.train_config(model=model, task=task, train_magnification=train_mag, fold=fold,
                                                 seed=seed, out=study.run_dir(*parts, fold=fold, seed=seed),
+                                                # both weightings, as in the paper (the report says so)
                                                 augment=AUGMENT, sampler="weighted", class_weighting="loss")
                     rows += ctx.train_and_test(config, (train_mag,), k=k, train="+".join(mags))
     return ctx.save(rows, input_sets={k: list(v) for k, v in INPUT_SETS.items()}, skipped=skipped,

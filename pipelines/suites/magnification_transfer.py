@@ -185,11 +185,12 @@ def _tsne(study: StudyConfig, ctx: SuiteContext, rows: list[dict]) -> list[dict]
     for (task, model), r in firsts.items():
         target = study.suite_dir / "tsne" / task / model
         done = target / "explain.json"
-        if done.exists():
+        checkpoint = str(Path(r["run_dir"]) / "best.pt")
+        if done.exists() and json.loads(done.read_text()).get("checkpoint") == checkpoint:
             info = json.loads(done.read_text())
         else:
             ctx.announce(f"t-SNE of {model} ({task}) features by magnification")
-            info = explain(ExplainConfig(checkpoint=str(Path(r["run_dir"]) / "best.pt"), out=str(target),
+            info = explain(ExplainConfig(checkpoint=checkpoint, out=str(target),
                                          split="test", magnifications=("100X", "400X"), n_examples=4,
                                          n_per_outcome=2, max_images=60 if study.quick else 400,
                                          batch_size=study.batch_size or (8 if study.quick else 32),

@@ -67,7 +67,7 @@ def _pretrain(study: StudyConfig, ctx: SuiteContext, model: str, pair: str, task
     ctx.announce(f"MPCS pretraining {model}, {pair} pairs, fold {fold}, seed {seed}")
     try:
         weights = pretrain(config, progress=None)
-    except (ValueError, RuntimeError) as exc:  # e.g. the fixed pair needs 200X and 400X images
+    except ValueError as exc:  # e.g. the fixed pair needs 200X and 400X images; OOM / NaN loss propagate
         return None, {"pair": pair, "fold": fold, "seed": seed, "skipped": str(exc)}
     history = [json.loads(line) for line in (config.run_dir / "pretrain.jsonl").read_text().splitlines()]
     return weights, {"pair": pair, "fold": fold, "seed": seed, "final_loss": history[-1]["loss"] if history else None,
@@ -132,26 +132,33 @@ def _report(suite_dir: Path, results: dict[str, Any]) -> Path:
         what = describe_task(task, results["classes"][task])
         rows = [c for c in cells if c["task"] == task]
         inits = list(dict.fromkeys(r["init"] for r in rows))
+        backbones = list(dict.fromkeys(r.get("backbone") for r in rows))  # never averaged together
         order = {p: i for i, p in enumerate(PROTOCOLS)}
-        rows = sorted(rows, key=lambda r: (order.get(r["protocol"], 9), -float(r["labels"].rstrip("%")),
-                                           inits.index(r["init"])))
+        rows = sorted(rows, key=lambda r: (backbones.index(r.get("backbone")), order.get(r["protocol"], 9),
+                                           -float(r["labels"].rstrip("%")), inits.index(r["init"])))
         for mag in results["magnifications"]:
             mine = [r for r in rows if r["train"] == mag]
             if not mine:
                 continue
-            sections.append(f"## {mag}: test scores per protocol x labels x initialisation, {what}\n\n"
-                            + mean_std_table(mine, ["protocol", "labels", "init"], list(_METRICS),
+            sections.append(f"## {mag}: test scores per backbone x protocol x labels x initialisation, {what}\n\n"
+                            + mean_std_table(mine, ["backbone", "protocol", "labels", "init"], list(_METRICS),
                                              labels={"labels": "labels used", **_METRICS}))
         groups = [f"{p}\n{lab}" for p in PROTOCOLS for lab in map(_fraction, LABEL_FRACTIONS)]
         series = {}
-        for init in inits:
-            stats = [summarize([r for r in rows if r["init"] == init and r["protocol"] == p and r["labels"] == lab],
-                               "macro_f1") for p in PROTOCOLS for lab in map(_fraction, LABEL_FRACTIONS)]
-            series[init] = ([np.nan if s["mean"] is None else s["mean"] for s in stats],
-                            [np.nan if s["std"] is None else s["std"] for s in stats])
+        for backbone in backbones:
+            for init in inits:
+                if not any(r.get("backbone") == backbone and r["init"] == init for r in rows):
+                    continue  # e.g. ImageNet weights given for one backbone only
+                stats = [summarize([r for r in rows if r.get("backbone") == backbone and r["init"] == init
+                                    and r["protocol"] == p and r["labels"] == lab], "macro_f1")
+                         for p in PROTOCOLS for lab in map(_fraction, LABEL_FRACTIONS)]
+                label = init if len(backbones) == 1 else f"{backbone}: {init}"
+                series[label] = ([np.nan if s["mean"] is None else s["mean"] for s in stats],
+                                 [np.nan if s["std"] is None else s["std"] for s in stats])
         name = f"mpcs_{task}.png"
         grouped_bars(groups, series, suite_dir / name, "test macro-F1", f"MPCS vs baselines ({task})")
-        figures.append((name, f"Test macro-F1 per protocol and label fraction, one bar per initialisation ({what}; "
+        figures.append((name, f"Test macro-F1 per protocol and label fraction, one bar per backbone x initialisation "
+                        f"({what}; "
                         "pooled over magnifications); error bars ± std over folds x seeds (x magnifications)."))
     return write_suite_report(suite_dir, results, "MPCS: magnification-prior contrastive pretraining", sections,
                               figures)

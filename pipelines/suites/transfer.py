@@ -152,7 +152,8 @@ def run(study: StudyConfig, ctx: SuiteContext) -> dict[str, Any]:
                     trials.append({"task": task, "model": model, "unfreeze": sched, "lr": lr, "fold": fold0,
                                    "seed": seed0, "val_macro_f1": val.get("macro_f1"),
                                    "n_patients": val.get("n_patients", 0), "n_images": val.get("n_images", 0)})
-                chosen = max(trials, key=lambda t: (t["val_macro_f1"] or -1.0, -t["lr"]))
+                chosen = max(trials, key=lambda t: (-1.0 if t["val_macro_f1"] is None else t["val_macro_f1"],
+                                                    -t["lr"]))
                 chosen["chosen"] = True
                 search += trials
                 for fold, seed in study.runs():
@@ -162,8 +163,11 @@ def run(study: StudyConfig, ctx: SuiteContext) -> dict[str, Any]:
                     rows += ctx.train_and_test(cfg, ("all",), unfreeze=sched, lr=chosen["lr"])
         mine = [r for r in rows if r["task"] == task]
         configs = list(dict.fromkeys((r["model"], r["unfreeze"], r["lr"]) for r in mine))  # first wins ties
-        top = max(configs, key=lambda c: summarize([r for r in mine if (r["model"], r["unfreeze"], r["lr"]) == c],
-                                                   "val_macro_f1")["mean"] or -1.0)
+        def val_f1(c, mine=mine) -> float:  # a mean of 0.0 is a score; only None ranks last
+            mean = summarize([r for r in mine if (r["model"], r["unfreeze"], r["lr"]) == c], "val_macro_f1")["mean"]
+            return -1.0 if mean is None else mean
+
+        top = max(configs, key=val_f1)
         best[task] = {"model": top[0], "unfreeze": top[1], "lr": top[2]}
         first = next(r for r in mine if (r["model"], r["unfreeze"], r["lr"]) == top)
         gradcam[task] = _gradcam(study, ctx, task, first["run_dir"])

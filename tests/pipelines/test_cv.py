@@ -140,6 +140,10 @@ def test_frozen_parameters_do_not_change(store, tmp_path):
     for name in params:
         same = torch.equal(initial[name], trained[name])
         assert same != name.startswith(prefixes), name
+    # the frozen layers' BatchNorm statistics do not follow the training data either (linear evaluation)
+    stats = [n for n in initial if n.endswith(("running_mean", "running_var"))]
+    for name in stats:
+        assert torch.equal(initial[name], trained[name]) != name.startswith(prefixes), name
     with pytest.raises(ValueError, match="can only train with --unfreeze full"):
         trainable_prefixes("tiny_cnn_test", "head")
     with pytest.raises(ValueError, match="unknown unfreeze schedule"):

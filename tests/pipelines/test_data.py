@@ -186,6 +186,13 @@ def test_make_loader_prefers_dali_on_cuda_when_too_big(store, monkeypatch):
     monkeypatch.setattr(dali_mod.DaliLoader, "from_store", classmethod(fake))
     assert make_loader(store, "train", "40X", CFG, device="cuda:0", train=True, seed=3) == "dali-loader"
     assert built["seed"] == 3 and built["train"] is True
+    # DALI has no weighted sampler: auto takes the torch loader for weighted training, DALI for evaluation
+    monkeypatch.setattr(data_mod.TorchLoader, "from_store", classmethod(lambda cls, *a, **kw: "torch-loader"))
+    weighted = DataConfig(image_size=32, load_size=40, batch_size=8, sampler="weighted")
+    assert make_loader(store, "train", "40X", weighted, device="cuda:0", train=True) == "torch-loader"
+    assert make_loader(store, "val", None, weighted, device="cuda:0", train=False) == "dali-loader"
+    monkeypatch.undo()
+    monkeypatch.setattr(data_mod, "fits_on_device", lambda *a, **k: False)
     monkeypatch.setattr(dali_mod, "dali_available", lambda: "not installed")
     assert isinstance(make_loader(store, "train", "40X", CFG, device="cpu", train=True), TorchLoader)
 

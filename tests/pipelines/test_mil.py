@@ -154,6 +154,19 @@ def test_slide_level_folds_and_a_finished_run_is_not_retrained(slide_store, tmp_
     stamp = (tmp_path / "f0" / "best.pt").stat().st_mtime_ns
     assert train_mil(MILConfig(**base, fold=0, out=str(tmp_path / "f0")))["test"] == summary_of(tmp_path / "f0")
     assert (tmp_path / "f0" / "best.pt").stat().st_mtime_ns == stamp
+    # a rerun with other settings, interrupted: the old result is gone, never returned as the new run's
+    import pipelines.mil as mil_mod
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    changed = MILConfig(**base, fold=0, lr=1e-3, out=str(tmp_path / "f0"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mil_mod, "_evaluate", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            train_mil(changed)
+    assert not (tmp_path / "f0" / "summary.json").exists() and not (tmp_path / "f0" / "best.pt").exists()
+    assert train_mil(changed)["test"] == summary_of(tmp_path / "f0")
     with pytest.raises(MILError, match="7-fold cross-validation needs at least 7 patients"):
         train_mil(MILConfig(**{**base, "folds": 7}, out=str(tmp_path / "x")))
     with pytest.raises(ValueError, match="fold in 0..folds-1"):

@@ -70,5 +70,15 @@ def test_pretrain_on_a_fold_sees_only_its_train_patients_and_is_not_redone(colou
     assert len((tmp_path / "fold" / "pretrain.jsonl").read_text().splitlines()) == 1
     stamp = weights.stat().st_mtime_ns
     assert pretrain(config) == weights and weights.stat().st_mtime_ns == stamp  # finished: not redone
+    # a rerun with other settings, interrupted: the old encoder is gone, never returned as the new run's
+    changed = PretrainConfig(**{**config.__dict__, "lr": 1e-3})
+
+    def interrupt(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(changed, progress=interrupt)
+    assert not weights.exists()
+    assert pretrain(changed) == weights and weights.exists()
     with pytest.raises(ValueError, match="fold in 0..folds-1"):
         PretrainConfig(folds=2, fold=2)

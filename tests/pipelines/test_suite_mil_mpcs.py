@@ -112,3 +112,47 @@ def test_imagenet_baseline_needs_a_local_file(tmp_path):
     (tmp_path / "w" / "resnet50.safetensors").write_bytes(b"")
     fields, why = _imagenet(StudyConfig(suite="mpcs", weights_dir=str(tmp_path / "w")), "resnet50")
     assert fields == {"weights": str(tmp_path / "w" / "resnet50.safetensors"), "pretrained": False}
+
+
+def test_mpcs_pretraining_failures_are_not_reported_as_skipped(tmp_path, monkeypatch):
+    import pipelines.pretrain as pretrain_mod
+    from pipelines.suites import StudyConfig
+    from pipelines.suites.base import SuiteContext
+    from pipelines.suites.mpcs import _pretrain
+
+    study = StudyConfig(suite="mpcs", store=str(tmp_path / "s.zarr"), out=str(tmp_path / "out"), device="cpu")
+
+    def no_pairs(config, progress=None):
+        raise ValueError("only 3 train images have a partner")
+
+    monkeypatch.setattr(pretrain_mod, "pretrain", no_pairs)
+    weights, info = _pretrain(study, SuiteContext(study), "mpcs_efficientnet_b0", "fixed", "binary", 0, 0)
+    assert weights is None and info["skipped"] == "only 3 train images have a partner"
+
+    def oom(config, progress=None):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(pretrain_mod, "pretrain", oom)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        _pretrain(study, SuiteContext(study), "mpcs_efficientnet_b0", "fixed", "binary", 0, 0)
+
+
+def test_mpcs_report_keeps_backbones_apart(tmp_path, monkeypatch):
+    import pipelines.suites.mpcs as mpcs
+
+    captured = {}
+    monkeypatch.setattr(mpcs, "grouped_bars", lambda groups, series, *a, **k: captured.setdefault("series", series))
+    monkeypatch.setattr(mpcs, "write_suite_report",
+                        lambda suite_dir, results, title, sections, figures: captured.setdefault("sections", sections))
+    cells = [{"task": "binary", "train": "200X", "init": "random init", "protocol": "linear", "labels": "100%",
+              "backbone": backbone, "macro_f1": f1, "accuracy": f1, "balanced_accuracy": f1, "patient_accuracy": f1}
+             for backbone, f1 in (("resnet50", 0.9), ("efficientnet_b0", 0.5))]
+    results = {"cells": cells, "tasks": ["binary"], "classes": {"binary": ["benign", "malignant"]},
+               "models": ["mpcs_resnet50", "mpcs_efficientnet_b0"], "magnifications": ["200X"],
+               "pretrain_settings": {"epochs": 1}, "imagenet": "none"}
+    mpcs._report(tmp_path, results)
+    table = next(s for s in captured["sections"] if s.startswith("## 200X"))
+    assert "| resnet50 | linear | 100% | random init | 0.900" in table
+    assert "| efficientnet_b0 | linear | 100% | random init | 0.500" in table
+    assert set(captured["series"]) == {"resnet50: random init", "efficientnet_b0: random init"}
+    assert captured["series"]["resnet50: random init"][0][2] == pytest.approx(0.9)  # linear, 100%

@@ -97,12 +97,14 @@ def test_legacy_suite_command_line_keeps_its_layout(synthetic_store, tmp_path):
 def test_fusion_inputs_suite_over_seeds(synthetic_store, tmp_path):
     out = tmp_path / "fusion"
     _suite("fusion-inputs", synthetic_store, out, "--folds", "2", "--seeds", "2", "--task", "binary")
-    md, results = _check_reports(out, "Accuracy vs number of inputs", "40X + 100X + 200X + 400X")
+    md, results = _check_reports(out, "Accuracy vs number of inputs", "40X + 100X + 200X + 400X",
+                                 "both, as in the paper; this double-weights rare classes")
     assert sorted({c["k"] for c in results["cells"]}) == [1, 2, 3, 4]
     assert len(results["cells"]) == 4 * 2 * 2 and {c["seed"] for c in results["cells"]} == {0, 1}
     assert "(n=4;" in md  # 2 folds x 2 seeds per cell
     config = json.loads((out / "k2" / "fold0-seed1" / "config.json").read_text())
     assert config["sampler"] == "weighted" and config["augment"]["erasing"] > 0 and config["task"] == "binary"
+    assert config["class_weighting"] == "loss"
     assert (out / "inputs_binary.png").is_file()
 
 
@@ -164,3 +166,29 @@ def test_report_header_names_classes_missing_from_test_folds():
                                "store": "s.zarr", "study": {"folds": 5},
                                "fold_gaps": {"subtype": {"phyllodes_tumor": [3, 4]}}}))
     assert "phyllodes_tumor (subtype): folds 3, 4" in lines and "never split" in lines
+
+
+def test_tsne_figures_are_redone_for_another_checkpoint(tmp_path, monkeypatch):
+    import pipelines.explain as explain_mod
+    from pipelines.suites import StudyConfig
+    from pipelines.suites.base import SuiteContext
+    from pipelines.suites.magnification_transfer import _tsne
+
+    study = StudyConfig(suite="magnification-transfer", out=str(tmp_path / "mt"), device="cpu")
+    calls = []
+
+    def fake_explain(config):
+        calls.append(config.checkpoint)
+        info = {"checkpoint": config.checkpoint, "figures": []}
+        (tmp_path / "mt" / "tsne" / "subtype" / "m").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "mt" / "tsne" / "subtype" / "m" / "explain.json").write_text(json.dumps(info))
+        return info
+
+    monkeypatch.setattr(explain_mod, "explain", fake_explain)
+    rows = [{"train": "mixed", "task": "subtype", "model": "m", "run_dir": str(tmp_path / "old"), "fold": 0,
+             "seed": 0}]
+    _tsne(study, SuiteContext(study), rows)
+    _tsne(study, SuiteContext(study), rows)  # same checkpoint: explain.json is reused
+    assert calls == [str(tmp_path / "old" / "best.pt")]
+    _tsne(study, SuiteContext(study), [{**rows[0], "run_dir": str(tmp_path / "new")}])
+    assert calls[-1] == str(tmp_path / "new" / "best.pt") and len(calls) == 2

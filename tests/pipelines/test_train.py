@@ -7,32 +7,18 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from ingest.breakhis import IngestConfig, ingest_breakhis
-from ingest.breakhis_names import CLASSES, relative_path
-from ingest.splits import SplitConfig
+from ingest.breakhis_names import CLASSES
 from pipelines.train import TrainConfig, TrainingError, class_weights, load_checkpoint, lr_factor, train
+from tests.conftest import write_colour_store
 from tests.pipelines.tiny_models import TinyCNN
 
 
 @pytest.fixture(scope="module")
 def colour_store(tmp_path_factory):
     """8 classes whose images differ by colour (learnable), 4 patients each, at 100X and 400X."""
-    root = tmp_path_factory.mktemp("colour")
-    rng = np.random.default_rng(0)
-    palette = rng.integers(40, 220, (len(CLASSES), 3))
-    for c, cls in enumerate(CLASSES):
-        for p in range(4):
-            for mag in ("100X", "400X"):
-                for k in range(1, 5):
-                    path = root / "tree" / relative_path(cls, f"14-{100 + 10 * c + p}", mag, k)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    img = np.clip(palette[c] + rng.normal(0, 25, (40, 60, 3)), 0, 255).astype(np.uint8)
-                    Image.fromarray(img).save(path)
-    ingest_breakhis(IngestConfig(root=str(root / "tree"), out=str(root / "s.zarr"), workers=1,
-                                 split=SplitConfig(fractions=(0.5, 0.25, 0.25))))
-    return root / "s.zarr"
+    return write_colour_store(tmp_path_factory.mktemp("colour"), patients=4, images=4, size=(40, 60), noise=25,
+                              seed=0, first_patient=100, fractions=(0.5, 0.25, 0.25))
 
 
 def _config(store, tmp_path, **kw):
@@ -57,8 +43,12 @@ def test_learns_and_writes_every_output(colour_store, tmp_path):
     model, cfg, classes = load_checkpoint(result.run_dir / "best.pt")
     assert classes == list(CLASSES) and isinstance(model, TinyCNN)
     assert result.best_val["macro_f1"] == max(r["val_macro_f1"] for r in rows)
-    again = train(_config(colour_store, tmp_path, epochs=6))
+    again = train(_config(colour_store, tmp_path, epochs=6, log_every=0))  # logging settings do not count
     assert again.already_complete and again.best_epoch == result.best_epoch
+    # other settings: an error naming what differs, never the old run's numbers reported as the new one's
+    with pytest.raises(TrainingError, match=r"holds a finished run with other settings \(epochs 6 != 2, lr 0.03 != "
+                                            r"0.01\); use another --out or delete it"):
+        train(_config(colour_store, tmp_path, epochs=2, lr=1e-2))
 
 
 def test_resume_after_interruption(colour_store, tmp_path):
@@ -68,6 +58,9 @@ def test_resume_after_interruption(colour_store, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train(_config(colour_store, tmp_path), progress=interrupt)
+    # as if interrupted after epoch 2's row was appended but before its last.pt was saved (and mid-row)
+    with (tmp_path / "run" / "metrics.jsonl").open("a") as fh:
+        fh.write(json.dumps({"epoch": 2, "train_loss": 1.0}) + "\n" + '{"epoch": 3, "tra')
     seen = []
     result = train(_config(colour_store, tmp_path), progress=lambda e, s, n, loss: seen.append(e))
     assert result.resumed and min(seen) == 2
