@@ -53,13 +53,17 @@ def summary_rows(runs: list[Run]) -> list[list[Any]]:
     return table
 
 
+#: more runs than this: no legend on the curves
+MAX_LEGEND = 12
+
+
 def curves_png(runs: list[Run]) -> bytes:
     """One PNG, three panels (training loss, validation macro-F1, validation accuracy), one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    from pipelines.plotting import pyplot
+
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
     for name, rows in runs:
@@ -74,7 +78,10 @@ def curves_png(runs: list[Run]) -> bytes:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    if len(runs) <= MAX_LEGEND:
+        axes[0].legend(fontsize=7)
+    else:  # a legend of dozens of runs would squeeze the axes to nothing; the table below names them
+        fig.suptitle(f"{len(runs)} runs (see the table for their names)", fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
