@@ -10,12 +10,16 @@ from ingest.splits import SPLIT_CODES
 from ingest.store import ImageStore
 
 
+def origin_text(origin: dict) -> str:
+    """What a store's ``origin`` attribute says about its data: synthetic demo data or the user's own."""
+    if origin.get("kind") == "synthetic":
+        return "SYNTHETIC (histo-bench generator; not real tissue, numbers on it say nothing clinical)"
+    return f"user-provided, ingested from {origin.get('root', '?')}" if origin else "not recorded"
+
+
 def origin_line(store: ImageStore) -> str:
     """One line saying which data the store holds: synthetic demo data or the user's own."""
-    origin = store.attrs.get("origin", {})
-    if origin.get("kind") == "synthetic":
-        return "data: SYNTHETIC (histo-bench generator; not real tissue, numbers on it say nothing clinical)"
-    return f"data: user-provided, ingested from {origin.get('root', '?')}"
+    return f"data: {origin_text(store.attrs.get('origin', {}))}"
 
 
 def store_tables(store: ImageStore) -> list:

@@ -163,13 +163,9 @@ def _table(header: list[str], rows: list[list[Any]], numeric_from: int = 1) -> s
 
 # -- data ----------------------------------------------------------------------------------------------------------
 
-def _origin_text(origin: dict[str, Any]) -> str:
-    if origin.get("kind") == "synthetic":
-        return "SYNTHETIC (histo-bench generator; not real tissue, the numbers say nothing clinical)"
-    return f"user-provided, ingested from {origin.get('root', '?')}" if origin else "not recorded"
-
-
 def _data_rows(found: Found, page: _Page) -> tuple[list[list[Any]], bool]:
+    from ingest.report_tables import origin_text
+
     rows: dict[str, tuple[str, str, list[str]]] = {}
     synthetic = False
     for path in found.splits:
@@ -183,11 +179,11 @@ def _data_rows(found: Found, page: _Page) -> tuple[list[list[Any]], bool]:
         synthetic |= origin.get("kind") == "synthetic"
         counts = "; ".join(f"{k}: {len(s[k]['patients'])} patients / {len(s[k]['indices'])} images"
                            for k in ("train", "val", "test") if isinstance(s.get(k), dict))
-        _seen(rows, s["store"], _origin_text(origin), counts, page.rel(path.parent))
+        _seen(rows, s["store"], origin_text(origin), counts, page.rel(path.parent))
     for path in found.suites:
         r = json.loads((path / "results.json").read_text())
         synthetic |= r.get("origin", {}).get("kind") == "synthetic"
-        _seen(rows, r.get("store", "?"), _origin_text(r.get("origin", {})), "", page.rel(path))
+        _seen(rows, r.get("store", "?"), origin_text(r.get("origin", {})), "", page.rel(path))
     for path in found.explains:
         e = json.loads(path.read_text())
         d = e.get("data", {})
