@@ -14,17 +14,16 @@ import typer
 from ingest.console import console, setup_logging, stdout
 from pipelines.cli import (
     evaluate_command,
-    explain_command,
+    fail,
     fusion_slides_command,
     loader_bench_command,
     mil_infer_command,
     mil_train_command,
     models_command,
     pretrain_command,
-    report_command,
-    suite_command,
     train_command,
 )
+from pipelines.cli_reports import explain_command, report_command, suite_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Train, compile and benchmark histopathology classifiers on histo-bench stores.")
@@ -91,11 +90,6 @@ def _csv(value: str | None, cast=str) -> tuple:
     return tuple(cast(v.strip()) for v in value.split(",") if v.strip()) if value else ()
 
 
-def _bench_fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
-
-
 @app.command("run")
 def run(
     model: Annotated[str, typer.Option(help="Registered classifier (`histo-bench models`).")] = "swin_tiny",
@@ -134,7 +128,7 @@ def run(
                              task=task, train_epochs=train_epochs, min_time_s=min_time,
                              max_time_s=max(max_time, min_time or 0) if max_time else None, out=str(out))
     except (ValueError, KeyError) as exc:
-        _bench_fail(str(exc).strip("'\""))
+        fail(str(exc).strip("'\""))
 
     def progress(backend: str, precision: str, point) -> None:
         if point is None:
@@ -150,7 +144,7 @@ def run(
     try:
         out_dir, _ = run_benchmark(config, progress)
     except (BenchError, TrainingError) as exc:
-        _bench_fail(str(exc))
+        fail(str(exc))
     stdout.print((out_dir / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
     stdout.print(f"results: {out_dir}")
 
@@ -169,9 +163,9 @@ def compare(
     try:
         rows = compare_rows(load_rows(a), load_rows(b))
     except (FileNotFoundError, ValueError) as exc:
-        _bench_fail(str(exc))
+        fail(str(exc))
     if not rows:
-        _bench_fail(f"{a} and {b} share no measured (model, backend, precision, batch size)")
+        fail(f"{a} and {b} share no measured (model, backend, precision, batch size)")
     table = Table(title=f"A = {a}\nB = {b}", title_justify="left")
     for col in ("model", "backend", "precision", "batch", "img/s A", "img/s B", "B/A", "p50 ms A", "p50 ms B",
                 "B/A ", "macro-F1 B-A"):

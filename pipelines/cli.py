@@ -15,7 +15,8 @@ from ingest.console import console, stdout
 EXIT_ERROR = 1
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
+    """Print a one-line error and exit with status 1 (every histo-bench command fails this way)."""
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_ERROR)
 
@@ -79,7 +80,7 @@ def train_command(
                              fold=fold, split_seed=split_seed, unfreeze=unfreeze, label_fraction=label_fraction,
                              out=str(out) if out else None)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     from ingest.console import progress_bar
 
     with progress_bar(f"training {model}") as bar:
@@ -89,7 +90,7 @@ def train_command(
         try:
             result = train(config, progress=step)
         except (TrainingError, KeyError, ValueError) as exc:  # CVError (too few patients per class) is a ValueError
-            _fail(str(exc).strip("'\""))
+            fail(str(exc).strip("'\""))
     best = result.best_val
     note = " (already complete)" if result.already_complete else (" (resumed)" if result.resumed else "")
     stdout.print(f"run {result.run_dir}{note}: best epoch {result.best_epoch}, val macro-F1 "
@@ -118,7 +119,7 @@ def evaluate_command(
     from pipelines.train import evaluate_split, load_checkpoint
 
     if not checkpoint.exists():
-        _fail(f"{checkpoint}: no such checkpoint")
+        fail(f"{checkpoint}: no such checkpoint")
     dev = resolve_device(device)
     model, config, _ = load_checkpoint(checkpoint, dev)
     store = store_for_run(config, str(data) if data else None)  # the run's split (its fold under --folds)
@@ -127,7 +128,7 @@ def evaluate_command(
         data_config = DataConfig(image_size=config["image_size"], load_size=config["load_size"],
                                  batch_size=config["batch_size"], loader=config["loader"], task=task or model_task)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     table = Table(title=f"{config['model']} trained on {config['train_magnification']} ({model_task}), {split} "
                   f"split, {data_config.task} task", title_justify="left")
     for col in ("test magnification", "images", "patients", "macro-F1", "accuracy", "balanced acc", "patient acc"):
@@ -141,147 +142,12 @@ def evaluate_command(
         try:
             metrics = evaluate_split(model, store, split, m, data_config, dev, None, family, model_task)
         except ValueError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         table.add_row(m, str(metrics.n_images), str(metrics.n_patients), f"{metrics.macro_f1:.3f}",
                       f"{metrics.accuracy:.3f}", f"{metrics.balanced_accuracy:.3f}",
                       f"{metrics.patient_accuracy or 0:.3f}")
     stdout.print(table)
     stdout.print(origin_line(store), highlight=False)
-
-
-def suite_command(
-    name: Annotated[Optional[str], typer.Argument(
-        help="Suite to run (see --list): magnification-transfer (the default), fusion-inputs, transfer, ...")] = None,
-    list_suites: Annotated[bool, typer.Option("--list", help="List the registered suites and exit.")] = False,
-    model: Annotated[Optional[list[str]], typer.Option("--model", help="Model(s) to run (repeatable; default: the "
-                                                                       "suite's).")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="Image store (default: the embedded demo store).")] = None,
-    task: Annotated[Optional[list[str]], typer.Option(
-        "--task", help="subtype and/or binary (repeatable; default: the suite's, transfer runs both).")] = None,
-    folds: Annotated[int, typer.Option(help="Patient-level k-fold cross-validation (0 = the store's own split; "
-                                            "the papers use 5).")] = 0,
-    seeds: Annotated[int, typer.Option(help="Training seeds per fold (seed, seed+1, ...).")] = 1,
-    quick: Annotated[bool, typer.Option(help="CPU-sized runs (64 px, 1 epoch, 3 steps): checks the study end to "
-                                             "end.")] = False,
-    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs per run (default 30; --quick 1).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per step (default 32; --quick 8).")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Cap on steps per epoch (quick runs).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak AdamW learning rate (default: the suite's).")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Network input side (default 224; --quick 64).")] = None,
-    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    seed: Annotated[int, typer.Option(help="First training seed.")] = 0,
-    split_seed: Annotated[int, typer.Option(help="Seed of the fold assignment.")] = 0,
-    pretrained: Annotated[bool, typer.Option(help="Start from ImageNet weights (needs the timm hub).")] = False,
-    weights_dir: Annotated[Optional[Path], typer.Option(
-        help="Folder of local weights named after the models (resnet50.safetensors, ...).")] = None,
-    keep_last: Annotated[bool, typer.Option(help="Keep each finished run's last.pt (optimizer state).")] = False,
-    out: Annotated[Optional[Path], typer.Option(
-        help="Suite directory (default runs/suites/NAME; without NAME: runs/suite, runs/suite-binary).")] = None,
-) -> None:
-    """Seed-study suites: train over folds x seeds, write report.md + report.html with mean ± std tables and figures.
-    Without NAME: the cross-magnification suite (100X / 400X / mixed x test each)."""
-    from pipelines.suites import SUITES, StudyConfig, run_suite
-
-    if list_suites:
-        for suite_name in SUITES.names():
-            spec = SUITES.get(suite_name)
-            defaults = f"; models: {', '.join(spec.models)}" if spec.models else ""
-            stdout.print(f"{suite_name}: {spec.description} (tasks: {', '.join(spec.tasks)}{defaults})",
-                         markup=False, highlight=False, soft_wrap=True)
-        return
-    if name is None and out is None:  # the pre-suites command line and its directories
-        first = (task or ["subtype"])[0]
-        out = Path("runs/suite" if first == "subtype" else f"runs/suite-{first}")
-    from pipelines.train import TrainingError
-
-    try:
-        study = StudyConfig(suite=name or "magnification-transfer", store=str(data) if data else None,
-                            tasks=tuple(task or ()), models=tuple(model or ()), folds=folds, seeds=seeds, seed=seed,
-                            split_seed=split_seed, quick=quick, device=device, out=str(out) if out else None,
-                            epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
-                            max_steps_per_epoch=max_steps, precision=precision, pretrained=pretrained,
-                            weights_dir=str(weights_dir) if weights_dir else None, keep_last=keep_last)
-        SUITES.get(study.suite)
-    except (ValueError, KeyError) as exc:
-        _fail(str(exc).strip("'\""))
-    try:
-        outcome = run_suite(study, on_run=lambda message: console.print(f"[bold]{study.suite}[/] {message}",
-                                                                        highlight=False))
-    except (TrainingError, ValueError, KeyError) as exc:  # CVError / SplitError are ValueErrors
-        _fail(str(exc).strip("'\""))
-    stdout.print(outcome.report_md.read_text(), markup=False, highlight=False)
-    stdout.print(f"report: {outcome.report_md}\nhtml report: {outcome.report_html}", highlight=False,
-                 soft_wrap=True)
-
-
-def report_command(run_dir: Annotated[Path, typer.Argument(
-        help="A run directory: suite, training run, explain output, benchmark results, MIL predictions, or a "
-             "folder holding several.")]) -> None:
-    """Rebuild a run's reports: the suite's report.md + figures (where results.json is) and a self-contained
-    report.html gathering every curve, table and figure under RUN_DIR."""
-    from pipelines.html_report import ReportError, write_html
-    from pipelines.report import write_report
-
-    if not run_dir.is_dir():
-        _fail(f"{run_dir}: no such directory")
-    if (run_dir / "results.json").exists():
-        from pipelines.suites import is_suite_results, rebuild_report
-
-        if is_suite_results(run_dir):  # rebuilds report.html too
-            stdout.print(f"report: {rebuild_report(run_dir)}\nhtml report: {run_dir / 'report.html'}",
-                         highlight=False, soft_wrap=True)
-            return
-        stdout.print(f"report: {write_report(run_dir)}")
-    try:
-        stdout.print(f"html report: {write_html(run_dir)}", highlight=False, soft_wrap=True)
-    except ReportError as exc:
-        _fail(str(exc))
-
-
-def explain_command(
-    checkpoint: Annotated[Path, typer.Option(help="A best.pt from train / suite (image classifier) or mil-train.")],
-    data: Annotated[Optional[Path], typer.Option(help="Image store (slide store for MIL); default: the "
-                                                      "checkpoint's.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default <checkpoint folder>/explain).")] = None,
-    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
-    mag: Annotated[Optional[list[str]], typer.Option("--mag", help="Magnification(s) to explain (repeatable; "
-                                                                   "default: all in the split).")] = None,
-    examples: Annotated[int, typer.Option(help="Images per saliency grid (one grid per magnification).")] = 8,
-    per_outcome: Annotated[int, typer.Option(help="Images per TP / FP / FN row of each class's grid.")] = 4,
-    max_images: Annotated[int, typer.Option(help="At most this many images per magnification (t-SNE).")] = 400,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
-    scale: Annotated[Optional[str], typer.Option(help="MIL: tile scale (default: the checkpoint's).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Picks the examples; seeds t-SNE.")] = 0,
-) -> None:
-    """Grad-CAM / attention-rollout overlays, TP/FP/FN grids per class, t-SNE by class and magnification (MIL:
-    attention heatmaps); figures + explain.json."""
-    from pipelines.explain import ExplainConfig, explain
-
-    if not checkpoint.is_file():
-        _fail(f"{checkpoint}: no such checkpoint")
-    if data is not None and not data.exists():
-        _fail(f"{data}: no such store")
-    try:
-        config = ExplainConfig(checkpoint=str(checkpoint), store=str(data) if data else None,
-                               out=str(out) if out else None, split=split, magnifications=tuple(mag or ()),
-                               n_examples=examples, n_per_outcome=per_outcome, max_images=max_images,
-                               batch_size=batch_size, scale=scale, device=device, seed=seed)
-    except ValueError as exc:
-        _fail(str(exc))
-    from ingest.console import progress_bar
-
-    with progress_bar("explaining") as bar:
-        try:
-            result = explain(config, progress=bar)
-        except (ValueError, KeyError) as exc:  # ExplainError is a ValueError
-            _fail(str(exc).strip("'\""))
-    out_dir = Path(result["path"]).parent
-    for fig in result["figures"]:
-        stdout.print(f"figure: {(out_dir / fig['file']).resolve()}", highlight=False, soft_wrap=True)
-    stdout.print(f"{result['data']['line']}\nmethod: {result['method']}\nexplain: {result['path']}", highlight=False,
-                 soft_wrap=True)
 
 
 def pretrain_command(
@@ -305,12 +171,12 @@ def pretrain_command(
                                 batch_size=batch_size, lr=lr, image_size=image_size, device=device, seed=seed,
                                 out=str(out) if out else None)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     with progress_bar(f"MPCS {pair}") as bar:
         try:
             weights = pretrain(config, progress=bar)
         except (ValueError, RuntimeError, KeyError) as exc:
-            _fail(str(exc).strip("'\""))
+            fail(str(exc).strip("'\""))
     backbone = model.removeprefix("mpcs_")
     stdout.print(f"encoder weights: {weights}\nfine-tune: histo-bench train --model {backbone} --weights {weights}",
                  highlight=False)
@@ -341,7 +207,7 @@ def mil_train_command(
                            device=device, seed=seed, out=str(out))
         summary = train_mil(config)
     except (MILError, ValueError, KeyError) as exc:
-        _fail(str(exc).strip("'\""))
+        fail(str(exc).strip("'\""))
     test = summary["test"]
     stdout.print(f"{out}: slides {summary['n_slides']}, test macro-F1 {test['macro_f1']:.3f}, accuracy "
                  f"{test['accuracy']:.3f} ({test['n_images']} slides)", highlight=False)
@@ -367,7 +233,7 @@ def mil_infer_command(
                          extractor_weights=str(extractor_weights) if extractor_weights else None,
                          labels=labels)
     except (MILError, KeyError) as exc:
-        _fail(str(exc).strip("'\""))
+        fail(str(exc).strip("'\""))
     stdout.print(f"predictions: {path}\nattention heatmaps: {out / 'attention'}", highlight=False)
 
 
@@ -451,7 +317,7 @@ def fusion_slides_command(
                                    out=str(out))
         summary = train_slide_fusion(config)
     except (MILError, ValueError, KeyError) as exc:
-        _fail(str(exc).strip("'\""))
+        fail(str(exc).strip("'\""))
     test = summary.get("test_slide")
     result = (f"test slide macro-F1 {test['macro_f1']:.3f}, accuracy {test['accuracy']:.3f} ({test['n_images']} "
               f"slides)" if test else "no test slides")
