@@ -125,7 +125,7 @@ def run_benchmark(config: BenchConfig, progress: BenchProgress | None = None) ->
     """Run the whole benchmark; returns the results folder and the rows (also written there with the report)."""
     import torch
 
-    from benchmark.accuracy import accuracy_fields, load_eval_sets
+    from benchmark.accuracy import load_eval_sets, run_logits
     from benchmark.backends.eager import Eager
     from benchmark.compute import flops_per_image, matmul_rate
     from benchmark.report import write_report
@@ -172,7 +172,9 @@ def run_benchmark(config: BenchConfig, progress: BenchProgress | None = None) ->
                              batch_size=64, loader="torch", num_workers=0, task=train_cfg.get("task", "subtype"))
     mags = list(config.magnifications or store.attrs["magnifications"])
     sets = load_eval_sets(store, mags, data_config, device, config.max_eval_images)
-    reference = {s.magnification: r for s, r in zip(sets, _reference(Eager(), model, sets, device), strict=True)}
+    # one eager fp32 callable (shape-independent): the reference logits now, the end-of-run recheck later
+    eager_fp32 = Eager().prepare(model, torch.zeros(1, 3, image_size, image_size, device=device), "fp32")
+    reference = {s.magnification: run_logits(eager_fp32, s.images, 32, device) for s in sets}
     common = dict(model=config.model, task=train_cfg.get("task", "subtype"), device=device, image_size=image_size,
                   params_m=count_params(model) / 1e6, gflops_per_image=flops / 1e9, ceiling_ips=ceiling,
                   checkpoint=str(ckpt), data=f"{origin_line(store)}; store {store.path}", env_tag=tag, env=env)
@@ -194,7 +196,7 @@ def run_benchmark(config: BenchConfig, progress: BenchProgress | None = None) ->
         points = sweep(lambda x, b=runner, p=precision: b.prepare(model, x, p),
                        lambda bs: torch.randn(bs, 3, image_size, image_size, device=device), sizes, device, timing,
                        on_point)
-        acc = _accuracy(points, sets, classes, reference, accuracy_fields, device)
+        acc = _accuracy(points, sets, classes, reference, device)
         note = acc.pop("reason", "")
         for point in points:
             fields = {**point.timing, **(acc if point.status == "ok" else {})}
@@ -207,7 +209,7 @@ def run_benchmark(config: BenchConfig, progress: BenchProgress | None = None) ->
         del runner, points  # release compiled graphs / captured memory before the next backend
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
-    _recheck_eager(rows, model, image_size, device, timing)
+    _recheck_eager(rows, eager_fp32, image_size, device, timing)
     save_rows(rows, out_dir)
     (out_dir / "config.json").write_text(json.dumps({**asdict(config), "device": device,
                                                                    "checkpoint": str(ckpt)}, indent=1))
@@ -215,41 +217,30 @@ def run_benchmark(config: BenchConfig, progress: BenchProgress | None = None) ->
     return out_dir, rows
 
 
-def _recheck_eager(rows: list[dict[str, Any]], model, image_size: int, device: str, timing: TimingConfig) -> None:
+def _recheck_eager(rows: list[dict[str, Any]], eager_fp32, image_size: int, device: str,
+                   timing: TimingConfig) -> None:
     """Time eager fp32 again after every other backend, into ``recheck_throughput_ips``: the baseline of every
     comparison, measured twice, shows whether the machine stayed steady through the run."""
     import torch
 
-    from benchmark.backends.eager import Eager
     from benchmark.harness import time_calls
 
     for row in rows:
         if row["backend"] == "eager" and row["precision"] == "fp32" and row["status"] == "ok":
             x = torch.randn(row["batch_size"], 3, image_size, image_size, device=device)
-            again = time_calls(Eager().prepare(model, x, "fp32"), x, device, timing).summary(row["batch_size"])
-            row["recheck_throughput_ips"] = again["throughput_ips"]
+            row["recheck_throughput_ips"] = time_calls(eager_fp32, x, device, timing).summary(
+                row["batch_size"])["throughput_ips"]
 
 
-def _reference(backend, model, sets, device):
-    """Eager fp32 logits per evaluation set: what every other backend's answers are compared with."""
-    from benchmark.accuracy import run_logits
-
-    if not sets:
-        return []
-    import torch
-
-    fn = backend.prepare(model, torch.zeros(1, *sets[0].images.shape[1:], device=device), "fp32")
-    return [run_logits(fn, s.images, 32, device) for s in sets]
-
-
-def _accuracy(points: list[SweepPoint], sets, classes, reference, accuracy_fields, device: str) -> dict[str, Any]:
+def _accuracy(points: list[SweepPoint], sets, classes, reference, device: str) -> dict[str, Any]:
     """Accuracy fields through the one callable the sweep kept (largest successful batch size up to 64)."""
+    from benchmark import accuracy
     kept = [p for p in points if p.status == "ok" and p.infer is not None]
     if not kept or not sets:
         return {}
     eval_point = kept[0]
     try:
-        fields, _ = accuracy_fields(eval_point.infer, sets, eval_point.batch_size, classes, reference, device)
+        fields, _ = accuracy.accuracy_fields(eval_point.infer, sets, eval_point.batch_size, classes, reference, device)
     except Exception as exc:  # noqa: BLE001  (timing stands; the accuracy columns say why they are empty)
         log.warning("accuracy failed at batch %d: %s", eval_point.batch_size, one_line(exc))
         return {"reason": f"accuracy failed: {one_line(exc)}"}
