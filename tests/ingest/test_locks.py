@@ -1,0 +1,144 @@
+"""Work locks: exactly one winner among racing processes, stale locks cleared, never someone else's lock removed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+
+import pytest
+
+from ingest import locks
+from ingest.locks import LockBusy, LockOwner, WorkLock, read_owner
+from ingest.workers import mp_context
+
+
+def _race(path: str, barrier, results) -> None:
+    lock = WorkLock(path, "race")
+    barrier.wait()
+    won = lock.try_acquire()
+    results.put(won)
+    if won:
+        time.sleep(0.5)  # hold it while the others try
+        lock.release()
+
+
+def _race_many(path, n: int = 6) -> list[bool]:
+    ctx = mp_context()
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    workers = [ctx.Process(target=_race, args=(str(path), barrier, results)) for _ in range(n)]
+    for w in workers:
+        w.start()
+    outcome = [results.get(timeout=60) for _ in workers]
+    for w in workers:
+        w.join(timeout=60)
+    return outcome
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _write_lock(path, owner: LockOwner) -> None:
+    path.write_text(json.dumps(asdict(owner)))
+
+
+def test_one_winner_among_racing_processes(tmp_path):
+    outcome = _race_many(tmp_path / "x.lock")
+    assert outcome.count(True) == 1, outcome
+    assert not (tmp_path / "x.lock").exists()  # released by the winner
+
+
+def test_one_winner_when_racing_processes_all_find_the_lock_stale(tmp_path):
+    path = tmp_path / "x.lock"
+    _write_lock(path, replace(LockOwner.me("old"), pid=_dead_pid(), start_ticks=None))
+    outcome = _race_many(path)
+    assert outcome.count(True) == 1, outcome
+
+
+def test_a_live_holder_keeps_its_lock_and_is_named(tmp_path):
+    first, second = WorkLock(tmp_path / "x.lock", "tiling a"), WorkLock(tmp_path / "x.lock", "tiling a")
+    assert first.try_acquire()
+    assert not second.try_acquire()
+    holder = second.holder()
+    assert holder.pid == os.getpid() and "tiling a" in holder.describe()
+    with pytest.raises(LockBusy, match=f"held by pid {os.getpid()}"):
+        second.acquire(timeout=0.2, poll=0.05)
+    first.release()
+    assert second.try_acquire()
+    second.release()
+
+
+def test_lock_content_is_whole_from_the_start(tmp_path):
+    lock = WorkLock(tmp_path / "x.lock", "ingesting s.zarr")
+    with lock:
+        owner = read_owner(tmp_path / "x.lock")
+        assert owner == lock.owner and owner.host and owner.token
+    assert not (tmp_path / "x.lock").exists()
+
+
+def test_a_dead_pid_on_this_host_is_stale(tmp_path):
+    path = tmp_path / "x.lock"
+    _write_lock(path, replace(LockOwner.me("old"), pid=_dead_pid()))
+    lock = WorkLock(path, "new")
+    assert lock.try_acquire()
+    assert read_owner(path).token == lock.owner.token
+    lock.release()
+
+
+def test_a_reused_pid_is_told_apart_by_its_start_time(tmp_path):
+    me = LockOwner.me("old")
+    if me.start_ticks is None:
+        pytest.skip("no /proc start times here")
+    path = tmp_path / "x.lock"
+    _write_lock(path, replace(me, start_ticks=me.start_ticks - 1))  # "this pid", but another process's start
+    assert WorkLock(path, "new").try_acquire()
+
+
+def test_another_hosts_lock_is_stale_only_when_its_heartbeat_is_old(tmp_path, monkeypatch):
+    path = tmp_path / "x.lock"
+    _write_lock(path, replace(LockOwner.me("remote"), host="some-other-node"))
+    assert not WorkLock(path, "new").try_acquire()  # fresh heartbeat: alive
+    old = time.time() - locks.STALE_SECONDS - 5
+    os.utime(path, (old, old))
+    assert WorkLock(path, "new").try_acquire()
+
+
+def test_heartbeat_keeps_the_lock_fresh(tmp_path, monkeypatch):
+    monkeypatch.setattr(locks, "HEARTBEAT_SECONDS", 0.05)
+    lock = WorkLock(tmp_path / "x.lock", "long job")
+    with lock:
+        old = time.time() - 1000
+        os.utime(lock.path, (old, old))
+        time.sleep(0.3)
+        assert time.time() - lock.path.stat().st_mtime < 5
+
+
+def test_release_never_removes_a_lock_taken_over_by_another_process(tmp_path):
+    lock = WorkLock(tmp_path / "x.lock", "mine")
+    assert lock.try_acquire()
+    other = replace(LockOwner.me("theirs"), token="another-token")
+    _write_lock(lock.path, other)  # e.g. this process stalled, its lock was found stale and taken
+    lock.release()
+    assert read_owner(lock.path).token == "another-token"
+
+
+def test_an_unreadable_lock_is_stale_after_its_grace(tmp_path):
+    path = tmp_path / "x.lock"
+    path.write_text("{not json")
+    assert not WorkLock(path, "new").try_acquire()
+    old = time.time() - locks.UNREADABLE_GRACE_SECONDS - 1
+    os.utime(path, (old, old))
+    assert WorkLock(path, "new").try_acquire()
+
+
+def test_released_on_an_exception(tmp_path):
+    lock = WorkLock(tmp_path / "x.lock", "boom")
+    with pytest.raises(RuntimeError), lock:
+        raise RuntimeError("boom")
+    assert not lock.path.exists()
