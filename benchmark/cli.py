@@ -179,7 +179,12 @@ def compare(
 
 
 def main() -> None:
-    app()
+    from ingest.workers import stop_helpers
+
+    try:
+        app()
+    finally:
+        stop_helpers()  # no forkserver or resource tracker outlives the command
 
 
 if __name__ == "__main__":

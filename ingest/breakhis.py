@@ -11,12 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,10 @@ from ingest.breakhis_names import (
     tumour_group,
 )
 from ingest.decode import DecodeError, decode_file, read_size
+from ingest.output_guard import refusal, store_format
 from ingest.splits import SplitConfig, patient_split
-from ingest.store import ImageMeta, ImageStoreWriter, StoreError, is_complete, partial_path
+from ingest.store import FORMAT, ImageMeta, ImageStoreWriter, StoreError, is_complete, partial_path, store_lock
+from ingest.workers import process_pool
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,10 @@ class IngestConfig:
         workers: decoder processes; 0 = one per CPU core (at most 8); 1 = decode in this process.
         shard_size: images per shard file.
         clevel: zstd compression level (1 fastest .. 9 smallest).
-        overwrite: replace a complete store at ``out``; without it a complete store makes the ingest a no-op.
+        overwrite: replace the histo-bench image store at ``out`` and discard any interrupted ``<out>.partial``;
+            without it a complete store makes the ingest a no-op. Whatever is not a histo-bench image store (a
+            folder with files in it, a slide store) is refused, never replaced
+            (:func:`ingest.output_guard.refusal`).
     """
 
     root: str
@@ -198,9 +202,7 @@ def _bounded_imap(fn, tasks: list, workers: int, window: int) -> Iterator:
     if workers <= 1:
         yield from map(fn, tasks)
         return
-    ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
-                                      else "spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with process_pool(workers) as pool:
         pending: deque[Future] = deque()
         it = iter(tasks)
         for task in it:
@@ -255,13 +257,34 @@ def ingest_breakhis(config: IngestConfig, progress: Progress | None = None) -> I
     if not root.is_dir():
         raise IngestError(f"{root}: not a directory")
     summary = IngestSummary(store=str(out))
+    for target in (out, partial_path(out)):
+        reason = refusal(target, FORMAT, "image store")
+        if reason:
+            raise IngestError(reason)
     if is_complete(out) and not config.overwrite:
         log.info("%s is already complete; nothing to do (pass --overwrite to rebuild it)", out)
         summary.already_complete = True
         return summary
-    if out.exists() and not is_complete(out) and not config.overwrite:
-        raise IngestError(f"{out} exists and is not a complete histo-bench store; pass --overwrite to replace it")
+    if store_format(out) == FORMAT and not is_complete(out) and not config.overwrite:
+        raise IngestError(f"{out} is an incomplete histo-bench store; pass --overwrite to replace it")
+    lock = store_lock(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire(on_wait=lambda holder: log.warning(
+            "%s is being written by %s; waiting for it", out, holder.describe() if holder else "another process"))
+    except OSError as exc:
+        raise IngestError(f"cannot write {lock.path}: {exc.strerror or exc}") from exc
+    with lock:
+        if is_complete(out) and not config.overwrite:  # the process we waited for finished it
+            log.info("%s was completed by another process; nothing to do", out)
+            summary.already_complete = True
+            return summary
+        return _ingest_locked(config, root, out, summary, t0, progress)
 
+
+def _ingest_locked(config: IngestConfig, root: Path, out: Path, summary: IngestSummary, t0: float,
+                   progress: Progress | None) -> IngestSummary:
+    """The ingest proper, run by the one process that holds the store's lock."""
     candidates, problems = discover(root, config.magnifications)
     for p in problems:
         log.warning("skipped %s", p.line())
@@ -273,7 +296,7 @@ def ingest_breakhis(config: IngestConfig, progress: Progress | None = None) -> I
     try:
         writer = ImageStoreWriter(out, capacity=len(candidates), height=size[0], width=size[1],
                                   shard_size=config.shard_size, clevel=config.clevel,
-                                  resume_key=_resume_key(config, candidates, size))
+                                  resume_key=_resume_key(config, candidates, size), discard=config.overwrite)
     except (StoreError, OSError) as exc:
         raise IngestError(f"cannot write {partial_path(out)}: {exc}") from exc
     summary.resumed = writer.resumed

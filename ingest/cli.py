@@ -202,10 +202,11 @@ def info(store: Annotated[Path, typer.Argument(help="A store written by histo-in
 
 
 def _print_info(path: Path, patients: bool = False) -> None:
+    from ingest.output_guard import store_format
     from ingest.report_tables import patient_table, slide_store_tables, store_tables
     from ingest.slide_store import FORMAT as SLIDE_FORMAT
     from ingest.slide_store import SlideStore
-    from ingest.store import ImageStore, StoreError, store_format
+    from ingest.store import ImageStore, StoreError
 
     try:
         if store_format(path) == SLIDE_FORMAT:
@@ -220,7 +221,12 @@ def _print_info(path: Path, patients: bool = False) -> None:
 
 
 def main() -> None:
-    app()
+    from ingest.workers import stop_helpers
+
+    try:
+        app()
+    finally:
+        stop_helpers()  # no forkserver or resource tracker outlives the command
 
 
 if __name__ == "__main__":

@@ -175,10 +175,10 @@ def generate_tree(out_dir: str | Path, config: SyntheticConfig = SyntheticConfig
             if progress is not None:
                 progress(done, total)
         return paths
-    import multiprocessing
+    from ingest.workers import process_pool
 
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        for done, path in enumerate(pool.imap(_write_one, jobs, chunksize=4), 1):
+    with process_pool(workers) as pool:
+        for done, path in enumerate(pool.map(_write_one, jobs, chunksize=4), 1):
             paths.append(path)
             if progress is not None:
                 progress(done, total)

@@ -8,16 +8,15 @@ pool, workers report per-slide tile progress through a queue; Dask tasks report 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import queue
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ingest.slide_store import init_store
 from ingest.tiling import SlideResult, TileConfig, slide_id_for, tile_slide
+from ingest.workers import mp_context, process_pool
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +74,30 @@ def _check_unique_ids(slides: list[Path]) -> None:
         seen[sid] = p
 
 
-def _queue_progress(q):
-    return lambda sid, done, total: q.put(("progress", sid, done, total))
+#: How often a run that found a slide locked by another worker checks on it again (seconds).
+BUSY_POLL_SECONDS = 1.0
+
+_worker_queue = None  # a pool worker's progress queue, set by _set_queue when the worker starts
 
 
-def _pool_task(path: str, store: str, config: TileConfig, overlay_dir: str | None, q) -> SlideResult:
+def _set_queue(q) -> None:
+    global _worker_queue
+    _worker_queue = q
+
+
+def _pool_task(path: str, store: str, config: TileConfig, overlay_dir: str | None) -> SlideResult:
+    q = _worker_queue
     q.put(("start", slide_id_for(Path(path)), 0, 0))
-    return tile_slide(path, store, config, overlay_dir=overlay_dir, progress=_queue_progress(q))
+    return tile_slide(path, store, config, overlay_dir=overlay_dir,
+                      progress=lambda sid, done, total: q.put(("progress", sid, done, total)))
 
 
 def run_tiling(slides: list[Path], store: str | Path, config: TileConfig, *, workers: int = 1,
                scheduler: str | None = None, overlay_dir: str | Path | None = None,
                events: TileEvents | None = None) -> TileRunSummary:
     """Tile ``slides`` into ``store``: serially (``workers=1``), on a local process pool, or on the Dask cluster at
-    ``scheduler`` (``tcp://host:port``)."""
+    ``scheduler`` (``tcp://host:port``). A slide another process is tiling (its lock is held) is left to it and
+    checked again once the others are done: the run ends when every slide has been finished by someone."""
     events = events or TileEvents()
     if not slides:
         raise TileRunError("no slides to tile")
@@ -106,26 +115,45 @@ def run_tiling(slides: list[Path], store: str | Path, config: TileConfig, *, wor
         results = []
         for p in slides:
             events.slide_started(slide_id_for(p))
-            res = tile_slide(p, store, config, overlay_dir=ov, progress=events.slide_progress)
-            events.slide_finished(res)
-            results.append(res)
+            results.append(_finished(tile_slide(p, store, config, overlay_dir=ov, progress=events.slide_progress),
+                                     events))
     else:
         results = _run_pool(slides, store, config, workers, ov, events)
+    results = _wait_for_busy(results, store, config, ov, events)
     order = {str(p): i for i, p in enumerate(slides)}
     summary.results = sorted(results, key=lambda r: order.get(r.path, 0))
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
+def _finished(result: SlideResult, events: TileEvents) -> SlideResult:
+    if result.status != "busy":
+        events.slide_finished(result)
+    return result
+
+
+def _wait_for_busy(results: list[SlideResult], store, config, overlay_dir, events) -> list[SlideResult]:
+    """Come back to the slides another process held: wait while it works, take over if its lock goes stale."""
+    done = [r for r in results if r.status != "busy"]
+    busy = [r for r in results if r.status == "busy"]
+    for r in busy:
+        log.warning("%s: %s; waiting for it to finish", r.path, r.error)
+    while busy:
+        time.sleep(BUSY_POLL_SECONDS)
+        still = []
+        for r in busy:
+            res = tile_slide(r.path, store, config, overlay_dir=overlay_dir, progress=events.slide_progress)
+            (still if res.status == "busy" else done).append(_finished(res, events))
+        busy = still
+    return done
+
+
 def _run_pool(slides, store, config, workers, overlay_dir, events) -> list[SlideResult]:
-    ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
-                                      else "spawn")
-    manager = ctx.Manager()
-    q = manager.Queue()
+    q = mp_context().Queue()
     results: list[SlideResult] = []
     try:
-        with ProcessPoolExecutor(max_workers=min(workers, len(slides)), mp_context=ctx) as pool:
-            futures = {pool.submit(_pool_task, str(p), str(store), config, overlay_dir, q): p for p in slides}
+        with process_pool(min(workers, len(slides)), _set_queue, (q,)) as pool:
+            futures = {pool.submit(_pool_task, str(p), str(store), config, overlay_dir): p for p in slides}
             pending = set(futures)
             while pending:
                 _drain(q, events)
@@ -133,14 +161,13 @@ def _run_pool(slides, store, config, workers, overlay_dir, events) -> list[Slide
                 for fut in finished:
                     pending.discard(fut)
                     _drain(q, events)
-                    res = _result_or_failure(fut, futures[fut])
-                    events.slide_finished(res)
-                    results.append(res)
+                    results.append(_finished(_result_or_failure(fut, futures[fut]), events))
                 if pending:
                     time.sleep(0.05)
             _drain(q, events)
     finally:
-        manager.shutdown()
+        q.close()
+        q.join_thread()
     return results
 
 
@@ -184,9 +211,7 @@ def _run_dask(slides, store, config, scheduler, overlay_dir, events) -> list[Sli
         for p in slides:
             events.slide_started(slide_id_for(p))
         for fut in dask_as_completed(futures):
-            res = _result_or_failure(fut, by_key[fut.key])
-            events.slide_finished(res)
-            results.append(res)
+            results.append(_finished(_result_or_failure(fut, by_key[fut.key]), events))
     finally:
         client.close()
     return results

@@ -11,7 +11,9 @@ indices (for patient-level evaluation). Every loader has ``__len__`` (batches pe
 - :class:`~pipelines.dali.DaliLoader` (``pipelines/dali.py``): images streamed from the store through DALI.
 - :class:`TorchLoader`: a ``torch.utils.data.DataLoader`` with worker processes that read and resize single images;
   uint8 batches are collated, moved to the device and augmented there *after* collation (one batched
-  :class:`GpuAugment` call per batch instead of one per image).
+  :class:`GpuAugment` call per batch instead of one per image). Workers start through the forkserver (spawn where
+  there is none), never by forking a training process that by then runs DALI, cuCIM, ONNX Runtime, inductor,
+  OpenMP and zarr threads, and exit when that process dies (:mod:`ingest.workers`).
 
 Ordering (all loaders): epoch ``e`` of rank ``r`` is a pure function of ``(seed, e)``: one permutation of the whole
 selection (identical on all ranks), of which rank ``r`` takes positions ``r, r + world_size, ...``. For training
@@ -22,6 +24,7 @@ without calling :meth:`set_epoch` advances the epoch by one each time.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -33,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ingest.workers import mp_context, watch_parent
 from pipelines.augment import AugmentConfig, GpuAugment, eval_transform, resize_uint8
 from pipelines.tasks import check_task, task_labels
 
@@ -343,8 +347,9 @@ class _OrderSampler(torch.utils.data.Sampler):
         return len(self.order)
 
 
-def _worker_init(_worker_id: int) -> None:
+def _worker_init(_worker_id: int, parent_pid: int) -> None:
     torch.set_num_threads(1)
+    watch_parent(parent_pid)  # a worker never outlives the training process, even one killed by SIGKILL
 
 
 class TorchLoader(_EpochMixin):
@@ -366,7 +371,9 @@ class TorchLoader(_EpochMixin):
         self._sampler = _OrderSampler()
         self._loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=self.batch_size, sampler=self._sampler, drop_last=self.drop_last,
-            num_workers=num_workers, pin_memory=self.device.type == "cuda", worker_init_fn=_worker_init,
+            num_workers=num_workers, pin_memory=self.device.type == "cuda",
+            worker_init_fn=functools.partial(_worker_init, parent_pid=os.getpid()),
+            multiprocessing_context=mp_context() if num_workers > 0 else None,
             persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)
 
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 
 import numpy as np
@@ -214,3 +215,70 @@ def test_input_efficiency_on_cpu(store):
     assert result["loader_images_per_s"] > 0 and result["synthetic_images_per_s"] > 0
     assert 0 < result["efficiency"] < 5
     assert result["batch_size"] == 8
+
+
+def _start_library_threads(tmp_path) -> list[str]:
+    """Start the thread pools a training process holds by the time it builds a loader (OpenMP / intra-op, zarr and
+    store-read threads, ONNX Runtime, cuCIM, DALI where installed); returns the names of those started."""
+    started = ["torch intra-op"]
+    torch.set_num_threads(2)
+    torch.randn(256, 256) @ torch.randn(256, 256)
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        session.run(None, {"x": np.ones(4, np.float32)})
+        started.append("onnxruntime")
+    except ImportError:
+        pass
+    try:
+        import tifffile
+        from cucim import CuImage
+
+        path = tmp_path / "threads.tif"
+        tifffile.imwrite(path, np.zeros((256, 256, 3), np.uint8), tile=(128, 128))
+        np.asarray(CuImage(str(path)).read_region((0, 0), (64, 64), 0))
+        started.append("cucim")
+    except ImportError:
+        pass
+    try:
+        from nvidia.dali import fn, pipeline_def
+
+        @pipeline_def(batch_size=2, num_threads=2, device_id=None)
+        def noise():
+            return fn.random.uniform(range=(0.0, 1.0), shape=(4,))
+
+        pipe = noise()
+        pipe.build()
+        pipe.run()
+        started.append("dali")
+    except ImportError:
+        pass
+    return started
+
+
+def test_multi_worker_loader_is_fork_safe_after_library_threads(store, tmp_path):
+    """The class of the clean-clone segfault: a DataLoader whose workers were forked from a process running many
+    threads. Workers must start through the forkserver / spawn, and a 2-worker loader must give the in-process
+    loader's batches, epoch after epoch, after those libraries' threads are running."""
+    started = _start_library_threads(tmp_path)
+    store.read(np.arange(8))  # the store's read pool
+    if os.path.isdir("/proc/self/task"):  # native threads too (threading only counts Python's)
+        assert len(os.listdir("/proc/self/task")) >= 4, started
+    idx = store.select(split="train")
+    cfg = DataConfig(image_size=32, load_size=40, batch_size=8, num_workers=2)
+    loader = TorchLoader.from_store(store, idx, cfg, device="cpu", train=True, seed=3)
+    assert loader._loader.multiprocessing_context.get_start_method() in ("forkserver", "spawn")
+    reference = TorchLoader.from_store(store, idx, DataConfig(image_size=32, load_size=40, batch_size=8,
+                                                              num_workers=0), device="cpu", train=True, seed=3)
+    for epoch in range(3):
+        got, want = list(loader), list(reference)
+        assert len(got) == len(want) > 0, started
+        for (xg, yg, ig), (xw, yw, iw) in zip(got, want, strict=True):
+            assert torch.equal(ig, iw) and torch.equal(yg, yw), f"epoch {epoch}"
+            assert torch.allclose(xg, xw, atol=1e-5), f"epoch {epoch}"

@@ -1,0 +1,100 @@
+"""Worker processes that never outlive their parent: the one way ``ingest`` starts a process pool.
+
+* **Start method**: ``forkserver`` where the platform has it, else ``spawn``; never ``fork`` from a process that by
+  then runs threads (DALI, cuCIM, ONNX Runtime, OpenMP, zarr I/O), which can deadlock or crash the child.
+* **Parent death**: every worker runs a watchdog thread on the process that made the pool (a Linux ``pidfd`` when
+  available, else a 0.2 s poll). When that process dies, even by SIGKILL, the worker exits at once, so a killed
+  ``histo-ingest`` leaves nothing running that could race an immediate rerun; the forkserver and the resource
+  tracker then see their pipes close and exit too.
+* **Clean exit**: :func:`stop_helpers` stops the forkserver and resource-tracker processes that multiprocessing
+  keeps for the life of the interpreter, so a command that returns leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import select
+import threading
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: How often a worker without pidfd support checks that its parent is alive.
+POLL_SECONDS = 0.2
+
+
+def start_method() -> str:
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def mp_context():
+    """The multiprocessing context every pool of the project uses (see the module doc)."""
+    return multiprocessing.get_context(start_method())
+
+
+def _wait_for_exit(pid: int) -> None:
+    """Block until process ``pid`` has exited."""
+    pidfd = None
+    if hasattr(os, "pidfd_open"):
+        with contextlib.suppress(OSError):
+            pidfd = os.pidfd_open(pid)
+    if pidfd is not None:
+        try:
+            select.select([pidfd], [], [])  # readable once the process has exited
+        finally:
+            os.close(pidfd)
+        return
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            pass
+        threading.Event().wait(POLL_SECONDS)
+
+
+def watch_parent(parent_pid: int) -> None:
+    """Start a daemon thread that ends this process as soon as ``parent_pid`` exits."""
+
+    def watchdog() -> None:
+        _wait_for_exit(parent_pid)
+        os._exit(1)
+
+    threading.Thread(target=watchdog, name=f"watch-parent-{parent_pid}", daemon=True).start()
+
+
+def _init_worker(parent_pid: int, initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    watch_parent(parent_pid)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def process_pool(workers: int, initializer: Callable[..., None] | None = None,
+                 initargs: tuple[Any, ...] = ()) -> ProcessPoolExecutor:
+    """A ``ProcessPoolExecutor`` of ``workers`` processes that exit when this process dies (see the module doc);
+    ``initializer(*initargs)`` runs in each worker after its watchdog is set up."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp_context(), initializer=_init_worker,
+                               initargs=(os.getpid(), initializer, initargs))
+
+
+def stop_helpers() -> None:
+    """Stop multiprocessing's forkserver and resource tracker if this process started them (they would otherwise
+    linger until the interpreter exits). Safe to call at any time; a later pool starts them again."""
+    with contextlib.suppress(Exception):
+        from multiprocessing import forkserver
+
+        server = getattr(forkserver, "_forkserver", None)
+        if server is not None and getattr(server, "_forkserver_pid", None) is not None:
+            server._stop()
+    with contextlib.suppress(Exception):
+        from multiprocessing import resource_tracker
+
+        tracker = getattr(resource_tracker, "_resource_tracker", None)
+        if tracker is not None and getattr(tracker, "_pid", None) is not None:
+            tracker._stop()
