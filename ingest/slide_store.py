@@ -11,13 +11,18 @@ Layout::
         multiscale/<scale>         (N, F, T, T, 3) uint8   concentric fields of view 1x/2x/4x/8x (optional)
         thumbnail                  (h, w, 3) uint8  and  tissue_mask (h, w) bool
 
-A slide is built under ``<slide_id>.partial`` and renamed into place after ``complete`` is set: a slide folder
-without ``.partial`` is always whole, and a rerun redoes any ``.partial`` one from scratch.
+A slide is built under ``<slide_id>.partial`` by the one process that holds ``<slide_id>.lock``
+(:mod:`ingest.locks`) and renamed into place after ``complete`` is set: a slide folder without ``.partial`` is
+always whole, and a rerun redoes any ``.partial`` one from scratch. "Complete" is trusted only after every array
+the slide's attributes promise is found with the promised shape (:func:`slide_problem`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +30,11 @@ from typing import Any
 
 import numpy as np
 
+from ingest.locks import WorkLock
+from ingest.output_guard import refusal, store_format
 from ingest.shards import ShardWriter
+
+log = logging.getLogger(__name__)
 
 FORMAT = "histo-bench/slide-store"
 FORMAT_VERSION = 1
@@ -43,18 +52,21 @@ def _zarr():
 
 
 def init_store(path: str | Path) -> Path:
-    """Create the store root (or check an existing one); raises :class:`SlideStoreError` when unwritable."""
+    """Create the store root (or check an existing one). Raises :class:`SlideStoreError` when ``path`` is not a
+    slide store and not empty (nothing in it is touched: :func:`ingest.output_guard.refusal`) or is unwritable.
+
+    The root's ``zarr.json`` is created at most once even by racing processes (built aside, then hard-linked into
+    place, which fails when the name exists), so a second tiler never clears what a first one wrote."""
     path = Path(path)
-    zarr = _zarr()
+    reason = refusal(path, FORMAT, "slide store")
+    if reason:
+        raise SlideStoreError(reason)
     try:
-        if (path / "zarr.json").exists():
-            attrs = dict(zarr.open_group(str(path), mode="r").attrs)
-            if attrs.get("format") != FORMAT:
-                raise SlideStoreError(f"{path}: exists and is not a histo-bench slide store")
-        else:
-            path.mkdir(parents=True, exist_ok=True)
-            group = zarr.open_group(str(path), mode="w")
-            group.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION})
+        path.mkdir(parents=True, exist_ok=True)
+        if store_format(path) != FORMAT:
+            _create_root(path)
+        if store_format(path) != FORMAT:
+            raise SlideStoreError(f"{path}: exists and is not a histo-bench slide store")
         probe = path / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
@@ -63,18 +75,60 @@ def init_store(path: str | Path) -> Path:
     return path
 
 
+def _create_root(path: Path) -> None:
+    aside = path / f".init-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        group = _zarr().open_group(str(aside), mode="w")
+        group.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION})
+        with contextlib.suppress(FileExistsError):  # another process created it first: theirs is kept
+            os.link(aside / "zarr.json", path / "zarr.json")
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def slide_lock(store: str | Path, slide_id: str, what: str = "tiling") -> WorkLock:
+    """The lock a process holds while it writes slide ``slide_id`` of ``store`` (``<store>/<slide_id>.lock``)."""
+    return WorkLock(Path(store) / f"{slide_id}.lock", f"{what} {slide_id}")
+
+
+def slide_problem(store: str | Path, slide_id: str) -> str | None:
+    """None when slide ``slide_id`` is complete and every array its attributes promise exists with the promised
+    shape; else why it is not (``missing``, interrupted, an array absent or of the wrong shape)."""
+    final = Path(store) / slide_id
+    if not (final / "zarr.json").exists():
+        return "interrupted (still .partial)" if (Path(store) / (slide_id + PARTIAL)).exists() else "missing"
+    try:
+        group = _zarr().open_group(str(final), mode="r")
+        attrs = dict(group.attrs)
+        if not attrs.get("complete"):
+            return "not marked complete"
+        t = int(attrs["tile_size"])
+        expected: dict[str, tuple[int, ...]] = {}
+        fields = list(attrs.get("multiscale_fields") or [])
+        for k, (label, scale) in enumerate(attrs["scales"].items()):
+            n = int(scale["tiles"])
+            expected.update({f"tiles/{label}": (n, t, t, 3), f"coords/{label}": (n, 2), f"tissue/{label}": (n,)})
+            if fields and k == 0:
+                expected[f"multiscale/{label}"] = (n, len(fields), t, t, 3)
+        for key, shape in expected.items():
+            if key not in group:
+                return f"array {key} is missing"
+            if tuple(group[key].shape) != shape:
+                return f"array {key} has shape {tuple(group[key].shape)}, expected {shape}"
+        for key in ("thumbnail", "tissue_mask"):
+            if key not in group:
+                return f"array {key} is missing"
+    except Exception as exc:  # unreadable metadata: not complete, whatever the reason
+        return f"unreadable ({type(exc).__name__}: {exc})".splitlines()[0]
+    return None
+
+
 def slide_status(store: str | Path, slide_id: str) -> str:
-    """``complete``, ``partial`` (an interrupted run) or ``missing``."""
-    store = Path(store)
-    final = store / slide_id
-    if (final / "zarr.json").exists():
-        try:
-            if _zarr().open_group(str(final), mode="r").attrs.get("complete"):
-                return "complete"
-        except Exception:
-            pass
-        return "partial"
-    return "partial" if (store / (slide_id + PARTIAL)).exists() else "missing"
+    """``complete`` (verified by :func:`slide_problem`), ``partial`` (interrupted or broken) or ``missing``."""
+    problem = slide_problem(store, slide_id)
+    if problem is None:
+        return "complete"
+    return "missing" if problem == "missing" else "partial"
 
 
 def _blosc(clevel: int):
@@ -94,8 +148,9 @@ class SlideWriter:
         self.shard_size = shard_size
         self.clevel = clevel
         self.partial = self.store / (slide_id + PARTIAL)
-        for stale in (self.partial, self.store / slide_id):
+        for stale in (self.partial, self.store / slide_id):  # the caller holds the slide's lock: nobody else's
             if stale.exists():
+                log.info("%s: discarding %s (%s)", slide_id, stale, slide_problem(store, slide_id))
                 shutil.rmtree(stale)
         self.group = _zarr().open_group(str(self.partial), mode="w")
         self._writers: dict[str, ShardWriter | None] = {}
@@ -172,7 +227,8 @@ class SlideStore:
     def slide_ids(self) -> list[str]:
         """Finished slides (interrupted ones, still ``.partial``, are not listed)."""
         return sorted(p.name for p in self.path.iterdir()
-                      if p.is_dir() and not p.name.endswith(PARTIAL) and slide_status(self.path, p.name) == "complete")
+                      if p.is_dir() and not p.name.endswith(PARTIAL) and not p.name.startswith(".")
+                      and slide_status(self.path, p.name) == "complete")
 
     def partial_ids(self) -> list[str]:
         return sorted(p.name[: -len(PARTIAL)] for p in self.path.iterdir() if p.name.endswith(PARTIAL))

@@ -14,14 +14,14 @@ Layout of one store (a directory)::
     attrs: format, format_version, classes, magnifications, height, width, config, split, generator/source,
            summary (counts, skipped files), complete
 
-A store is written under ``<out>.partial`` and renamed to ``<out>`` only after ``complete`` is set, so a store at
-``<out>`` is always whole. An interrupted write resumes from the last finished shard when the same inputs and
-config are ingested again.
+A store is written under ``<out>.partial``, by the one process holding ``<out>.lock`` (:mod:`ingest.locks`), and
+renamed to ``<out>`` only after ``complete`` is set, so a store at ``<out>`` is always whole. An interrupted write
+resumes from the last finished shard when the same inputs and config are ingested again and every checkpointed
+array and shard is still there; any other partial store is discarded with a one-line note.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -34,7 +34,9 @@ from typing import Any
 import numpy as np
 
 from ingest.breakhis_names import resolve_magnifications
-from ingest.shards import ShardedImageReader
+from ingest.locks import WorkLock
+from ingest.output_guard import refusal
+from ingest.shards import ShardedImageReader, ShardLayout
 from ingest.splits import SPLIT_CODES, SplitResult, as_str_array, assert_patient_disjoint
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,12 @@ def partial_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+def store_lock(out: str | Path) -> WorkLock:
+    """The lock a process holds while it builds the image store ``out`` (``<out>.lock``, beside it)."""
+    out = Path(out)
+    return WorkLock(out.with_name(out.name + ".lock"), f"ingesting {out.name}")
+
+
 def is_complete(path: str | Path) -> bool:
     """True when ``path`` holds a finished store (its ``complete`` attribute is set)."""
     path = Path(path)
@@ -76,14 +84,6 @@ def is_complete(path: str | Path) -> bool:
         return bool(_zarr().open_group(str(path), mode="r").attrs.get("complete", False))
     except Exception:  # unreadable metadata counts as incomplete
         return False
-
-
-def store_format(path: str | Path) -> str | None:
-    """The ``format`` attribute of the zarr group at ``path`` (None when it has none or is not a zarr group)."""
-    meta = Path(path) / "zarr.json"
-    if not meta.exists():
-        return None
-    return json.loads(meta.read_text()).get("attributes", {}).get("format")
 
 
 @dataclass
@@ -107,7 +107,7 @@ class ImageStoreWriter:
     """
 
     def __init__(self, out: str | Path, *, capacity: int, height: int, width: int, shard_size: int = 32,
-                 clevel: int = 3, resume_key: str = "") -> None:
+                 clevel: int = 3, resume_key: str = "", discard: bool = False) -> None:
         self.out = Path(out)
         self.partial = partial_path(self.out)
         self.height, self.width, self.shard_size = height, width, shard_size
@@ -116,21 +116,46 @@ class ImageStoreWriter:
         self.resumed = False
         self.progress: dict[str, Any] = {"consumed": 0, "written": 0, "skipped": [], "converted": []}
         if self.partial.exists():
-            try:
-                group = zarr.open_group(str(self.partial), mode="r+")
-                if group.attrs.get("resume_key") == resume_key and resume_key:
-                    self.group = group
-                    self.progress = dict(group.attrs["progress"])
-                    self.resumed = True
-                    log.info("resuming %s: %d inputs already done", self.partial, self.progress["consumed"])
-            except Exception as exc:  # a partial store too broken to resume is rebuilt
-                log.warning("discarding unreadable partial store %s: %s", self.partial, exc)
-            if not self.resumed:
+            problem = "--overwrite discards it" if discard else self._resume_problem(zarr, resume_key)
+            if problem is None:
+                self.group = zarr.open_group(str(self.partial), mode="r+")
+                self.progress = dict(self.group.attrs["progress"])
+                self.resumed = True
+                log.info("resuming %s: %d inputs already done", self.partial, self.progress["consumed"])
+            else:
+                log.warning("discarding the partial store %s: %s", self.partial, problem)
                 shutil.rmtree(self.partial)
         if not self.resumed:
             self.group = self._create(zarr, clevel, resume_key)
         self._buffer: list[tuple[np.ndarray, ImageMeta]] = []
         self._pending_consumed = self.progress["consumed"]
+
+    def _resume_problem(self, zarr, resume_key: str) -> str | None:
+        """None when the partial store can be continued: same inputs and settings, and every array and every shard
+        its checkpoint counts still there; else why not."""
+        try:
+            group = zarr.open_group(str(self.partial), mode="r")
+            attrs = dict(group.attrs)
+            if not resume_key or attrs.get("resume_key") != resume_key:
+                return "it was made from other inputs or settings"
+            written = int(attrs["progress"]["written"])
+            n, h, w = self.capacity, self.height, self.width
+            shapes = {"images": (n, h, w, 3), "orig_size": (n, 2),
+                      **{k: (n,) for k in ("label", "malignant", "patient", "magnification", "source")}}
+            for name, shape in shapes.items():
+                if name not in group:
+                    return f"array {name!r} is missing"
+                if tuple(group[name].shape) != shape:
+                    return f"array {name!r} has shape {tuple(group[name].shape)}, expected {shape}"
+            layout = ShardLayout.open(self.partial / "images")
+            if layout is None:
+                return "its images array is not in the expected sharded layout"
+            for shard in range(written // layout.shard_size):
+                if not layout.shard_file(shard).exists():
+                    return f"shard file {layout.shard_file(shard).name} of checkpointed images is missing"
+        except Exception as exc:  # unreadable metadata: rebuild
+            return f"unreadable ({type(exc).__name__}: {exc})".splitlines()[0]
+        return None
 
     def _create(self, zarr, clevel: int, resume_key: str):
         try:
@@ -220,7 +245,12 @@ class ImageStoreWriter:
 
 
 def _atomic_replace(src: Path, dst: Path, overwrite: bool) -> Path:
-    if dst.exists():
+    reason = refusal(dst, FORMAT, "image store")
+    if reason:
+        raise StoreError(reason)
+    if dst.is_dir() and not any(dst.iterdir()):
+        os.replace(src, dst)  # an empty folder is replaced by the rename itself
+    elif dst.exists():
         if not overwrite:
             raise StoreError(f"{dst} exists; pass --overwrite to replace it")
         trash = dst.with_name(f"{dst.name}.old-{os.getpid()}")

@@ -22,7 +22,7 @@ from PIL import Image
 
 from ingest.grid import BaseResolution, Scale, ScaleError, concentric_boxes, grid
 from ingest.readers.base import ReaderError, SlideReader, open_slide
-from ingest.slide_store import SlideStoreError, SlideWriter, init_store, slide_status
+from ingest.slide_store import SlideStoreError, SlideWriter, init_store, slide_lock, slide_status
 from ingest.tissue import MaskError, TissueConfig, detect_tissue, load_mask, tile_fractions
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class SlideResult:
 
     path: str
     slide_id: str
-    status: str  # done | empty (no tissue) | skipped (already complete) | failed
+    status: str  # done | empty (no tissue) | skipped (already complete) | busy (another worker holds it) | failed
     error: str | None = None
     reader: str | None = None
     tiles: dict[str, int] = field(default_factory=dict)
@@ -230,11 +230,21 @@ def tile_slide(path: str | Path, store: str | Path, config: TileConfig, *, overl
         if slide_status(store, sid) == "complete":
             result.status = "skipped"
             return result
-        with timer("open"):
-            reader = open_slide(path, config.reader)
-        with reader:
-            result.reader, result.mpp, result.objective_power = reader.name, reader.mpp, reader.objective_power
-            _tile_open_slide(reader, path, sid, Path(store), config, timer, result, overlay_dir, progress)
+        lock = slide_lock(store, sid)
+        if not lock.try_acquire():  # another worker is on it: the caller comes back to it later
+            holder = lock.holder()
+            result.status = "busy"
+            result.error = f"being tiled by {holder.describe() if holder else 'another process'}"
+            return result
+        with lock:
+            if slide_status(store, sid) == "complete":  # finished by that worker between the two checks
+                result.status = "skipped"
+                return result
+            with timer("open"):
+                reader = open_slide(path, config.reader)
+            with reader:
+                result.reader, result.mpp, result.objective_power = reader.name, reader.mpp, reader.objective_power
+                _tile_open_slide(reader, path, sid, Path(store), config, timer, result, overlay_dir, progress)
     except (ReaderError, ScaleError, SlideStoreError, MaskError) as exc:
         result.error = str(exc).removeprefix(f"{path}: ")
     except (OSError, ValueError, RuntimeError, MemoryError) as exc:  # a slide that breaks mid-read

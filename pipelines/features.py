@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shutil
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from ingest.locks import WorkLock
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +62,48 @@ def cached_features(store_path: str | Path, slide_id: str, scale: str, extractor
     return group[key][:].astype(np.float32)
 
 
+def _replace_dir(src: Path, dst: Path) -> None:
+    if dst.exists():
+        trash = dst.with_name(f".{dst.name}.{os.getpid()}.old")
+        os.replace(dst, trash)
+        os.replace(src, dst)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
 def extract_slide_features(store_path: str | Path, slide_id: str, scale: str, extractor: str = "resnet50", *,
                            weights: str | None = None, pretrained: bool = False, batch_size: int = 64,
                            device: str = "cpu", model=None) -> np.ndarray:
     """(N, D) features of the tiles of ``slide_id`` at ``scale``; computed once, then read from the store.
 
     ``model``: an already built encoder, or a function that builds one when it is needed (saves rebuilding it per
-    slide); it must be the encoder ``weights`` / ``pretrained`` describe, since they name the cache entry."""
+    slide); it must be the encoder ``weights`` / ``pretrained`` describe, since they name the cache entry.
+
+    One process computes a slide's features at a time (:func:`features_lock`; others wait, then read its result),
+    and the array is written aside and renamed into place, so a reader never sees half of it."""
+    cached = cached_features(store_path, slide_id, scale, extractor, weights=weights, pretrained=pretrained)
+    if cached is not None:
+        return cached
+    lock = features_lock(store_path, slide_id)
+    lock.acquire(on_wait=lambda holder: log.warning(
+        "%s: features are being computed by %s; waiting for them", slide_id,
+        holder.describe() if holder else "another process"))
+    with lock:
+        cached = cached_features(store_path, slide_id, scale, extractor, weights=weights, pretrained=pretrained)
+        if cached is not None:  # the process we waited for cached them
+            return cached
+        return _compute_and_cache(store_path, slide_id, scale, extractor, weights=weights, pretrained=pretrained,
+                                  batch_size=batch_size, device=device, model=model)
+
+
+def features_lock(store_path: str | Path, slide_id: str) -> WorkLock:
+    """The lock held while a slide's features are computed and cached (``<store>/<slide>.features.lock``)."""
+    return WorkLock(Path(store_path) / f"{slide_id}.features.lock", f"caching features of {slide_id}")
+
+
+def _compute_and_cache(store_path, slide_id, scale, extractor, *, weights, pretrained, batch_size, device,
+                       model) -> np.ndarray:
     import torch
     import zarr
 
@@ -75,9 +114,6 @@ def extract_slide_features(store_path: str | Path, slide_id: str, scale: str, ex
     tiles = group[f"{slide_id}/tiles/{scale}"]
     key = features_key(slide_id, scale, extractor)
     identity = encoder_identity(weights, pretrained)
-    cached = cached_features(store_path, slide_id, scale, extractor, weights=weights, pretrained=pretrained)
-    if cached is not None:
-        return cached
     if key in group:
         log.info("%s: cached %s features are stale or came from another encoder (%s); recomputing with %s", slide_id,
                  extractor, group[key].attrs.get("weights", "unknown"), identity)
@@ -93,8 +129,11 @@ def extract_slide_features(store_path: str | Path, slide_id: str, scale: str, ex
             chunks.append(model(normalize(batch.float() / 255.0)).float().cpu().numpy())
     feats = (np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)).astype(np.float16)
     parent = group.require_group(f"{slide_id}/features/{scale}")
-    array = parent.create_array(extractor, data=feats, chunks=(max(1, len(feats)), feats.shape[1] or 1),
-                                overwrite=True)
-    array.attrs["weights"] = identity
+    aside = f".{extractor}.{os.getpid()}.tmp"
+    array = parent.create_array(aside, data=feats, chunks=(max(1, len(feats)), feats.shape[1] or 1),
+                                attributes={"weights": identity}, overwrite=True)
+    del array
+    folder = Path(store_path) / slide_id / "features" / scale
+    _replace_dir(folder / aside, folder / extractor)  # readers see the old array or the whole new one
     log.info("%s: %d tile features (%s, %d-d) cached", slide_id, len(feats), extractor, feats.shape[1])
     return feats.astype(np.float32)  # the same values a later read of the cache gives

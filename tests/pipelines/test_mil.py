@@ -39,6 +39,40 @@ def test_features_are_cached_in_the_store(slide_store):
     assert np.array_equal(again, feats)
 
 
+def test_feature_caching_is_one_process_at_a_time_and_atomic(slide_store):
+    """A second caller waits on the slide's features lock, then reads what the holder cached instead of computing
+    it again (its ``model=object()`` would fail if it were used); no half-written array is left beside it."""
+    import threading
+
+    from pipelines.features import _compute_and_cache, features_lock
+
+    store = slide_store / "tiles.zarr"
+    holder = features_lock(store, "s1")
+    assert holder.try_acquire()
+    got: list = []
+    errors: list = []
+
+    def second_caller() -> None:
+        try:
+            got.append(extract_slide_features(store, "s1", "10x", "resnet34", model=object()))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    waiter = threading.Thread(target=second_caller)
+    waiter.start()
+    waiter.join(timeout=1.0)
+    assert waiter.is_alive() and not got  # waiting on the lock
+    computed = _compute_and_cache(store, "s1", "10x", "resnet34", weights=None, pretrained=False, batch_size=64,
+                                  device="cpu", model=None)  # what the holder does
+    holder.release()
+    waiter.join(timeout=60)
+    assert not errors and len(got) == 1
+    assert np.array_equal(got[0], computed)
+    folder = store / "s1" / "features" / "10x"
+    assert sorted(p.name for p in folder.iterdir()) == ["resnet34", "zarr.json"]
+    assert not (store / "s1.features.lock").exists()
+
+
 def test_train_and_infer(slide_store, tmp_path):
     config = MILConfig(store=str(slide_store / "tiles.zarr"), labels=str(slide_store / "labels.csv"), scale="10x",
                        extractor="resnet34", epochs=3, max_patches=8, split=(0.34, 0.33, 0.33),
