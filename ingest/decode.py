@@ -16,6 +16,9 @@ from PIL import Image, UnidentifiedImageError
 FIT_TOLERANCE = 0.02
 #: With an explicit target size, images whose aspect ratio differs by more than this are refused, not distorted.
 ASPECT_TOLERANCE = 0.10
+#: Images whose header claims more pixels than this are refused before any pixel is decoded (a "decompression
+#: bomb": a small file that would expand to gigabytes). BreakHis images are 0.3 megapixels.
+MAX_PIXELS = 64_000_000
 
 
 class DecodeError(ValueError):
@@ -96,6 +99,14 @@ def fit(image: np.ndarray, size: tuple[int, int], *, resize: bool) -> tuple[np.n
     return out, None
 
 
+def check_pixel_count(size: tuple[int, int], limit: int = MAX_PIXELS) -> None:
+    """Raise :class:`DecodeError` when an image of ``size`` = (width, height) would be over ``limit`` pixels."""
+    w, h = size
+    if w * h > limit:
+        raise DecodeError(f"image header claims {w}x{h} px ({w * h / 1e6:,.0f} megapixels, over the "
+                          f"{limit / 1e6:,.0f} megapixel limit): refused as a possible decompression bomb")
+
+
 def decode_file(path: str, size: tuple[int, int], resize: bool) -> Decoded:
     """Read ``path`` as an RGB uint8 image of ``size`` (height, width); raise :class:`DecodeError` with the reason."""
     try:
@@ -107,10 +118,13 @@ def decode_file(path: str, size: tuple[int, int], resize: bool) -> Decoded:
     notes: list[str] = []
     try:
         with Image.open(path) as im:
+            check_pixel_count(im.size)
             im.load()
             arr = _to_rgb(im, path, notes)
     except UnidentifiedImageError as exc:
         raise DecodeError("not an image file (no known image format)") from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own, stricter-than-ours check fired first
+        raise DecodeError(f"decompression bomb: {exc}") from exc
     except DecodeError:
         raise
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow reports truncation/corruption as these
@@ -126,6 +140,7 @@ def read_size(path: str) -> tuple[int, int] | None:
     """(height, width) from the image header without decoding pixels; None when unreadable."""
     try:
         with Image.open(path) as im:
+            check_pixel_count(im.size)
             return int(im.size[1]), int(im.size[0])
     except Exception:
         return None

@@ -165,12 +165,15 @@ def load_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     at least half of the mask area it covers is. Raises :class:`MaskError` for an unreadable or empty file."""
     from PIL import Image, UnidentifiedImageError
 
+    from ingest.decode import check_pixel_count
+
     path = Path(path)
     try:
         with Image.open(path) as img:
+            check_pixel_count(img.size)
             img.load()
             arr = np.asarray(img)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
         raise MaskError(f"tissue mask {path}: cannot read it ({reason})") from exc
     if arr.ndim == 3:

@@ -38,3 +38,16 @@ def write_png16_rgb(path: Path, h: int = 46, w: int = 70) -> np.ndarray:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
                      + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
     return arr
+
+
+def write_bomb_png(path: Path, w: int = 60000, h: int = 60000) -> None:
+    """A few-hundred-byte PNG whose header claims ``w`` x ``h`` RGB pixels (10.8 GB decoded at the default size):
+    a decompression bomb."""
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
+
+    row = b"\x00" + b"\x00" * (3 * w)
+    idat = zlib.compress(row * 4, 9)  # a few rows; the header promises the rest
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
