@@ -29,16 +29,44 @@ console = Console(stderr=True)
 stdout = Console()
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is at each message, never to a stream captured when
+    it was made (a test runner's, since closed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property always answers sys.stderr
+        pass
+
+
+_handler: logging.Handler | None = None
+
+
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
-    """Route ``logging`` to rich on stderr: WARNING when quiet, INFO by default, DEBUG with -v."""
+    """Route ``logging`` to rich on stderr: WARNING when quiet, INFO by default, DEBUG with -v.
+
+    Safe to call any number of times: it replaces the handler it installed before and leaves every other root
+    handler (a test runner's capture, say) alone."""
+    global _handler
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     if console.is_terminal:
         handler: logging.Handler = RichHandler(console=console, show_path=False, markup=False)
-        fmt = "%(message)s"
+        handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
     else:  # piped or in CI: one unwrapped line per message, so every message stays greppable
-        handler = logging.StreamHandler(sys.stderr)
-        fmt = "%(levelname)s %(message)s"
-    logging.basicConfig(level=level, format=fmt, datefmt="[%X]", force=True, handlers=[handler])
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
+    root.addHandler(handler)
+    root.setLevel(level)
+    _handler = handler
 
 
 class _Rate(ProgressColumn):
