@@ -40,7 +40,8 @@ def test_every_row_has_every_field_and_consistent_numbers(result):
         assert r["env"]["torch"] and r["env"]["time"] and r["env_tag"] == out_dir.name
         assert r["data"].startswith("data: user-provided")
     by = {r["backend"]: r for r in ok}
-    assert by["eager"]["max_abs_logit_diff"] == 0 and by["eager"]["top1_agreement"] == 1
+    # eager against its own batch-32 reference: another batch size may block the GEMMs differently (~1e-7)
+    assert by["eager"]["max_abs_logit_diff"] < 1e-5 and by["eager"]["top1_agreement"] == 1
     assert by["onnxruntime"]["max_abs_logit_diff"] < 1e-4
     assert by["amp"]["max_abs_logit_diff"] > 0  # bf16 changes the logits a little, and the row shows it
     assert by["eager"]["recheck_throughput_ips"] > 0 and by["amp"]["recheck_throughput_ips"] is None
