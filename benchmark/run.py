@@ -132,24 +132,23 @@ def run_benchmark(config: BenchConfig, progress: BenchProgress | None = None) ->
     from benchmark.results import env_tag, environment, make_row, save_rows
     from ingest.report_tables import origin_line
     from ingest.store import ImageStore, StoreError
-    from models.registry import MODELS, count_params
+    from models.registry import count_params
+    from pipelines.checkpoint import CheckpointError, load_checkpoint
     from pipelines.data import DataConfig
     from pipelines.device import DeviceError, resolve_device
-    from pipelines.train import load_checkpoint
 
     try:
         device = resolve_device(config.device)
     except DeviceError as exc:
         raise BenchError(str(exc)) from exc
     ckpt = Path(config.checkpoint) if config.checkpoint else train_checkpoint(config, device)
-    if not ckpt.is_file():
-        raise BenchError(f"{ckpt}: no such checkpoint")
-    model, train_cfg, classes = load_checkpoint(ckpt, device)
-    if train_cfg["model"] != config.model:
-        raise BenchError(f"{ckpt} holds {train_cfg['model']}, not {config.model} (pass --model {train_cfg['model']})")
-    family = MODELS.get(config.model).family
-    if family != "classifier":
-        raise BenchError(f"{config.model} is a {family} model; `histo-bench run` benchmarks image classifiers")
+    try:
+        loaded = load_checkpoint(ckpt, ("classifier",), device, "`histo-bench run` (it benchmarks image classifiers)")
+    except CheckpointError as exc:
+        raise BenchError(str(exc)) from exc
+    if loaded.model != config.model:
+        raise BenchError(f"{ckpt} holds {loaded.model}, not {config.model} (pass --model {loaded.model})")
+    model, train_cfg, classes = loaded.build(device), loaded.config, list(loaded.classes)
     store_path = config.data or train_cfg["store"]
     try:
         store = ImageStore(store_path)

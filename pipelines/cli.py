@@ -113,15 +113,18 @@ def evaluate_command(
     from rich.table import Table
 
     from ingest.report_tables import origin_line
+    from pipelines.checkpoint import IMAGE_KINDS, CheckpointError, load_checkpoint
     from pipelines.cv import store_for_run
     from pipelines.data import DataConfig
     from pipelines.device import resolve_device
-    from pipelines.train import evaluate_split, load_checkpoint
+    from pipelines.train import evaluate_split
 
-    if not checkpoint.exists():
-        fail(f"{checkpoint}: no such checkpoint")
     dev = resolve_device(device)
-    model, config, _ = load_checkpoint(checkpoint, dev)
+    try:
+        ckpt = load_checkpoint(checkpoint, IMAGE_KINDS, dev, "evaluate")
+    except CheckpointError as exc:
+        fail(str(exc))
+    model, config = ckpt.build(dev), ckpt.config
     store = store_for_run(config, str(data) if data else None)  # the run's split (its fold under --folds)
     model_task = config.get("task", "subtype")  # checkpoints from before tasks are subtype models
     try:
@@ -133,9 +136,7 @@ def evaluate_command(
                   f"split, {data_config.task} task", title_justify="left")
     for col in ("test magnification", "images", "patients", "macro-F1", "accuracy", "balanced acc", "patient acc"):
         table.add_column(col, justify="right")
-    from models.registry import MODELS
-
-    family = MODELS.get(config["model"]).family
+    family = ckpt.kind
     # the fusion model's inputs are fixed at training time: it is tested on those magnifications together
     tests = [config["train_magnification"]] if family == "fusion" else (mag or ["100X", "400X", "mixed"])
     for m in tests:

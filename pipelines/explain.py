@@ -21,7 +21,6 @@ the predicted class.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ingest.files import atomic_write_json
+from pipelines.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from pipelines.explain_figures import OUTCOMES, Example
 
 log = logging.getLogger(__name__)
@@ -93,17 +93,14 @@ class ExplainConfig:
 def explain(config: ExplainConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Write the figures and ``explain.json`` (see the module docstring) and return the JSON's content, with
     ``path`` set to the ``explain.json`` written."""
-    import torch
 
-    path = Path(config.checkpoint)
-    if not path.is_file():
-        raise ExplainError(f"{path}: no such checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if "in_dim" in state:  # attention MIL (pipelines.mil.train_mil)
-        return _explain_mil(config, state)
-    if "config" not in state or "model" not in state:
-        raise ExplainError(f"{path}: not a histo-bench training checkpoint (no config / model state)")
-    return _explain_classifier(config, json.loads(state["config"]), progress)
+    try:
+        ckpt = load_checkpoint(config.checkpoint, ("classifier", "mil"), "cpu", "explain")
+    except CheckpointError as exc:
+        raise ExplainError(str(exc)) from exc
+    if ckpt.kind == "mil":
+        return _explain_mil(config, ckpt)
+    return _explain_classifier(config, ckpt, progress)
 
 
 def _data_line(store, n_images: int, n_patients: int, split: str, mags: list[str]) -> tuple[bool, str]:
@@ -201,25 +198,19 @@ def _spread(candidates: np.ndarray, labels: np.ndarray, n: int, rng: np.random.G
     return picked
 
 
-def _explain_classifier(config: ExplainConfig, cfg: dict[str, Any], progress: Progress | None) -> dict[str, Any]:
+def _explain_classifier(config: ExplainConfig, ckpt: Checkpoint, progress: Progress | None) -> dict[str, Any]:
     from ingest.store import StoreError
-    from models.registry import MODELS
     from pipelines.cam import explain_method
     from pipelines.cv import store_for_run
     from pipelines.device import DeviceError, resolve_device
     from pipelines.explain_figures import cam_grid, outcome_grid, silhouette, tsne_embedding, tsne_figure
-    from pipelines.train import load_checkpoint
 
     t0 = time.perf_counter()
-    family = MODELS.get(cfg["model"]).family if cfg.get("model") in MODELS else None
-    if family != "classifier":
-        raise ExplainError(f"{config.checkpoint}: a {family or cfg.get('model')} model; explain takes single-image "
-                           "classifiers (train / suite checkpoints) and attention MIL (mil-train)")
     try:
         device = resolve_device(config.device)
     except DeviceError as exc:
         raise ExplainError(str(exc)) from exc
-    model, cfg, classes = load_checkpoint(config.checkpoint, device)
+    model, cfg, classes = ckpt.build(device), ckpt.config, list(ckpt.classes)
     try:  # the run's own split (its cross-validation fold, if any)
         store = store_for_run(cfg, config.store)
     except StoreError as exc:
@@ -332,14 +323,14 @@ def _write_json(result: dict[str, Any], out: Path) -> dict[str, Any]:
     return {**result, "path": str(path)}
 
 
-def _explain_mil(config: ExplainConfig, state: dict[str, Any]) -> dict[str, Any]:
+def _explain_mil(config: ExplainConfig, ckpt: Checkpoint) -> dict[str, Any]:
     """List (or make, through ``infer_mil``) the attention heatmaps of a MIL checkpoint."""
     from ingest.slide_store import SlideStore
     from pipelines.device import resolve_device
     from pipelines.mil import infer_mil
 
     t0 = time.perf_counter()
-    cfg = json.loads(state["config"])
+    cfg = ckpt.config
     store_path = config.store or cfg["store"]
     scale = config.scale or cfg.get("scale", "20x")
     out = config.out_dir
@@ -364,7 +355,7 @@ def _explain_mil(config: ExplainConfig, state: dict[str, Any]) -> dict[str, Any]
             "slides are synthetic)")
     result = {"format": FORMAT, "kind": "mil", "checkpoint": str(config.checkpoint), "model": cfg["model"],
               "method": "attention-MIL weights (Ilse et al. 2018) per tile, over the slide thumbnail",
-              "classes": list(state["classes"]), "predictions": os.path.relpath(pred_dir / "predictions.csv", out),
+              "classes": list(ckpt.classes), "predictions": os.path.relpath(pred_dir / "predictions.csv", out),
               "data": {"store": str(store_path), "synthetic": None, "line": line, "n_slides": n_slides},
               "figures": figures, "seconds": round(time.perf_counter() - t0, 2),
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

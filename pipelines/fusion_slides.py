@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pipelines.evaluate import classification_metrics
 from pipelines.mil import MILError, read_labels, split_slides
 
@@ -149,11 +150,13 @@ def train_slide_fusion(config: SlideFusionConfig) -> dict:
             val = _slide_metrics(predict(val_name), data[val_name][1], labels, classes)
             row = {"epoch": epoch, "train_loss": loss_sum / len(order), "lr": config.lr, **perf,
                    "val_slide_macro_f1": val.macro_f1, "val_slide_accuracy": val.accuracy}
-            if stopper.step(row, {"macro_f1": val.macro_f1, "accuracy": val.accuracy}, lambda: torch.save(
-                    {"model": model.state_dict(), "classes": classes, "n_inputs": n_views,
-                     "config": json.dumps(asdict(config))}, out / "best.pt")):
+            if stopper.step(row, {"macro_f1": val.macro_f1, "accuracy": val.accuracy}, lambda e=epoch: save_checkpoint(
+                    out / "best.pt", Checkpoint(kind="slide_fusion", model="fusion_effnet_b0",
+                                                state={"model": model.state_dict()}, classes=classes,
+                                                model_kwargs={"n_inputs": n_views}, task="slide",
+                                                config=asdict(config), epoch=e))):
                 break
-    model.load_state_dict(torch.load(out / "best.pt", map_location=config.device, weights_only=True)["model"])
+    model.load_state_dict(load_checkpoint(out / "best.pt", ("slide_fusion",), config.device).state["model"])
     summary = {"best_val": stopper.best, "classes": classes, "n_inputs": n_views,
                "n_slides": {k: len(v) for k, v in by_split.items()},
                "n_tiles": {k: int(len(v[0])) for k, v in data.items()}}

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ingest.splits import SPLIT_CODES, SplitConfig, patient_split
+from pipelines.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from pipelines.evaluate import classification_metrics
 from pipelines.features import extract_slide_features
 from pipelines.losses import check_loss
@@ -242,13 +243,12 @@ def train_mil(config: MILConfig) -> dict:
             row = {"epoch": epoch, "train_loss": loss_sum / max(1, len(order)), "lr": config.lr, **perf,
                    "val_macro_f1": val.macro_f1, "val_accuracy": val.accuracy,
                    "val_balanced_accuracy": val.balanced_accuracy}
-            if stopper.step(row, {"macro_f1": val.macro_f1, "accuracy": val.accuracy}, lambda: torch.save(
-                    {"model": model.state_dict(), "classes": classes, "in_dim": dim,
-                     "config": json.dumps(asdict(config))}, out / "best.pt")):
+            if stopper.step(row, {"macro_f1": val.macro_f1, "accuracy": val.accuracy}, lambda e=epoch: save_checkpoint(
+                    out / "best.pt", Checkpoint(kind="mil", model=config.model, state={"model": model.state_dict()},
+                                                classes=classes, model_kwargs={"in_dim": dim}, task="slide",
+                                                config=asdict(config), epoch=e))):
                 break
-    state = torch.load(out / "best.pt", map_location=config.device, weights_only=True)
-    model.load_state_dict(state["model"])
-    model.eval()
+    model = load_checkpoint(out / "best.pt", ("mil",), config.device).build(config.device)
     test = _evaluate(model, bags, by_split["test"], labels, classes, config.device)
     test.n_patients = len({patients[s] for s in by_split["test"]})
     summary = {"best_val": stopper.best, "test": test.to_dict(), "n_slides": {k: len(v) for k, v in by_split.items()},
@@ -290,25 +290,19 @@ def _resolved(name: str, given: str | None, configs: list[dict], paths: list) ->
 
 def load_mil_checkpoints(checkpoints: list[str | Path], device: str = "cpu") -> tuple[list, list[str], list[dict]]:
     """(models in eval mode, class names, training configs) of MIL ``best.pt`` files; all must share classes."""
-    import torch
-
-    from models.registry import build_model
-
     if not checkpoints:
         raise MILError("give at least one checkpoint")
     models, classes, configs = [], None, []
-    for ckpt in checkpoints:
-        if not Path(ckpt).is_file():
-            raise MILError(f"{ckpt}: no such checkpoint")
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        cfg = json.loads(state["config"])
-        m = build_model(cfg["model"], len(state["classes"]), in_dim=state["in_dim"])
-        m.load_state_dict(state["model"])
-        models.append(m.to(device).eval())
-        if classes is not None and classes != state["classes"]:
-            raise MILError(f"{ckpt}: classes {state['classes']} differ from the other checkpoints' {classes}")
-        classes = list(state["classes"])
-        configs.append(cfg)
+    for path in checkpoints:
+        try:
+            ckpt = load_checkpoint(path, ("mil",), device, "MIL inference")
+        except CheckpointError as exc:
+            raise MILError(str(exc)) from exc
+        models.append(ckpt.build(device))
+        if classes is not None and classes != ckpt.classes:
+            raise MILError(f"{path}: classes {ckpt.classes} differ from the other checkpoints' {classes}")
+        classes = list(ckpt.classes)
+        configs.append(ckpt.config)
     return models, classes or [], configs
 
 

@@ -3,7 +3,8 @@
 A positive pair is two images of the *same patient* at two magnifications chosen by the pair strategy (ordered:
 adjacent magnifications; fixed: always the same pair; random: any two), each augmented independently on the
 device; the other pairs in the batch are the negatives (NT-Xent). Labels are never read. The encoder is saved as
-``encoder.safetensors`` in the run directory, ready for ``histo-bench train --model <backbone> --weights ...``
+``encoder.safetensors`` in the run directory (the whole model, projection head included, as an ``mpcs`` checkpoint in
+``best.pt``: :mod:`pipelines.checkpoint`), ready for ``histo-bench train --model <backbone> --weights ...``
 (fine-tuning, on either ``--task``) or a linear evaluation. The per-epoch ``pretrain.jsonl`` has its TensorBoard view
 in ``tb/`` (:mod:`pipelines.tracking`).
 """
@@ -18,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pipelines.checkpoint import Checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +197,8 @@ def pretrain(config: PretrainConfig, progress=None) -> Path:
                 fh.write(json.dumps(row) + "\n")
             tracker.log_epoch(row, epoch)
             log.info("MPCS epoch %d: NT-Xent %.4f", epoch, row["loss"])
+    save_checkpoint(run_dir / "best.pt", Checkpoint(kind="mpcs", model=config.model, task="mpcs", config=resolved,
+                                                    state={"model": model.state_dict()}, epoch=config.epochs - 1))
     partial = weights.with_name(weights.name + ".partial")  # written, then renamed: a crash leaves no encoder
     save_file({k: v.detach().cpu().contiguous() for k, v in model.encoder.state_dict().items()}, str(partial))
     partial.replace(weights)

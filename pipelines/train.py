@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ingest.breakhis_names import resolve_magnifications
+from pipelines.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from pipelines.device import PRECISIONS, DeviceError, autocast, autocast_dtype, resolve_device
 from pipelines.distributed import barrier, broadcast_flag, init_distributed, shutdown, wrap
 from pipelines.evaluate import Metrics, full_metrics, predict
@@ -324,17 +325,18 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
     run_dir.mkdir(parents=True, exist_ok=True)
     start_epoch, best, best_epoch, stale = 0, None, -1, 0
     resumed = False
-    if (run_dir / "last.pt").exists():
-        state = torch.load(run_dir / "last.pt", map_location=device, weights_only=True)
-        if _same_run(json.loads(state["config"]), _config_json(config, store_path)):
+    last = _resumable(run_dir / "last.pt", family, device)
+    if last is not None:
+        if _same_run(last.config, _config_json(config, store_path)):
+            state = last.state
             net.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
-            torch.set_rng_state(state["torch_rng"])
-            start_epoch = int(state["epoch"]) + 1
-            best = json.loads(state["best"]) if state["best"] else None
-            best_epoch, stale = int(state["best_epoch"]), int(state["stale"])
+            torch.set_rng_state(state["torch_rng"].cpu())
+            start_epoch = last.epoch + 1
+            best = last.extra.get("best")
+            best_epoch, stale = int(last.extra["best_epoch"]), int(last.extra["stale"])
             resumed = True
             log.info("resuming %s from epoch %d", run_dir, start_epoch)
         else:
@@ -392,20 +394,22 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
             with metrics_path.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             current = val.to_dict()
+            resolved = _config_json(config, store_path)
             if better(current, best):
                 best, best_epoch, stale = current, epoch, 0
-                torch.save({"model": net.state_dict(), "config": json.dumps(_config_json(config, store_path)),
-                            "model_kwargs": json.dumps(model_kwargs), "family": family,
-                            "classes": list(classes), "epoch": epoch}, run_dir / "best.pt")
+                save_checkpoint(run_dir / "best.pt", Checkpoint(
+                    kind=family, model=config.model, state={"model": net.state_dict()}, classes=list(classes),
+                    model_kwargs=model_kwargs, task=config.task, config=resolved, epoch=epoch))
             else:
                 stale += 1
             log.info("epoch %d: loss %.4f, val macro-F1 %.3f, acc %.3f (best %.3f at %d), %.0f images/s", epoch,
                      row["train_loss"], val.macro_f1, val.accuracy, best["macro_f1"], best_epoch, row["images_per_s"])
-            torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                        "torch_rng": torch.get_rng_state(), "epoch": epoch, "best": json.dumps(best),
-                        "best_epoch": best_epoch, "stale": stale,
-                        "config": json.dumps(_config_json(config, store_path))}, run_dir / "last.pt")
+            save_checkpoint(run_dir / "last.pt", Checkpoint(
+                kind=family, model=config.model, classes=list(classes), model_kwargs=model_kwargs, task=config.task,
+                config=resolved, epoch=epoch, extra={"best": best, "best_epoch": best_epoch, "stale": stale},
+                state={"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                       "torch_rng": torch.get_rng_state()}))
             tracker.log_epoch(row, epoch)  # after last.pt: a resumed run never repeats a logged epoch
     summary = {"best_epoch": best_epoch, "best_val": best, "epochs_run": epoch + 1, "world_size": ctx.world_size}
     if main:
@@ -458,15 +462,13 @@ def default_store() -> Path:
     return demo_store()
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu"):
-    """(model, config dict, class names) from a ``best.pt``, loaded with ``weights_only=True``."""
-    import torch
-
-    from models.registry import build_model
-
-    state = torch.load(path, map_location=device, weights_only=True)
-    config = json.loads(state["config"])
-    kwargs = json.loads(state["model_kwargs"]) if "model_kwargs" in state else config.get("model_kwargs", {})
-    model = build_model(config["model"], len(state["classes"]), **kwargs)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), config, list(state["classes"])
+def _resumable(path: Path, family: str, device: str):
+    """The :class:`~pipelines.checkpoint.Checkpoint` at ``path`` to resume from, or None: no file, or one that
+    cannot be used (an older format, another kind), which is said in one line and trained over."""
+    if not path.exists():
+        return None
+    try:
+        return load_checkpoint(path, (family,), device, "resuming this run")
+    except CheckpointError as exc:
+        log.warning("%s; starting over", exc)
+        return None

@@ -311,17 +311,17 @@ def image_store_data(path: str | Path, tasks: Sequence[str]) -> dict[str, Any]:
 
 def _evaluate(checkpoint: Path, tests: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Test-split metrics of a checkpoint on its own store view (its folds) at each of ``tests``."""
-    from models.registry import MODELS
+    from pipelines.checkpoint import IMAGE_KINDS, load_checkpoint
     from pipelines.cv import store_for_run
     from pipelines.data import DataConfig
     from pipelines.device import autocast_dtype, resolve_device
-    from pipelines.train import evaluate_split, load_checkpoint
+    from pipelines.train import evaluate_split
 
-    net, saved, _ = load_checkpoint(checkpoint, "cpu")
+    ckpt = load_checkpoint(checkpoint, IMAGE_KINDS, "cpu", "a suite")
+    saved, family = ckpt.config, ckpt.kind
     device = resolve_device(saved.get("device", "auto"))
-    net = net.to(device)
+    net = ckpt.build(device)
     store = store_for_run(saved)
-    family = MODELS.get(saved["model"]).family
     data_config = DataConfig(image_size=saved["image_size"], load_size=saved["load_size"],
                              batch_size=saved["batch_size"], loader=saved["loader"], task=saved.get("task", "subtype"))
     amp = autocast_dtype(saved.get("precision", "auto"), device)

@@ -122,7 +122,8 @@ def test_a_fold_run_trains_on_its_fold_and_records_it(store, tmp_path):
 
 
 def test_frozen_parameters_do_not_change(store, tmp_path):
-    from pipelines.train import TrainConfig, load_checkpoint, seed_everything, train
+    from pipelines.checkpoint import load_model
+    from pipelines.train import TrainConfig, seed_everything, train
     from pipelines.unfreeze import trainable_prefixes
 
     config = TrainConfig(model="resnet50", store=str(store.path), train_magnification="100X", epochs=1,
@@ -134,7 +135,7 @@ def test_frozen_parameters_do_not_change(store, tmp_path):
     from models.registry import build_model
 
     initial = build_model("resnet50", 2).state_dict()
-    trained = load_checkpoint(tmp_path / "frozen" / "best.pt")[0].state_dict()
+    trained = load_model(tmp_path / "frozen" / "best.pt")[0].state_dict()
     prefixes = trainable_prefixes("resnet50", "last_block")
     params = {n for n, _ in build_model("resnet50", 2).named_parameters()}
     for name in params:

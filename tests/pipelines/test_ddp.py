@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.train import load_checkpoint
+from pipelines.checkpoint import load_model
 from tests.pipelines.test_train import colour_store  # noqa: F401 - the fixture
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,5 +35,5 @@ def test_torchrun_two_gloo_processes(colour_store, tmp_path):  # noqa: F811
     assert [r["epoch"] for r in rows] == [0, 1, 2]  # written once, by rank 0
     assert all(r["world_size"] == 2 for r in rows)
     assert json.loads((out / "complete").read_text())["world_size"] == 2
-    model, config, _ = load_checkpoint(out / "best.pt")  # a plain (unwrapped) state dict
+    model, config, _ = load_model(out / "best.pt")  # a plain (unwrapped) state dict
     assert config["model"] == "tiny_cnn_test"

@@ -9,6 +9,7 @@ import pytest
 from ingest.synthetic_wsi import write_synthetic_slide
 from ingest.tile_runner import run_tiling
 from ingest.tiling import TileConfig
+from pipelines.checkpoint import load_checkpoint
 from pipelines.fusion_slides import SlideFusionConfig, train_slide_fusion
 from pipelines.mil import MILError
 from tests.pipelines.test_tracking import tb_scalars
@@ -37,6 +38,8 @@ def test_trains_on_concentric_views(multiscale_store, tmp_path):
     assert 0 <= summary["test_slide"]["accuracy"] <= 1 and summary["test_tile"]["n_images"] > 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
+    best = load_checkpoint(tmp_path / "run" / "best.pt", ("slide_fusion",))
+    assert best.model_kwargs == {"n_inputs": 4} and best.epoch in (0, 1)
     curves = tb_scalars(tmp_path / "run" / "tb")
     assert [s for s, _ in curves["epoch/val_slide_macro_f1"]] == [0, 1] and "epoch/tiles_per_s" in curves
 

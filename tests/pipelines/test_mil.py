@@ -79,6 +79,8 @@ def test_train_and_infer(slide_store, tmp_path):
                        out=str(tmp_path / "run"))
     summary = train_mil(config)
     assert sum(summary["n_slides"].values()) == 6 and summary["classes"] == ["normal", "tumour"]
+    raw = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert (raw["format"], raw["version"], raw["kind"]) == ("histo-bench/checkpoint", 1, "mil")
     assert 0.0 <= summary["test"]["accuracy"] <= 1.0
     curves = tb_scalars(tmp_path / "run" / "tb")
     epochs = [s for s, _ in curves["epoch/val_macro_f1"]]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from models.registry import build_model
+from pipelines.checkpoint import load_checkpoint
 from pipelines.pretrain import PretrainConfig, pair_index, pretrain, sample_pairs
 from tests.pipelines.test_tracking import tb_scalars
 from tests.pipelines.test_train import colour_store  # noqa: F401 - the fixture
@@ -34,6 +35,7 @@ def test_pretrain_writes_encoder_weights_that_load_into_the_backbone(colour_stor
     config = PretrainConfig(model="mpcs_efficientnet_b0", store=str(colour_store), pair="random", epochs=2,
                             batch_size=8, image_size=32, device="cpu", out=str(tmp_path / "mpcs"))
     weights = pretrain(config)
+    assert load_checkpoint(tmp_path / "mpcs" / "best.pt", ("mpcs",)).model == "mpcs_efficientnet_b0"
     rows = [json.loads(line) for line in (tmp_path / "mpcs" / "pretrain.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
     curves = tb_scalars(tmp_path / "mpcs" / "tb")

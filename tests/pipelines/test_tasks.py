@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 
 from ingest.breakhis_names import CLASSES
 from ingest.store import ImageStore
+from pipelines.checkpoint import load_model
 from pipelines.data import DataConfig, make_loader
 from pipelines.tasks import BINARY_CLASSES, map_predictions, task_labels
-from pipelines.train import TrainConfig, TrainingError, evaluate_split, load_checkpoint, train
+from pipelines.train import TrainConfig, TrainingError, evaluate_split, train
 from tests.pipelines.test_train import _config, colour_store  # noqa: F401 - the fixture
 
 
@@ -49,7 +50,7 @@ def test_binary_run_trains_two_classes_reloads_and_evaluates(colour_store, tmp_p
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert set(rows[0]["val_per_class_f1"]) == {"benign", "malignant"}
     assert max(r["val_macro_f1"] for r in rows) > 0.6
-    model, config, classes = load_checkpoint(result.run_dir / "best.pt")
+    model, config, classes = load_model(result.run_dir / "best.pt")
     assert classes == ["benign", "malignant"] and config["task"] == "binary"
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 2)
     splits = json.loads((result.run_dir / "splits.json").read_text())

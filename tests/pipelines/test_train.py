@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ingest.breakhis_names import CLASSES
-from pipelines.train import TrainConfig, TrainingError, class_weights, load_checkpoint, lr_factor, train
+from pipelines.checkpoint import load_model
+from pipelines.train import TrainConfig, TrainingError, class_weights, lr_factor, train
 from tests.conftest import write_colour_store
 from tests.pipelines.tiny_models import TinyCNN
 
@@ -40,8 +41,11 @@ def test_learns_and_writes_every_output(colour_store, tmp_path):
     assert not set(splits["train"]["patients"]) & set(splits["val"]["patients"])
     config = json.loads((result.run_dir / "config.json").read_text())
     assert config["lr"] == 3e-2 and config["model"] == "tiny_cnn_test"
-    model, cfg, classes = load_checkpoint(result.run_dir / "best.pt")
+    model, cfg, classes = load_model(result.run_dir / "best.pt")
     assert classes == list(CLASSES) and isinstance(model, TinyCNN)
+    for name in ("best.pt", "last.pt"):
+        raw = torch.load(result.run_dir / name, weights_only=True)
+        assert (raw["format"], raw["version"], raw["kind"]) == ("histo-bench/checkpoint", 1, "classifier")
     assert result.best_val["macro_f1"] == max(r["val_macro_f1"] for r in rows)
     again = train(_config(colour_store, tmp_path, epochs=6, log_every=0))  # logging settings do not count
     assert again.already_complete and again.best_epoch == result.best_epoch
@@ -66,6 +70,17 @@ def test_resume_after_interruption(colour_store, tmp_path):
     assert result.resumed and min(seen) == 2
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+
+
+def test_a_last_pt_of_the_old_format_is_named_and_trained_over(colour_store, tmp_path, caplog):
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": {}, "config": "{}", "epoch": 5, "best": "null"}, run / "last.pt")  # before the format
+    result = train(_config(colour_store, tmp_path, epochs=1, max_steps_per_epoch=1))
+    assert not result.resumed and result.epochs_run == 1
+    assert any("last.pt: written before the versioned checkpoint format" in r.message and "starting over"
+               in r.message for r in caplog.records)
+    assert torch.load(run / "last.pt", weights_only=True)["format"] == "histo-bench/checkpoint"
 
 
 def test_diverging_loss_stops_with_a_clear_error(colour_store, tmp_path):
@@ -113,5 +128,5 @@ def test_fusion_model_trains_on_same_patient_magnification_pairs(colour_store, t
         assert set(store.magnification[loader.indices[partners].numpy()]) == {"400X"}
     result = train(_config(colour_store, tmp_path, model="fusion_effnet_b0", train_magnification="100X,400X",
                            epochs=2))
-    model, config, _ = load_checkpoint(result.run_dir / "best.pt")
+    model, config, _ = load_model(result.run_dir / "best.pt")
     assert model.n_inputs == 2 and result.epochs_run == 2
