@@ -34,7 +34,16 @@ from ingest.breakhis_names import (
 from ingest.decode import DecodeError, decode_file, read_size
 from ingest.output_guard import refusal, store_format
 from ingest.splits import SplitConfig, patient_split
-from ingest.store import FORMAT, ImageMeta, ImageStoreWriter, StoreError, is_complete, partial_path, store_lock
+from ingest.store import (
+    FORMAT,
+    ImageMeta,
+    ImageStoreWriter,
+    StoreError,
+    is_complete,
+    partial_path,
+    partial_refusal,
+    store_lock,
+)
 from ingest.workers import process_pool
 
 log = logging.getLogger(__name__)
@@ -251,18 +260,18 @@ def ingest_breakhis(config: IngestConfig, progress: Progress | None = None) -> I
     """Ingest a BreakHis tree into a zarr store; see :class:`IngestConfig`. Raises :class:`IngestError` when nothing
     can be done; individual bad files are skipped and listed in the returned summary."""
     t0 = time.perf_counter()
-    root, out = Path(config.root), Path(config.out)
+    root, out = Path(config.root), Path(os.path.abspath(config.out))  # `--out .` names the current folder
     if not root.exists():
         raise IngestError(f"{root}: no such directory")
     if not root.is_dir():
         raise IngestError(f"{root}: not a directory")
     summary = IngestSummary(store=str(out))
-    for target in (out, partial_path(out)):
-        reason = refusal(target, FORMAT, "image store")
-        if reason:
-            raise IngestError(reason)
+    reason = refusal(out, FORMAT, "image store")
+    if reason:
+        raise IngestError(reason)
     if is_complete(out) and not config.overwrite:
         log.info("%s is already complete; nothing to do (pass --overwrite to rebuild it)", out)
+        store_lock(out).clear_if_stale()  # a run killed between finishing the store and releasing its lock
         summary.already_complete = True
         return summary
     if store_format(out) == FORMAT and not is_complete(out) and not config.overwrite:
@@ -279,6 +288,9 @@ def ingest_breakhis(config: IngestConfig, progress: Progress | None = None) -> I
             log.info("%s was completed by another process; nothing to do", out)
             summary.already_complete = True
             return summary
+        reason = partial_refusal(partial_path(out))  # checked under the lock: no other writer is mid-way
+        if reason:
+            raise IngestError(reason)
         return _ingest_locked(config, root, out, summary, t0, progress)
 
 

@@ -6,6 +6,7 @@ were skipped (each named in the log and the summary).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -96,6 +97,7 @@ def breakhis(
         out = out or data_home() / "demo" / "breakhis.zarr"
     if out is None:
         _fail("--out is required when a ROOT is given (e.g. --out data/breakhis.zarr)")
+    out = Path(os.path.abspath(out))  # `--out .` names the current folder
     try:
         split_config = SplitConfig.parse(split, seed)
     except SplitError as exc:
@@ -165,6 +167,7 @@ def tile(
         out = out or data_home() / "demo" / "tiles.zarr"
     if out is None:
         _fail("--out is required when SLIDES are given (e.g. --out data/tiles.zarr)")
+    out = Path(os.path.abspath(out))  # `--out .` names the current folder
     if masks is not None and not masks.is_dir():
         _fail(f"--masks {masks}: no such folder")
     if reader != "auto" and reader not in READERS:

@@ -8,11 +8,13 @@ name exists, so exactly one of several racing processes wins, and the lock file 
 links fall back to ``O_CREAT | O_EXCL``.
 
 A held lock is refreshed (its mtime touched) every :data:`HEARTBEAT_SECONDS` by a daemon thread. A lock is
-**stale**, and may be broken by anyone, when its process is gone: a dead pid (or a pid reused by another process,
-told apart by its start time) on this host, or, for a holder on another host, a heartbeat older than
-:data:`STALE_SECONDS`. Breaking is itself serialised by a short-lived breaker lock, so two processes that both
-find a lock stale cannot both break it and then both take it. A lock is released on every exit path of its
-``with`` block; release removes the file only while it still carries this holder's token.
+**stale**, and may be broken by anyone, when its process is gone: a dead or zombie pid (or a pid reused by another
+process, told apart by its start time) on this machine, or, for a holder elsewhere (another host, or the same
+hostname in another pid namespace or boot: :func:`_machine_id`), a heartbeat older than :data:`STALE_SECONDS`.
+A holder checks :meth:`WorkLock.still_mine` just before it publishes its work. Breaking is itself serialised by a
+short-lived breaker lock, so two processes that both find a lock stale cannot both break it and then both take
+it. A lock is released on every exit path of its ``with`` block; release removes the file only while it still
+carries this holder's token.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -63,14 +65,30 @@ def _process_start(pid: int) -> int | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, owned by another user
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2:].split()[0] not in ("Z", "X")
+    except (OSError, ValueError, IndexError):
         return True
-    return True
+
+
+def _machine_id() -> str:
+    """This host and pid namespace: hostname, boot id and pid-namespace inode. Two containers that share a hostname
+    but not their pids (Kubernetes sidecars, ``docker --network=host``) are told apart, and a reboot is noticed."""
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8])
+    with contextlib.suppress(OSError):
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    return "/".join(parts)
 
 
 @dataclass(frozen=True)
@@ -83,12 +101,13 @@ class LockOwner:
     token: str
     what: str
     start_ticks: int | None = None
+    machine: str = ""
 
     @classmethod
     def me(cls, what: str) -> LockOwner:
         pid = os.getpid()
         return cls(pid=pid, host=socket.gethostname(), created=time.time(), token=secrets.token_hex(8), what=what,
-                   start_ticks=_process_start(pid))
+                   start_ticks=_process_start(pid), machine=_machine_id())
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.created))
@@ -96,9 +115,9 @@ class LockOwner:
 
     def is_alive(self, heartbeat_age: float) -> bool:
         """Whether the holder may still be working (see the module doc for the rule)."""
-        if self.host != socket.gethostname():
+        if self.host != socket.gethostname() or (self.machine and self.machine != _machine_id()):
             return heartbeat_age <= STALE_SECONDS
-        if not _pid_alive(self.pid):
+        if not pid_alive(self.pid):
             return False
         ticks = _process_start(self.pid)
         return self.start_ticks is None or ticks is None or ticks == self.start_ticks
@@ -108,8 +127,9 @@ def read_owner(path: str | Path) -> LockOwner | None:
     """The holder recorded in the lock file at ``path``; None when there is no file or it cannot be parsed."""
     try:
         data = json.loads(Path(path).read_text())
-        return LockOwner(**data)
-    except (OSError, ValueError, TypeError):
+        known = {f.name for f in fields(LockOwner)}
+        return LockOwner(**{k: v for k, v in data.items() if k in known})  # fields of a newer version are ignored
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
 
 
@@ -120,7 +140,7 @@ def _mtime_age(path: Path) -> float | None:
         return None
 
 
-def _create_exclusive(path: Path, payload: bytes) -> bool:
+def create_exclusive(path: Path, payload: bytes) -> bool:
     """Create ``path`` holding ``payload`` iff it does not exist; True when this call created it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -133,9 +153,10 @@ def _create_exclusive(path: Path, payload: bytes) -> bool:
         os.link(tmp, path)
         return True
     except FileExistsError:
-        return False
+        # NFS may answer a retransmitted LINK with EEXIST although the first one made the link (open(2))
+        return os.stat(tmp).st_nlink == 2
     except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
             raise
         try:  # no hard links here: O_EXCL creation, then the payload
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -186,7 +207,7 @@ class WorkLock:
             return True
         for _ in range(3):  # free -> take; stale -> break, then take (another process may win the retake)
             owner = LockOwner.me(self.what)
-            if _create_exclusive(self.path, json.dumps(asdict(owner)).encode()):
+            if create_exclusive(self.path, json.dumps(asdict(owner)).encode()):
                 self.owner = owner
                 self._start_heartbeat()
                 return True
@@ -207,6 +228,17 @@ class WorkLock:
             if deadline is not None and time.monotonic() > deadline:
                 raise LockBusy(self.path, self.holder())
             time.sleep(poll)
+
+    def still_mine(self) -> bool:
+        """Whether this process still holds the lock (checked just before a commit: a holder that stalled past
+        the stale age may have been taken over, and must then not publish its work)."""
+        current = read_owner(self.path)
+        return self.owner is not None and current is not None and current.token == self.owner.token
+
+    def clear_if_stale(self) -> None:
+        """Remove the lock file when its holder is gone (e.g. a run killed between finishing and releasing)."""
+        if not self.held and self.path.exists():
+            self._break_if_stale()
 
     def release(self) -> None:
         """Give the lock up (a no-op when not held; never removes a lock another process has taken since)."""
@@ -230,11 +262,11 @@ class WorkLock:
         self.release()
 
     def _start_heartbeat(self) -> None:
-        self._stop = threading.Event()
+        stop = self._stop = threading.Event()
         token = self.owner.token if self.owner else ""
 
         def beat() -> None:
-            while not self._stop.wait(HEARTBEAT_SECONDS):
+            while not stop.wait(HEARTBEAT_SECONDS):
                 current = read_owner(self.path)
                 if current is None or current.token != token:
                     log.warning("%s: this process's lock was taken over by %s", self.path,
@@ -268,8 +300,7 @@ class WorkLock:
         except FileExistsError:
             age = _mtime_age(breaker)
             if age is not None and age > BREAKER_STALE_SECONDS:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(breaker)
+                _remove_stale_breaker(breaker)
             return False  # someone else is breaking it; try again later
         os.close(fd)
         try:
@@ -286,3 +317,19 @@ class WorkLock:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(breaker)
+
+
+def _remove_stale_breaker(breaker: Path) -> None:
+    """Remove a breaker left by a process that died while breaking a lock. It is moved aside first and looked at
+    there: if a fresh breaker was moved (another process replaced the stale one meanwhile), it is put back."""
+    aside = breaker.with_name(f".{breaker.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        os.rename(breaker, aside)
+    except FileNotFoundError:
+        return
+    age = _mtime_age(aside)
+    if age is not None and age <= BREAKER_STALE_SECONDS:
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, breaker)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(aside)

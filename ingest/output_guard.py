@@ -8,6 +8,7 @@ whatever happens to sit at that path.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 
@@ -18,6 +19,15 @@ def store_format(path: str | Path) -> str | None:
         return json.loads(meta.read_text()).get("attributes", {}).get("format")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+#: Names histo-bench itself leaves for a moment in a store it is creating (the root's metadata written aside, a
+#: write probe), so a second process arriving then does not take the new store for a user's folder.
+_SCRATCH = (re.compile(r"\.zarr\.json\.\d+\.[0-9a-f]+\.tmp"), re.compile(r"\.write-test-\d+"))
+
+
+def _own_scratch(name: str) -> bool:
+    return any(p.fullmatch(name) for p in _SCRATCH)
 
 
 def refusal(path: str | Path, fmt: str, kind: str) -> str | None:
@@ -34,8 +44,8 @@ def refusal(path: str | Path, fmt: str, kind: str) -> str | None:
     if found is not None and str(found).startswith("histo-bench/"):
         return (f"{path}: is a {found} store, not a histo-bench {kind}; nothing in it was touched "
                 "(choose another --out)")
-    entries = sorted(p.name for p in path.iterdir())
-    if not entries:
+    entries = sorted(p.name for p in path.iterdir() if not _own_scratch(p.name))
+    if not entries or store_format(path) == fmt:  # read again: another process may have just created the store
         return None
     example = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
     return (f"{path}: exists and is not a histo-bench {kind} (it holds {len(entries)} entries: {example}); "

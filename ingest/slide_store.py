@@ -19,10 +19,9 @@ the slide's attributes promise is found with the promised shape (:func:`slide_pr
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
 import os
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ingest.locks import WorkLock
+from ingest.locks import WorkLock, create_exclusive
 from ingest.output_guard import refusal, store_format
 from ingest.shards import ShardWriter
 
@@ -55,8 +54,8 @@ def init_store(path: str | Path) -> Path:
     """Create the store root (or check an existing one). Raises :class:`SlideStoreError` when ``path`` is not a
     slide store and not empty (nothing in it is touched: :func:`ingest.output_guard.refusal`) or is unwritable.
 
-    The root's ``zarr.json`` is created at most once even by racing processes (built aside, then hard-linked into
-    place, which fails when the name exists), so a second tiler never clears what a first one wrote."""
+    The root's ``zarr.json`` is created at most once even by racing processes (:func:`_create_root`), so a second
+    tiler never clears what a first one wrote."""
     path = Path(path)
     reason = refusal(path, FORMAT, "slide store")
     if reason:
@@ -76,14 +75,11 @@ def init_store(path: str | Path) -> Path:
 
 
 def _create_root(path: Path) -> None:
-    aside = path / f".init-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        group = _zarr().open_group(str(aside), mode="w")
-        group.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION})
-        with contextlib.suppress(FileExistsError):  # another process created it first: theirs is kept
-            os.link(aside / "zarr.json", path / "zarr.json")
-    finally:
-        shutil.rmtree(aside, ignore_errors=True)
+    """Write the root's ``zarr.json`` (a zarr v3 group holding the format attributes) iff there is none: in one
+    exclusive create, so it never exists without its ``format`` and racing processes keep the first one."""
+    meta = {"zarr_format": 3, "node_type": "group",
+            "attributes": {"format": FORMAT, "format_version": FORMAT_VERSION}}
+    create_exclusive(path / "zarr.json", json.dumps(meta, indent=2).encode())
 
 
 def slide_lock(store: str | Path, slide_id: str, what: str = "tiling") -> WorkLock:
@@ -91,19 +87,32 @@ def slide_lock(store: str | Path, slide_id: str, what: str = "tiling") -> WorkLo
     return WorkLock(Path(store) / f"{slide_id}.lock", f"{what} {slide_id}")
 
 
+def _meta(path: Path) -> dict[str, Any] | None:
+    """The ``zarr.json`` of a zarr node folder (None when it has none); a file that cannot be parsed is a
+    ValueError, a filesystem error an OSError (never taken for "incomplete": that could discard a whole slide)."""
+    try:
+        return json.loads((path / "zarr.json").read_text())
+    except FileNotFoundError:
+        return None
+
+
 def slide_problem(store: str | Path, slide_id: str) -> str | None:
     """None when slide ``slide_id`` is complete and every array its attributes promise exists with the promised
-    shape; else why it is not (``missing``, interrupted, an array absent or of the wrong shape)."""
+    shape; else why it is not (``missing``, interrupted, an array absent or of the wrong shape). Reads the
+    metadata files directly (one small read per array). Raises OSError for a filesystem error."""
     final = Path(store) / slide_id
-    if not (final / "zarr.json").exists():
-        return "interrupted (still .partial)" if (Path(store) / (slide_id + PARTIAL)).exists() else "missing"
     try:
-        group = _zarr().open_group(str(final), mode="r")
-        attrs = dict(group.attrs)
-        if not attrs.get("complete"):
-            return "not marked complete"
+        meta = _meta(final)
+    except ValueError as exc:
+        return f"unreadable metadata ({exc})"
+    if meta is None:
+        return "interrupted (still .partial)" if (Path(store) / (slide_id + PARTIAL)).exists() else "missing"
+    attrs = meta.get("attributes", {})
+    if not attrs.get("complete"):
+        return "not marked complete"
+    try:
         t = int(attrs["tile_size"])
-        expected: dict[str, tuple[int, ...]] = {}
+        expected: dict[str, tuple[int, ...] | None] = {"thumbnail": None, "tissue_mask": None}
         fields = list(attrs.get("multiscale_fields") or [])
         for k, (label, scale) in enumerate(attrs["scales"].items()):
             n = int(scale["tiles"])
@@ -111,15 +120,34 @@ def slide_problem(store: str | Path, slide_id: str) -> str | None:
             if fields and k == 0:
                 expected[f"multiscale/{label}"] = (n, len(fields), t, t, 3)
         for key, shape in expected.items():
-            if key not in group:
+            array = _meta(final / key)
+            if array is None or array.get("node_type") != "array":
                 return f"array {key} is missing"
-            if tuple(group[key].shape) != shape:
-                return f"array {key} has shape {tuple(group[key].shape)}, expected {shape}"
-        for key in ("thumbnail", "tissue_mask"):
-            if key not in group:
-                return f"array {key} is missing"
-    except Exception as exc:  # unreadable metadata: not complete, whatever the reason
-        return f"unreadable ({type(exc).__name__}: {exc})".splitlines()[0]
+            if shape is not None and tuple(array["shape"]) != shape:
+                return f"array {key} has shape {tuple(array['shape'])}, expected {shape}"
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return f"unreadable metadata ({type(exc).__name__}: {exc})".splitlines()[0]
+    return None
+
+
+def _discard(path: Path, store: Path) -> None:
+    """Remove a slide folder of ``store``: renamed aside first (atomic), so a kill during the removal leaves a
+    hidden ``.trash-`` folder, never a half-deleted slide under a slide's name."""
+    if path.resolve().parent != store.resolve():
+        raise SlideStoreError(f"{path}: refusing to remove a folder outside the store {store}")
+    trash = store / f".trash-{path.name}-{os.getpid()}"
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def check_slide_id(slide_id: str) -> str | None:
+    """Why ``slide_id`` cannot name a slide in a store (None when it can): it must be a plain folder name that
+    does not collide with the store's own names."""
+    if not slide_id or slide_id in (".", "..") or slide_id.startswith(".") or "/" in slide_id or "\\" in slide_id:
+        return f"{slide_id!r} cannot name a slide folder (empty, hidden or a path); rename the file"
+    for reserved in (PARTIAL, ".lock", ".features"):
+        if slide_id.endswith(reserved):
+            return f"{slide_id!r} ends in {reserved!r}, a name the store uses itself; rename the file"
     return None
 
 
@@ -148,10 +176,13 @@ class SlideWriter:
         self.shard_size = shard_size
         self.clevel = clevel
         self.partial = self.store / (slide_id + PARTIAL)
+        reason = check_slide_id(slide_id)
+        if reason:
+            raise SlideStoreError(reason)
         for stale in (self.partial, self.store / slide_id):  # the caller holds the slide's lock: nobody else's
             if stale.exists():
                 log.info("%s: discarding %s (%s)", slide_id, stale, slide_problem(store, slide_id))
-                shutil.rmtree(stale)
+                _discard(stale, self.store)
         self.group = _zarr().open_group(str(self.partial), mode="w")
         self._writers: dict[str, ShardWriter | None] = {}
 
@@ -194,8 +225,13 @@ class SlideWriter:
         self.group.create_array("thumbnail", data=thumbnail, chunks=thumbnail.shape)
         self.group.create_array("tissue_mask", data=mask, chunks=mask.shape)
 
-    def finalize(self, attrs: dict[str, Any]) -> Path:
+    def finalize(self, attrs: dict[str, Any], still_mine=lambda: True) -> Path:
+        """Set ``complete`` and rename the slide into place, unless ``still_mine()`` says the slide's lock was
+        taken over meanwhile (a holder that stalled past the stale age must not publish over the new one)."""
         self.group.attrs.update({**attrs, "complete": True})
+        if not still_mine():
+            raise SlideStoreError(f"{self.slide_id}: this process lost the slide's lock while tiling it (stalled "
+                                  "past the stale age?); another worker redoes it, this result is dropped")
         final = self.store / self.slide_id
         os.replace(self.partial, final)
         return final
@@ -227,7 +263,7 @@ class SlideStore:
     def slide_ids(self) -> list[str]:
         """Finished slides (interrupted ones, still ``.partial``, are not listed)."""
         return sorted(p.name for p in self.path.iterdir()
-                      if p.is_dir() and not p.name.endswith(PARTIAL) and not p.name.startswith(".")
+                      if p.is_dir() and check_slide_id(p.name) is None
                       and slide_status(self.path, p.name) == "complete")
 
     def partial_ids(self) -> list[str]:

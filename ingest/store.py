@@ -35,7 +35,7 @@ import numpy as np
 
 from ingest.breakhis_names import resolve_magnifications
 from ingest.locks import WorkLock
-from ingest.output_guard import refusal
+from ingest.output_guard import refusal, store_format
 from ingest.shards import ShardedImageReader, ShardLayout
 from ingest.splits import SPLIT_CODES, SplitResult, as_str_array, assert_patient_disjoint
 
@@ -67,6 +67,22 @@ def _blosc(clevel: int):
 def partial_path(out: Path) -> Path:
     """Where a store is built before the atomic rename."""
     return out.with_name(out.name + ".partial")
+
+
+def partial_refusal(partial: Path) -> str | None:
+    """None when the ``<out>.partial`` at ``partial`` may be resumed or discarded (absent, empty, or a zarr group
+    this code wrote, even one cut short while its metadata was written); else why not (a user's folder or file)."""
+    if not partial.exists() or store_format(partial) == FORMAT or (partial / "zarr.json").is_file():
+        return None
+    return refusal(partial, FORMAT, "image store (interrupted ingest)")
+
+
+def discard_dir(path: Path) -> None:
+    """Remove a folder this code owns: renamed aside first (atomic), so a kill during the removal leaves a hidden
+    ``.<name>.trash-<pid>`` folder, never a half-deleted store under a store's name."""
+    trash = path.with_name(f".{path.name}.trash-{os.getpid()}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def store_lock(out: str | Path) -> WorkLock:
@@ -124,7 +140,7 @@ class ImageStoreWriter:
                 log.info("resuming %s: %d inputs already done", self.partial, self.progress["consumed"])
             else:
                 log.warning("discarding the partial store %s: %s", self.partial, problem)
-                shutil.rmtree(self.partial)
+                discard_dir(self.partial)
         if not self.resumed:
             self.group = self._create(zarr, clevel, resume_key)
         self._buffer: list[tuple[np.ndarray, ImageMeta]] = []
@@ -160,7 +176,9 @@ class ImageStoreWriter:
     def _create(self, zarr, clevel: int, resume_key: str):
         try:
             self.partial.parent.mkdir(parents=True, exist_ok=True)
-            group = zarr.open_group(str(self.partial), mode="w")
+            group = zarr.open_group(str(self.partial), mode="w", attributes={  # its zarr.json never lacks a format
+                "format": FORMAT, "format_version": FORMAT_VERSION, "complete": False, "resume_key": resume_key,
+                "progress": self.progress})
         except OSError as exc:
             raise StoreError(f"cannot write store at {self.partial}: {exc.strerror or exc}") from exc
         n, h, w = self.capacity, self.height, self.width
@@ -171,8 +189,6 @@ class ImageStoreWriter:
                             ("source", str)):
             group.create_array(name, shape=(n,), dtype=dtype, chunks=(meta_chunk,))
         group.create_array("orig_size", shape=(n, 2), dtype="int32", chunks=(meta_chunk, 2))
-        group.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "complete": False,
-                            "resume_key": resume_key, "progress": self.progress})
         return group
 
     @property
@@ -253,7 +269,7 @@ def _atomic_replace(src: Path, dst: Path, overwrite: bool) -> Path:
     elif dst.exists():
         if not overwrite:
             raise StoreError(f"{dst} exists; pass --overwrite to replace it")
-        trash = dst.with_name(f"{dst.name}.old-{os.getpid()}")
+        trash = dst.with_name(f".{dst.name}.old-{os.getpid()}")
         os.replace(dst, trash)
         os.replace(src, dst)
         shutil.rmtree(trash, ignore_errors=True)

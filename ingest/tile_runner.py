@@ -8,6 +8,7 @@ pool, workers report per-slide tile progress through a queue; Dask tasks report 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import time
 from collections.abc import Callable
@@ -99,6 +100,7 @@ def run_tiling(slides: list[Path], store: str | Path, config: TileConfig, *, wor
     ``scheduler`` (``tcp://host:port``). A slide another process is tiling (its lock is held) is left to it and
     checked again once the others are done: the run ends when every slide has been finished by someone."""
     events = events or TileEvents()
+    store = Path(os.path.abspath(store))  # `--out .` names the current folder
     if not slides:
         raise TileRunError("no slides to tile")
     _check_unique_ids(slides)
@@ -138,8 +140,13 @@ def _wait_for_busy(results: list[SlideResult], store, config, overlay_dir, event
     busy = [r for r in results if r.status == "busy"]
     for r in busy:
         log.warning("%s: %s; waiting for it to finish", r.path, r.error)
+    waited = 0.0
     while busy:
         time.sleep(BUSY_POLL_SECONDS)
+        waited += BUSY_POLL_SECONDS
+        if waited % 60 < BUSY_POLL_SECONDS:
+            log.warning("still waiting (%.0f s) for %d slide(s) another process is tiling: %s", waited, len(busy),
+                        ", ".join(r.slide_id for r in busy))
         still = []
         for r in busy:
             res = tile_slide(r.path, store, config, overlay_dir=overlay_dir, progress=events.slide_progress)

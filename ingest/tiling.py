@@ -22,7 +22,7 @@ from PIL import Image
 
 from ingest.grid import BaseResolution, Scale, ScaleError, concentric_boxes, grid
 from ingest.readers.base import ReaderError, SlideReader, open_slide
-from ingest.slide_store import SlideStoreError, SlideWriter, init_store, slide_lock, slide_status
+from ingest.slide_store import SlideStoreError, SlideWriter, check_slide_id, init_store, slide_lock, slide_status
 from ingest.tissue import MaskError, TissueConfig, detect_tissue, load_mask, tile_fractions
 
 log = logging.getLogger(__name__)
@@ -226,11 +226,15 @@ def tile_slide(path: str | Path, store: str | Path, config: TileConfig, *, overl
     result = SlideResult(path=str(path), slide_id=sid, status="failed")
     timer = _Timer()
     try:
+        bad_name = check_slide_id(sid)
+        if bad_name:
+            raise SlideStoreError(bad_name)
         init_store(store)
+        lock = slide_lock(store, sid)
         if slide_status(store, sid) == "complete":
+            lock.clear_if_stale()  # a run killed between finishing the slide and releasing its lock
             result.status = "skipped"
             return result
-        lock = slide_lock(store, sid)
         if not lock.try_acquire():  # another worker is on it: the caller comes back to it later
             holder = lock.holder()
             result.status = "busy"
@@ -244,7 +248,8 @@ def tile_slide(path: str | Path, store: str | Path, config: TileConfig, *, overl
                 reader = open_slide(path, config.reader)
             with reader:
                 result.reader, result.mpp, result.objective_power = reader.name, reader.mpp, reader.objective_power
-                _tile_open_slide(reader, path, sid, Path(store), config, timer, result, overlay_dir, progress)
+                _tile_open_slide(reader, path, sid, Path(store), config, timer, result, overlay_dir, progress,
+                                 lock.still_mine)
     except (ReaderError, ScaleError, SlideStoreError, MaskError) as exc:
         result.error = str(exc).removeprefix(f"{path}: ")
     except (OSError, ValueError, RuntimeError, MemoryError) as exc:  # a slide that breaks mid-read
@@ -267,7 +272,7 @@ def tissue_mask(thumb: np.ndarray, slide_id: str, config: TileConfig) -> tuple[n
 
 
 def _tile_open_slide(reader: SlideReader, path: Path, sid: str, store: Path, config: TileConfig, timer: _Timer,
-                     result: SlideResult, overlay_dir, progress) -> None:
+                     result: SlideResult, overlay_dir, progress, still_mine) -> None:
     scales = _scales(reader, config)
     w0, h0 = reader.dimensions
     with timer("tissue"):
@@ -323,7 +328,7 @@ def _tile_open_slide(reader: SlideReader, path: Path, sid: str, store: Path, con
             "scales": scale_attrs,
             "multiscale_fields": list(config.fields) if config.multiscale else [],
             "timings": {k: round(v, 4) for k, v in timer.seconds.items()},
-        })
+        }, still_mine)
     result.status = "done" if any(result.tiles.values()) else "empty"
     if result.status == "empty":
         log.warning("%s: no tissue tile reached the threshold %.2f (tissue covers %.1f%% of the thumbnail)",

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from ingest.locks import pid_alive
+
 log = logging.getLogger(__name__)
 
 #: How often a worker without pidfd support checks that its parent is alive.
@@ -38,24 +40,21 @@ def mp_context():
 
 
 def _wait_for_exit(pid: int) -> None:
-    """Block until process ``pid`` has exited."""
+    """Block until process ``pid`` has exited (a zombie counts as exited)."""
     pidfd = None
     if hasattr(os, "pidfd_open"):
         with contextlib.suppress(OSError):
             pidfd = os.pidfd_open(pid)
     if pidfd is not None:
         try:
-            select.select([pidfd], [], [])  # readable once the process has exited
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)  # readable once the process has exited
+            while not poller.poll():
+                pass
         finally:
             os.close(pidfd)
         return
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            pass
+    while pid_alive(pid):
         threading.Event().wait(POLL_SECONDS)
 
 
@@ -85,7 +84,11 @@ def process_pool(workers: int, initializer: Callable[..., None] | None = None,
 
 def stop_helpers() -> None:
     """Stop multiprocessing's forkserver and resource tracker if this process started them (they would otherwise
-    linger until the interpreter exits). Safe to call at any time; a later pool starts them again."""
+    linger until the interpreter exits). Called by the CLIs when a command ends; it does nothing while a child
+    process of this one is alive (the tracker would wait for it). These are private multiprocessing methods
+    (CPython 3.8 to 3.13 have them); where they are missing, the helpers exit when this process does."""
+    if multiprocessing.active_children():
+        return
     with contextlib.suppress(Exception):
         from multiprocessing import forkserver
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.decode import DecodeError, check_pixel_count
 from ingest.readers.base import (
     READERS,
     Level,
@@ -174,7 +173,6 @@ class TifffileReader(SlideReader):
 
         try:
             with Image.open(self.path) as img:
-                check_pixel_count(img.size)
                 img.load()
                 dpi = img.info.get("dpi")
                 rgb = img.convert("RGBA" if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
@@ -182,9 +180,6 @@ class TifffileReader(SlideReader):
                 self._image = to_rgb(np.asarray(rgb))
         except UnidentifiedImageError:
             raise ReaderError(f"{self.path}: not a slide or an image file") from None
-        except DecodeError as exc:
-            raise ReaderError(f"{self.path}: {exc} (a plain image is held in memory whole; convert a larger one "
-                              "to a pyramidal TIFF)") from None
         except Exception as exc:  # truncated / corrupt data, decompression bomb...
             raise ReaderError(f"{self.path}: cannot decode image: {one_line(exc)}") from None
         h, w = self._image.shape[:2]

@@ -145,11 +145,12 @@ def _shard_files(folder: Path) -> int:
 def test_sigkill_mid_ingest_leaves_no_process_and_the_rerun_is_the_clean_store(tmp_path, big_tree, clean_images,
                                                                                moment):
     out = tmp_path / "images.zarr"
-    shards = {"decoding": 0, "half": 30, "late": 55}[moment]  # of 60 shard files
+    shards = {"decoding": 0, "half": 30, "late": 45}[moment]  # of 60 shard files
     proc = procs.start("breakhis", big_tree, "--out", out, "--shard-size", "8", "--workers", "2")
     images = partial_path(out) / "images"
     if shards == 0:
-        ready = lambda: len(procs.group_members(proc.pid)) >= 3  # noqa: E731 - decoders are running
+        # main + resource tracker + forkserver + 2 decoders
+        ready = lambda: len(procs.group_members(proc.pid)) >= 5  # noqa: E731
     else:
         ready = lambda: _shard_files(images) >= shards  # noqa: E731
     left = _kill_when(proc, ready, f"{moment} of the ingest")
@@ -263,3 +264,55 @@ def test_images_store_unchanged_after_a_refused_overwrite_of_a_non_store(tmp_pat
     with pytest.raises(IngestError, match="nothing in it was touched"):
         ingest_breakhis(IngestConfig(root=str(tiny_tree), out=str(target), workers=1, overwrite=True))
     assert procs.store_digest(target) == before
+
+
+def test_a_slide_whose_name_is_dots_fails_alone_and_deletes_nothing(tmp_path, slides):
+    from ingest.tiling import TileConfig, tile_slide
+
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    (parent / "precious.txt").write_text("keep me")
+    for name in ("...tiff", "..tif", "a.partial.tiff"):
+        odd = tmp_path / name
+        shutil.copy(slides / "slide-0.tiff", odd)
+        res = tile_slide(odd, parent / "tiles.zarr", TileConfig())
+        assert res.status == "failed" and "rename the file" in res.error, res
+    assert sorted(p.name for p in parent.iterdir()) == ["precious.txt"]  # refused before the store was made
+    assert (parent / "precious.txt").read_text() == "keep me"
+
+
+def test_out_dot_names_the_current_folder(tmp_path, tiny_tree):
+    work = tmp_path / "work"
+    work.mkdir()
+    res = subprocess.run(procs.ingest_cmd("breakhis", tiny_tree, "--out", "."), cwd=work, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert is_complete(work)
+
+
+def _init_race(path: str, barrier, results) -> None:
+    from ingest.slide_store import SlideStoreError, init_store
+
+    barrier.wait()
+    try:
+        init_store(path)
+        results.put("ok")
+    except SlideStoreError as exc:
+        results.put(str(exc))
+
+
+def test_racing_tilers_never_take_a_new_store_for_a_user_folder(tmp_path):
+    from ingest.workers import mp_context
+
+    ctx = mp_context()
+    for trial in range(10):
+        path = tmp_path / f"s{trial}.zarr"
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        workers = [ctx.Process(target=_init_race, args=(str(path), barrier, results)) for _ in range(4)]
+        for w in workers:
+            w.start()
+        outcome = [results.get(timeout=60) for _ in workers]
+        for w in workers:
+            w.join(timeout=60)
+        assert outcome == ["ok"] * 4, outcome
+        assert sorted(p.name for p in path.iterdir()) == ["zarr.json"]

@@ -16,23 +16,24 @@ from ingest.locks import LockBusy, LockOwner, WorkLock, read_owner
 from ingest.workers import mp_context
 
 
-def _race(path: str, barrier, results) -> None:
+def _race(path: str, barrier, results, all_answered) -> None:
     lock = WorkLock(path, "race")
     barrier.wait()
     won = lock.try_acquire()
     results.put(won)
     if won:
-        time.sleep(0.5)  # hold it while the others try
+        all_answered.wait(60)  # hold it until every other process has tried
         lock.release()
 
 
 def _race_many(path, n: int = 6) -> list[bool]:
     ctx = mp_context()
-    barrier, results = ctx.Barrier(n), ctx.Queue()
-    workers = [ctx.Process(target=_race, args=(str(path), barrier, results)) for _ in range(n)]
+    barrier, results, all_answered = ctx.Barrier(n), ctx.Queue(), ctx.Event()
+    workers = [ctx.Process(target=_race, args=(str(path), barrier, results, all_answered)) for _ in range(n)]
     for w in workers:
         w.start()
     outcome = [results.get(timeout=60) for _ in workers]
+    all_answered.set()
     for w in workers:
         w.join(timeout=60)
     return outcome
@@ -97,7 +98,9 @@ def test_a_reused_pid_is_told_apart_by_its_start_time(tmp_path):
         pytest.skip("no /proc start times here")
     path = tmp_path / "x.lock"
     _write_lock(path, replace(me, start_ticks=me.start_ticks - 1))  # "this pid", but another process's start
-    assert WorkLock(path, "new").try_acquire()
+    lock = WorkLock(path, "new")
+    assert lock.try_acquire()
+    lock.release()
 
 
 def test_another_hosts_lock_is_stale_only_when_its_heartbeat_is_old(tmp_path, monkeypatch):
@@ -106,7 +109,58 @@ def test_another_hosts_lock_is_stale_only_when_its_heartbeat_is_old(tmp_path, mo
     assert not WorkLock(path, "new").try_acquire()  # fresh heartbeat: alive
     old = time.time() - locks.STALE_SECONDS - 5
     os.utime(path, (old, old))
-    assert WorkLock(path, "new").try_acquire()
+    lock = WorkLock(path, "new")
+    assert lock.try_acquire()
+    lock.release()
+
+
+def test_same_hostname_in_another_pid_namespace_counts_as_another_host(tmp_path):
+    """Two containers sharing a hostname but not their pids must not judge each other's pids."""
+    path = tmp_path / "x.lock"
+    _write_lock(path, replace(LockOwner.me("sidecar"), pid=_dead_pid(), machine="same-host/boot/other-pid-ns"))
+    assert not WorkLock(path, "new").try_acquire()  # its pid means nothing here: the heartbeat rules
+    old = time.time() - locks.STALE_SECONDS - 5
+    os.utime(path, (old, old))
+    lock = WorkLock(path, "new")
+    assert lock.try_acquire()
+    lock.release()
+
+
+def test_a_zombie_holder_is_dead():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    time.sleep(0.5)  # exited, not reaped: a zombie
+    try:
+        assert not locks.pid_alive(proc.pid)
+    finally:
+        proc.wait()
+
+
+def test_fields_of_a_newer_version_are_ignored(tmp_path):
+    path = tmp_path / "x.lock"
+    path.write_text(json.dumps({**asdict(LockOwner.me("new")), "something_new": 1}))
+    assert read_owner(path).pid == os.getpid()
+
+
+def test_a_stale_breaker_is_removed_and_a_fresh_one_kept(tmp_path):
+    breaker = tmp_path / "x.lock.break"
+    breaker.write_text("")
+    locks._remove_stale_breaker(breaker)  # fresh (just written): put back
+    assert breaker.exists()
+    old = time.time() - locks.BREAKER_STALE_SECONDS - 5
+    os.utime(breaker, (old, old))
+    locks._remove_stale_breaker(breaker)
+    assert not breaker.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_still_mine_and_clearing_a_stale_lock_beside_finished_work(tmp_path):
+    lock = WorkLock(tmp_path / "x.lock", "mine")
+    assert lock.try_acquire() and lock.still_mine()
+    _write_lock(lock.path, replace(LockOwner.me("theirs"), token="t2"))
+    assert not lock.still_mine()
+    lock.release()
+    _write_lock(lock.path, replace(LockOwner.me("killed"), pid=_dead_pid()))
+    WorkLock(lock.path, "finished").clear_if_stale()
+    assert not lock.path.exists()
 
 
 def test_heartbeat_keeps_the_lock_fresh(tmp_path, monkeypatch):
@@ -134,7 +188,9 @@ def test_an_unreadable_lock_is_stale_after_its_grace(tmp_path):
     assert not WorkLock(path, "new").try_acquire()
     old = time.time() - locks.UNREADABLE_GRACE_SECONDS - 1
     os.utime(path, (old, old))
-    assert WorkLock(path, "new").try_acquire()
+    lock = WorkLock(path, "new")
+    assert lock.try_acquire()
+    lock.release()
 
 
 def test_released_on_an_exception(tmp_path):
