@@ -291,11 +291,11 @@ def ingest_breakhis(config: IngestConfig, progress: Progress | None = None) -> I
         reason = partial_refusal(partial_path(out))  # checked under the lock: no other writer is mid-way
         if reason:
             raise IngestError(reason)
-        return _ingest_locked(config, root, out, summary, t0, progress)
+        return _ingest_locked(config, root, out, summary, t0, progress, lock.still_mine)
 
 
 def _ingest_locked(config: IngestConfig, root: Path, out: Path, summary: IngestSummary, t0: float,
-                   progress: Progress | None) -> IngestSummary:
+                   progress: Progress | None, still_mine) -> IngestSummary:
     """The ingest proper, run by the one process that holds the store's lock."""
     candidates, problems = discover(root, config.magnifications)
     for p in problems:
@@ -360,7 +360,7 @@ def _ingest_locked(config: IngestConfig, root: Path, out: Path, summary: IngestS
         "summary": summary.to_attrs(),
     }
     try:
-        writer.finalize(attrs, split, overwrite=config.overwrite)
+        writer.finalize(attrs, split, overwrite=config.overwrite, still_mine=still_mine)
     except StoreError as exc:
         raise IngestError(str(exc)) from exc
     return summary

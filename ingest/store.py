@@ -237,8 +237,10 @@ class ImageStoreWriter:
         return {"label": self.group["label"][:n], "patient": as_str_array(self.group["patient"][:n]),
                 "magnification": as_str_array(self.group["magnification"][:n])}
 
-    def finalize(self, attrs: dict[str, Any], split: SplitResult, overwrite: bool = False) -> Path:
-        """Trim, write the split, set ``complete`` and rename ``<out>.partial`` -> ``<out>`` atomically."""
+    def finalize(self, attrs: dict[str, Any], split: SplitResult, overwrite: bool = False,
+                 still_mine=lambda: True) -> Path:
+        """Trim, write the split, set ``complete`` and rename ``<out>.partial`` -> ``<out>`` atomically, unless
+        ``still_mine()`` says the store's lock was taken over meanwhile."""
         self._flush()
         n = int(self.progress["written"])
         if n == 0:
@@ -257,6 +259,9 @@ class ImageStoreWriter:
         final_attrs["complete"] = True
         final_attrs["completed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         g.attrs.update(final_attrs)
+        if not still_mine():
+            raise StoreError(f"{self.out}: this process lost the store's lock while ingesting (stalled past the "
+                             "stale age?); the other writer's result stands, this one is dropped")
         return _atomic_replace(self.partial, self.out, overwrite)
 
 
