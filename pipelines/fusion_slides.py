@@ -8,13 +8,13 @@ validation slides (a slide's prediction is the mean of its tiles' class probabil
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ingest.files import atomic_write_json
 from pipelines.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pipelines.evaluate import classification_metrics
 from pipelines.mil import MILError, read_labels, split_slides
@@ -112,8 +112,8 @@ def train_slide_fusion(config: SlideFusionConfig) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
-    (out / "splits.json").write_text(json.dumps({**by_split, "notes": notes, "classes": classes}, indent=1))
+    atomic_write_json(out / "config.json", asdict(config))
+    atomic_write_json(out / "splits.json", {**by_split, "notes": notes, "classes": classes})
 
     def predict(name: str) -> np.ndarray:
         views, _ = data[name]
@@ -167,5 +167,5 @@ def train_slide_fusion(config: SlideFusionConfig) -> dict:
         summary["test_slide"] = _slide_metrics(probs, owner, labels, classes).to_dict()
         summary["test_tile"] = classification_metrics([classes.index(labels[s]) for s in owner], tile_pred,
                                                       classes).to_dict()
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_json(out / "summary.json", summary)
     return summary

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ingest.files import atomic_write_json
 from ingest.splits import SPLIT_CODES, SplitConfig, patient_split
 from pipelines.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from pipelines.evaluate import classification_metrics
@@ -216,8 +217,8 @@ def train_mil(config: MILConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("summary.json", "best.pt"):  # another config's result: never this run's if it is interrupted
         (out / stale).unlink(missing_ok=True)
-    (out / "splits.json").write_text(json.dumps({**by_split, "notes": notes, "classes": classes}, indent=1))
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
+    atomic_write_json(out / "splits.json", {**by_split, "notes": notes, "classes": classes})
+    atomic_write_json(out / "config.json", asdict(config))
     rng = random.Random(config.seed)
     with RunLogger(out, config=asdict(config)) as tracker:
         stopper = EarlyStopping(config.patience, out / "metrics.jsonl", tracker)
@@ -255,9 +256,7 @@ def train_mil(config: MILConfig) -> dict:
                "classes": classes, "test_predictions": {
                    s: [round(float(p), 6) for p in _predict(model, bags[s], config.device)[0]]
                    for s in by_split["test"]}}
-    tmp = out / "summary.json.tmp"  # written last, atomically: its presence marks a finished run
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(out / "summary.json")
+    atomic_write_json(out / "summary.json", summary)  # written last: its presence marks a finished run
     return summary
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ingest.files import atomic_write_json
 from pipelines.checkpoint import Checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ def pretrain(config: PretrainConfig, progress=None) -> Path:
                 "split_description": store.attrs.get("split", {}).get("description"),
                 "patients": sorted(set(patients.tolist()))}
     weights.unlink(missing_ok=True)  # another config's encoder: never to pass as this run's if it is interrupted
-    (run_dir / "config.json").write_text(json.dumps(resolved, indent=1))
+    atomic_write_json(run_dir / "config.json", resolved)
     history = run_dir / "pretrain.jsonl"
     history.unlink(missing_ok=True)
     with RunLogger(run_dir, config=resolved) as tracker:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ingest.breakhis_names import resolve_magnifications
+from ingest.files import atomic_write_json
 from pipelines.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from pipelines.device import PRECISIONS, DeviceError, autocast, autocast_dtype, resolve_device
 from pipelines.distributed import barrier, broadcast_flag, init_distributed, shutdown, wrap
@@ -413,7 +414,7 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
             tracker.log_epoch(row, epoch)  # after last.pt: a resumed run never repeats a logged epoch
     summary = {"best_epoch": best_epoch, "best_val": best, "epochs_run": epoch + 1, "world_size": ctx.world_size}
     if main:
-        (run_dir / "complete").write_text(json.dumps(summary, indent=1))
+        atomic_write_json(run_dir / "complete", summary)
     barrier(ctx)
     shutdown(ctx)
     return TrainResult(run_dir, best_epoch, best or {}, epoch + 1, resumed=resumed)
@@ -422,15 +423,15 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
 def _write_run_files(run_dir: Path, config: TrainConfig, store, store_path: Path, mags, resumed: bool,
                      classes) -> None:
     """The resolved config and the split ids beside the checkpoints; a fresh run starts a fresh metrics file."""
-    (run_dir / "config.json").write_text(json.dumps(_config_json(config, store_path), indent=1))
-    (run_dir / "splits.json").write_text(json.dumps({
+    atomic_write_json(run_dir / "config.json", _config_json(config, store_path))
+    atomic_write_json(run_dir / "splits.json", indent=None, data={
         "store": str(store_path), "origin": store.attrs.get("origin", {}),
         "magnifications": list(mags), "task": config.task, "classes": list(classes),
         "split": store.attrs.get("split", {}).get("description"), "folds": config.folds, "fold": config.fold,
         "split_seed": config.split_seed, "label_fraction": config.label_fraction,
         **{s: {"indices": store.select(split=s).tolist(),
                "patients": sorted(set(store.patient[store.select(split=s)].tolist()))}
-           for s in ("train", "val", "test")}}))
+           for s in ("train", "val", "test")}})
     metrics_path = run_dir / "metrics.jsonl"
     if not resumed and metrics_path.exists():
         metrics_path.unlink()
