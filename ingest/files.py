@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -46,3 +47,27 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, data: Any, indent: int | None = 1) -> Path:
     """``data`` as JSON at ``path``, atomically (values JSON cannot hold are written as ``str``)."""
     return atomic_write_text(path, json.dumps(data, indent=indent, default=str))
+
+
+def replace_dir(src: str | Path, dst: str | Path) -> Path:
+    """Put folder ``src`` at ``dst``: the old ``dst`` (if any) is renamed aside, ``src`` renamed into place, then the
+    old one removed. A reader sees the old folder or the new one; a kill in between leaves the old one aside as a
+    hidden ``.<name>.old-<pid>`` folder, never a half-written folder under the name."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        trash = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, trash)
+        os.replace(src, dst)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+    return dst
+
+
+def discard_dir(path: str | Path) -> None:
+    """Remove a folder the project owns: renamed aside first (atomic), so a kill during the removal leaves a hidden
+    ``.<name>.trash-<pid>`` folder, never a half-deleted one under the name."""
+    path = Path(path)
+    trash = path.with_name(f".{path.name}.trash-{os.getpid()}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)

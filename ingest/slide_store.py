@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ingest.files import discard_dir
 from ingest.locks import WorkLock, create_exclusive
 from ingest.output_guard import refusal, store_format
 from ingest.shards import ShardWriter
@@ -135,9 +135,7 @@ def _discard(path: Path, store: Path) -> None:
     hidden ``.trash-`` folder, never a half-deleted slide under a slide's name."""
     if path.resolve().parent != store.resolve():
         raise SlideStoreError(f"{path}: refusing to remove a folder outside the store {store}")
-    trash = store / f".trash-{path.name}-{os.getpid()}"
-    os.replace(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    discard_dir(path)
 
 
 def check_slide_id(slide_id: str) -> str | None:

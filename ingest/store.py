@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ingest.breakhis_names import resolve_magnifications
+from ingest.files import discard_dir, replace_dir
 from ingest.locks import WorkLock
 from ingest.output_guard import refusal, store_format
 from ingest.shards import ShardedImageReader, ShardLayout
@@ -75,14 +76,6 @@ def partial_refusal(partial: Path) -> str | None:
     if not partial.exists() or store_format(partial) == FORMAT or (partial / "zarr.json").is_file():
         return None
     return refusal(partial, FORMAT, "image store (interrupted ingest)")
-
-
-def discard_dir(path: Path) -> None:
-    """Remove a folder this code owns: renamed aside first (atomic), so a kill during the removal leaves a hidden
-    ``.<name>.trash-<pid>`` folder, never a half-deleted store under a store's name."""
-    trash = path.with_name(f".{path.name}.trash-{os.getpid()}")
-    os.replace(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def store_lock(out: str | Path) -> WorkLock:
@@ -274,10 +267,7 @@ def _atomic_replace(src: Path, dst: Path, overwrite: bool) -> Path:
     elif dst.exists():
         if not overwrite:
             raise StoreError(f"{dst} exists; pass --overwrite to replace it")
-        trash = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, trash)
-        os.replace(src, dst)
-        shutil.rmtree(trash, ignore_errors=True)
+        replace_dir(src, dst)
     else:
         os.replace(src, dst)
     return dst

@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from ingest.files import replace_dir
 from ingest.locks import WorkLock
 
 log = logging.getLogger(__name__)
@@ -60,16 +60,6 @@ def cached_features(store_path: str | Path, slide_id: str, scale: str, extractor
     if group[key].attrs.get("weights") != encoder_identity(weights, pretrained):
         return None
     return group[key][:].astype(np.float32)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    if dst.exists():
-        trash = dst.with_name(f".{dst.name}.{os.getpid()}.old")
-        os.replace(dst, trash)
-        os.replace(src, dst)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(src, dst)
 
 
 def extract_slide_features(store_path: str | Path, slide_id: str, scale: str, extractor: str = "resnet50", *,
@@ -134,6 +124,6 @@ def _compute_and_cache(store_path, slide_id, scale, extractor, *, weights, pretr
                                 attributes={"weights": identity}, overwrite=True)
     del array
     folder = Path(store_path) / slide_id / "features" / scale
-    _replace_dir(folder / aside, folder / extractor)  # readers see the old array or the whole new one
+    replace_dir(folder / aside, folder / extractor)  # readers see the old array or the whole new one
     log.info("%s: %d tile features (%s, %d-d) cached", slide_id, len(feats), extractor, feats.shape[1])
     return feats.astype(np.float32)  # the same values a later read of the cache gives

@@ -197,16 +197,22 @@ def test_a_clean_run_leaves_no_process_behind(tmp_path, tiny_tree):
     assert procs.survivors_after(proc.pid, 0.0) == []
 
 
-def test_a_partial_store_whose_arrays_are_gone_is_discarded_with_a_note(tmp_path, tiny_tree, caplog):
-    out = tmp_path / "s.zarr"
+def _interrupted_ingest(tree: Path, out: Path) -> IngestConfig:
+    """Ingest ``tree`` into ``out`` with 8-image shards, interrupted after 30 images (a resumable partial store)."""
 
     def interrupt(done, total):
         if done == 30:
             raise KeyboardInterrupt
 
-    config = IngestConfig(root=str(tiny_tree), out=str(out), workers=1, shard_size=8)
+    config = IngestConfig(root=str(tree), out=str(out), workers=1, shard_size=8)
     with pytest.raises(KeyboardInterrupt):
         ingest_breakhis(config, progress=interrupt)
+    return config
+
+
+def test_a_partial_store_whose_arrays_are_gone_is_discarded_with_a_note(tmp_path, tiny_tree, caplog):
+    out = tmp_path / "s.zarr"
+    config = _interrupted_ingest(tiny_tree, out)
     shutil.rmtree(partial_path(out) / "images")  # what a second writer's rmtree used to leave
     summary = ingest_breakhis(config)
     assert not summary.resumed and summary.images == 96 and is_complete(out)
@@ -216,13 +222,7 @@ def test_a_partial_store_whose_arrays_are_gone_is_discarded_with_a_note(tmp_path
 
 def test_overwrite_always_discards_a_partial_store(tmp_path, tiny_tree, caplog):
     out = tmp_path / "s.zarr"
-
-    def interrupt(done, total):
-        if done == 30:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        ingest_breakhis(IngestConfig(root=str(tiny_tree), out=str(out), workers=1, shard_size=8), progress=interrupt)
+    _interrupted_ingest(tiny_tree, out)
     summary = ingest_breakhis(IngestConfig(root=str(tiny_tree), out=str(out), workers=1, shard_size=8,
                                            overwrite=True))
     assert not summary.resumed and is_complete(out)

@@ -49,6 +49,16 @@ def _write_lock(path, owner: LockOwner) -> None:
     path.write_text(json.dumps(asdict(owner)))
 
 
+def _held_until_aged(path, age: float) -> None:
+    """The lock at ``path`` cannot be taken now, and can be once its mtime is ``age`` seconds old."""
+    assert not WorkLock(path, "new").try_acquire()
+    old = time.time() - age
+    os.utime(path, (old, old))
+    lock = WorkLock(path, "new")
+    assert lock.try_acquire()
+    lock.release()
+
+
 def test_one_winner_among_racing_processes(tmp_path):
     outcome = _race_many(tmp_path / "x.lock")
     assert outcome.count(True) == 1, outcome
@@ -106,24 +116,14 @@ def test_a_reused_pid_is_told_apart_by_its_start_time(tmp_path):
 def test_another_hosts_lock_is_stale_only_when_its_heartbeat_is_old(tmp_path, monkeypatch):
     path = tmp_path / "x.lock"
     _write_lock(path, replace(LockOwner.me("remote"), host="some-other-node"))
-    assert not WorkLock(path, "new").try_acquire()  # fresh heartbeat: alive
-    old = time.time() - locks.STALE_SECONDS - 5
-    os.utime(path, (old, old))
-    lock = WorkLock(path, "new")
-    assert lock.try_acquire()
-    lock.release()
+    _held_until_aged(path, locks.STALE_SECONDS + 5)  # a fresh heartbeat: alive
 
 
 def test_same_hostname_in_another_pid_namespace_counts_as_another_host(tmp_path):
     """Two containers sharing a hostname but not their pids must not judge each other's pids."""
     path = tmp_path / "x.lock"
     _write_lock(path, replace(LockOwner.me("sidecar"), pid=_dead_pid(), machine="same-host/boot/other-pid-ns"))
-    assert not WorkLock(path, "new").try_acquire()  # its pid means nothing here: the heartbeat rules
-    old = time.time() - locks.STALE_SECONDS - 5
-    os.utime(path, (old, old))
-    lock = WorkLock(path, "new")
-    assert lock.try_acquire()
-    lock.release()
+    _held_until_aged(path, locks.STALE_SECONDS + 5)  # its (dead) pid means nothing here: the heartbeat rules
 
 
 def test_a_zombie_holder_is_dead():
@@ -185,12 +185,7 @@ def test_release_never_removes_a_lock_taken_over_by_another_process(tmp_path):
 def test_an_unreadable_lock_is_stale_after_its_grace(tmp_path):
     path = tmp_path / "x.lock"
     path.write_text("{not json")
-    assert not WorkLock(path, "new").try_acquire()
-    old = time.time() - locks.UNREADABLE_GRACE_SECONDS - 1
-    os.utime(path, (old, old))
-    lock = WorkLock(path, "new")
-    assert lock.try_acquire()
-    lock.release()
+    _held_until_aged(path, locks.UNREADABLE_GRACE_SECONDS + 1)
 
 
 def test_released_on_an_exception(tmp_path):
