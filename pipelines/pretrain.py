@@ -5,13 +5,13 @@ adjacent magnifications; fixed: always the same pair; random: any two), each aug
 device; the other pairs in the batch are the negatives (NT-Xent). Labels are never read. The encoder is saved as
 ``encoder.safetensors`` in the run directory (the whole model, projection head included, as an ``mpcs`` checkpoint in
 ``best.pt``: :mod:`pipelines.checkpoint`), ready for ``histo-bench train --model <backbone> --weights ...``
-(fine-tuning, on either ``--task``) or a linear evaluation. The per-epoch ``pretrain.jsonl`` has its TensorBoard view
-in ``tb/`` (:mod:`pipelines.tracking`).
+(fine-tuning, on either ``--task``) or a linear evaluation. Training runs through the one engine
+(:mod:`pipelines.engine`: precision, schedule, clipping, resume, ``metrics.jsonl`` + ``tb/``) for a fixed budget
+of epochs: there is no validation signal, so the last epoch's model is the one kept.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections import defaultdict
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.files import atomic_write_json
-from pipelines.checkpoint import Checkpoint, save_checkpoint
+from pipelines.checkpoint import Checkpoint, load_checkpoint
+from pipelines.engine import FitConfig, Recipe, finished_run, fit
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class PretrainConfig:
         task: the task whose classes stratify the folds (the same as the fine-tuning runs'); labels are not used
             for anything else.
         max_steps_per_epoch: cap on steps per epoch (quick runs); None = every anchor image once per epoch.
+        precision: "auto" (bf16 autocast on CUDA when supported), "fp32", "bf16" or "fp16" (the engine's).
     """
 
     model: str = "mpcs_resnet50"
@@ -71,6 +72,7 @@ class PretrainConfig:
     split_seed: int = 0
     task: str = "subtype"
     max_steps_per_epoch: int | None = None
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         from models.mpcs import PAIR_STRATEGIES
@@ -118,99 +120,90 @@ def sample_pairs(anchors: np.ndarray, patients: np.ndarray, index, strategy: str
     return np.array(first), np.array(second)
 
 
+class MPCSRecipe(Recipe):
+    """MPCS for :func:`pipelines.engine.fit`: a batch is anchor positions; the step draws a same-patient image at
+    another magnification for each (the pair strategy), augments both views independently and takes NT-Xent."""
+
+    kind, unit = "mpcs", "pairs"
+
+    def __init__(self, config: PretrainConfig, resolved: dict, model, images, anchors: np.ndarray,
+                 patients: np.ndarray, index, device: str) -> None:
+        from pipelines.augment import GpuAugment
+
+        self.config, self.resolved, self.model, self.images, self.device = config, resolved, model, images, device
+        self.anchors, self.patients, self.index = anchors, patients, index
+        self.augment = GpuAugment(out_size=config.image_size, seed=config.seed)
+
+    def steps_per_epoch(self) -> int:
+        return len(self.anchors) // self.config.batch_size
+
+    def batches(self, epoch: int):
+        bs = self.config.batch_size
+        order = self.anchors[np.random.default_rng(self.config.seed + epoch).permutation(len(self.anchors))]
+        rng = random.Random(self.config.seed * 1_000_003 + epoch)  # per epoch: a resumed run draws the same pairs
+        for step in range(self.steps_per_epoch()):
+            yield sample_pairs(order[step * bs:(step + 1) * bs], self.patients, self.index, self.config.pair, rng)
+
+    def step(self, model, batch):
+        import torch
+
+        from models.mpcs import nt_xent
+
+        a, b = (torch.as_tensor(x, device=self.device) for x in batch)
+        z1, z2 = model(self.augment(self.images[a])), model(self.augment(self.images[b]))
+        return nt_xent(z1.float(), z2.float(), self.config.temperature), len(a)
+
+    def checkpoint(self, state, epoch, extra) -> Checkpoint:
+        return Checkpoint(kind="mpcs", model=self.config.model, state=state, task="mpcs", config=self.resolved,
+                          epoch=epoch, extra=extra)
+
+
 def pretrain(config: PretrainConfig, progress=None) -> Path:
-    """Run MPCS pretraining; returns the path of the saved encoder weights."""
-    import torch
+    """Run MPCS pretraining through the one engine (:func:`pipelines.engine.fit`: a fixed budget of
+    ``epochs``, the last epoch's model in ``best.pt``); returns the path of the exported encoder weights.
+    ``progress(done, total)`` counts optimizer steps."""
     from safetensors.torch import save_file
 
     from ingest.store import ImageStore
-    from models.mpcs import FIXED_PAIR, nt_xent
+    from models.mpcs import FIXED_PAIR
     from models.registry import build_model
-    from pipelines.augment import GpuAugment
     from pipelines.cv import split_view
     from pipelines.data import load_images
     from pipelines.device import resolve_device
-    from pipelines.tracking import EpochClock, RunLogger
     from pipelines.train import default_store, seed_everything
 
     store_path = Path(config.store) if config.store else default_store()
-    weights = config.run_dir / "encoder.safetensors"
-    if weights.exists() and _finished_same(config, store_path):
-        log.info("%s is complete; not pretraining again (delete it or use another --out)", config.run_dir)
-        return weights
     store = split_view(ImageStore(store_path), config.folds, config.fold, config.split_seed, config.task)
     device = resolve_device(config.device)
     seed_everything(config.seed)
-    rng = random.Random(config.seed)
     idx = store.select(split=config.split)
     patients, mags = store.patient[idx], store.magnification[idx]
     index = pair_index(patients, mags)
     usable = {p for p, by_mag in index.items() if len(by_mag) >= 2
               and (config.pair != "fixed" or set(FIXED_PAIR) <= set(by_mag))}
-    anchors_all = np.array([i for i, p in enumerate(patients.tolist()) if p in usable])
-    if len(anchors_all) < config.batch_size:
-        raise ValueError(f"{store_path}: only {len(anchors_all)} {config.split} images have a partner at another "
+    anchors = np.array([i for i, p in enumerate(patients.tolist()) if p in usable])
+    if len(anchors) < config.batch_size:
+        raise ValueError(f"{store_path}: only {len(anchors)} {config.split} images have a partner at another "
                          f"magnification for the {config.pair!r} strategy; need at least one batch")
-    images = load_images(store, idx, round(config.image_size * 8 / 7)).to(device)
-    model = build_model(config.model, 0).to(device)
-    augment = GpuAugment(out_size=config.image_size, seed=config.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps = len(anchors_all) // config.batch_size
-    if config.max_steps_per_epoch is not None:
-        steps = min(steps, config.max_steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps * config.epochs)
-    run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {**asdict(config), "store": str(store_path), "origin": store.attrs.get("origin", {}),
                 "split_description": store.attrs.get("split", {}).get("description"),
                 "patients": sorted(set(patients.tolist()))}
-    weights.unlink(missing_ok=True)  # another config's encoder: never to pass as this run's if it is interrupted
-    atomic_write_json(run_dir / "config.json", resolved)
-    history = run_dir / "pretrain.jsonl"
-    history.unlink(missing_ok=True)
-    with RunLogger(run_dir, config=resolved) as tracker:
-        for epoch in range(config.epochs):
-            model.train()
-            order = np.array(anchors_all)[np.random.default_rng(config.seed + epoch).permutation(len(anchors_all))]
-            clock, loss_sum = EpochClock(device), 0.0
-            for step in range(steps):
-                a, b = sample_pairs(order[step * config.batch_size:(step + 1) * config.batch_size], patients, index,
-                                    config.pair, rng)
-                z1 = model(augment(images[torch.as_tensor(a, device=device)]))
-                z2 = model(augment(images[torch.as_tensor(b, device=device)]))
-                loss = nt_xent(z1, z2, config.temperature)
-                if not torch.isfinite(loss):
-                    raise RuntimeError(f"MPCS loss became {loss.item()} at epoch {epoch} step {step}; lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                loss_sum += loss.item()
-                done = epoch * steps + step + 1
-                if config.log_every and done % config.log_every == 0:
-                    tracker.log_step({"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}, done)
-                if progress:
-                    progress(done, config.epochs * steps)
-            row = {"epoch": epoch, "loss": loss_sum / steps, "lr": optimizer.param_groups[0]["lr"],
-                   **clock.stats(steps * config.batch_size, "pairs")}
-            with history.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            tracker.log_epoch(row, epoch)
-            log.info("MPCS epoch %d: NT-Xent %.4f", epoch, row["loss"])
-    save_checkpoint(run_dir / "best.pt", Checkpoint(kind="mpcs", model=config.model, task="mpcs", config=resolved,
-                                                    state={"model": model.state_dict()}, epoch=config.epochs - 1))
+    run_dir, weights = config.run_dir, config.run_dir / "encoder.safetensors"
+    if finished_run(run_dir, resolved) is not None and weights.exists():
+        log.info("%s is complete; not pretraining again (delete it or use another --out)", run_dir)
+        return weights
+    images = load_images(store, idx, round(config.image_size * 8 / 7)).to(device)
+    model = build_model(config.model, 0).to(device)
+    recipe = MPCSRecipe(config, resolved, model, images, anchors, patients, index, device)
+    fit_config = FitConfig(epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay, grad_clip=1.0,
+                           precision=config.precision, log_every=config.log_every,
+                           max_steps_per_epoch=config.max_steps_per_epoch, monitor=None)
+    weights.unlink(missing_ok=True)  # exported again from this run's best.pt below
+    step_bar = (lambda epoch, step, n, loss: progress(epoch * n + step, config.epochs * n)) if progress else None
+    fit(recipe, fit_config, run_dir, resolved, device=device, progress=step_bar)
+    best = load_checkpoint(run_dir / "best.pt", ("mpcs",), "cpu")
+    model.load_state_dict(best.state["model"])
     partial = weights.with_name(weights.name + ".partial")  # written, then renamed: a crash leaves no encoder
     save_file({k: v.detach().cpu().contiguous() for k, v in model.encoder.state_dict().items()}, str(partial))
     partial.replace(weights)
     return weights
-
-
-def _finished_same(config: PretrainConfig, store_path: Path) -> bool:
-    """True when ``config.run_dir`` holds a finished run of the same config (logging settings aside)."""
-    try:
-        saved = json.loads((config.run_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    current = json.loads(json.dumps({**asdict(config), "store": str(store_path)}))
-    return all(saved.get(k) == v for k, v in current.items() if k != "log_every")

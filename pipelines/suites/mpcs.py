@@ -69,8 +69,9 @@ def _pretrain(study: StudyConfig, ctx: SuiteContext, model: str, pair: str, task
         weights = pretrain(config, progress=None)
     except ValueError as exc:  # e.g. the fixed pair needs 200X and 400X images; OOM / NaN loss propagate
         return None, {"pair": pair, "fold": fold, "seed": seed, "skipped": str(exc)}
-    history = [json.loads(line) for line in (config.run_dir / "pretrain.jsonl").read_text().splitlines()]
-    return weights, {"pair": pair, "fold": fold, "seed": seed, "final_loss": history[-1]["loss"] if history else None,
+    history = [json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()]
+    return weights, {"pair": pair, "fold": fold, "seed": seed,
+                     "final_loss": history[-1]["train_loss"] if history else None,
                      "epochs": config.epochs, "steps_per_epoch": config.max_steps_per_epoch, "run_dir": str(
                          config.run_dir), "patients": len(json.loads((config.run_dir / "config.json").read_text())
                                                           .get("patients", []))}

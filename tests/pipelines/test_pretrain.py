@@ -10,6 +10,7 @@ import pytest
 
 from models.registry import build_model
 from pipelines.checkpoint import load_checkpoint
+from pipelines.engine import FitError
 from pipelines.pretrain import PretrainConfig, pair_index, pretrain, sample_pairs
 from tests.pipelines.test_tracking import tb_scalars
 from tests.pipelines.test_train import colour_store  # noqa: F401 - the fixture
@@ -36,11 +37,11 @@ def test_pretrain_writes_encoder_weights_that_load_into_the_backbone(colour_stor
                             batch_size=8, image_size=32, device="cpu", out=str(tmp_path / "mpcs"))
     weights = pretrain(config)
     assert load_checkpoint(tmp_path / "mpcs" / "best.pt", ("mpcs",)).model == "mpcs_efficientnet_b0"
-    rows = [json.loads(line) for line in (tmp_path / "mpcs" / "pretrain.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
+    rows = [json.loads(line) for line in (tmp_path / "mpcs" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(np.isfinite(r["train_loss"]) for r in rows)
     curves = tb_scalars(tmp_path / "mpcs" / "tb")
-    assert [s for s, _ in curves["epoch/loss"]] == [0, 1]
-    assert {"epoch/lr", "epoch/pairs_per_s", "epoch/epoch_seconds", "step/loss"} <= set(curves)
+    assert [s for s, _ in curves["epoch/train_loss"]] == [0, 1]
+    assert {"epoch/lr", "epoch/items_per_s", "epoch/epoch_seconds", "step/train_loss"} <= set(curves)
     from safetensors.torch import load_file
 
     saved = load_file(str(weights))
@@ -69,18 +70,13 @@ def test_pretrain_on_a_fold_sees_only_its_train_patients_and_is_not_redone(colou
     view = split_view(ImageStore(colour_store), 2, 1, 0, "binary")
     assert saved["patients"] == sorted(set(view.patient[view.select(split="train")].tolist()))
     assert not set(saved["patients"]) & set(view.patient[view.select(split="test")].tolist())
-    assert len((tmp_path / "fold" / "pretrain.jsonl").read_text().splitlines()) == 1
+    assert len((tmp_path / "fold" / "metrics.jsonl").read_text().splitlines()) == 1
     stamp = weights.stat().st_mtime_ns
     assert pretrain(config) == weights and weights.stat().st_mtime_ns == stamp  # finished: not redone
-    # a rerun with other settings, interrupted: the old encoder is gone, never returned as the new run's
+    # a finished run with other settings is refused, naming them; the old encoder stays
     changed = PretrainConfig(**{**config.__dict__, "lr": 1e-3})
-
-    def interrupt(done, total):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(changed, progress=interrupt)
-    assert not weights.exists()
-    assert pretrain(changed) == weights and weights.exists()
+    with pytest.raises(FitError, match=r"other settings \(lr 0.0003 != 0.001\)"):
+        pretrain(changed)
+    assert weights.stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="fold in 0..folds-1"):
         PretrainConfig(folds=2, fold=2)

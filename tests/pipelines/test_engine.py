@@ -1,0 +1,82 @@
+"""The one training engine: learning, the run-directory contract (resume, skip, refuse), faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipelines.checkpoint import load_checkpoint
+from pipelines.engine import FitConfig, FitError, lr_factor, run_differences
+from tests.pipelines.toy_recipe import run
+
+
+def _epochs(run_dir) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_learns_and_writes_the_run_contract(tmp_path):
+    result = run(tmp_path / "run", epochs=3)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert rows[-1]["val_accuracy"] > 0.9  # chance is 0.5
+    assert set(rows[0]) >= {"epoch", "train_loss", "lr", "epoch_seconds", "items_per_s", "peak_gpu_mb",
+                            "val_macro_f1", "val_accuracy"}
+    assert {p.name for p in (tmp_path / "run").iterdir()} >= {"config.json", "metrics.jsonl", "tb", "best.pt",
+                                                              "last.pt", "complete"}
+    best = load_checkpoint(tmp_path / "run" / "best.pt", ("classifier",))
+    assert best.epoch == result.best_epoch and "optimizer" not in best.state
+    assert "optimizer" in load_checkpoint(tmp_path / "run" / "last.pt").state
+
+
+def test_a_complete_run_is_a_no_op_and_other_settings_are_refused(tmp_path):
+    run(tmp_path / "run", epochs=2)
+    stamp = (tmp_path / "run" / "best.pt").stat().st_mtime_ns
+    again = run(tmp_path / "run", epochs=2)
+    assert again.already_complete and (tmp_path / "run" / "best.pt").stat().st_mtime_ns == stamp
+    with pytest.raises(FitError, match=r"finished run with other settings \(epochs 2 != 3\)"):
+        run(tmp_path / "run", epochs=3)
+
+
+def test_sigkill_mid_epoch_resumes_and_logs_each_epoch_once(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "tests.pipelines.toy_recipe", str(run_dir), "3", "0.05"])
+    deadline = time.monotonic() + 120
+    while not ((run_dir / "metrics.jsonl").exists() and _epochs(run_dir)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.12)  # a few steps into epoch 1
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "complete").exists()
+    result = run(run_dir, epochs=3, step_sleep=0.0)
+    assert result.resumed and _epochs(run_dir) == [0, 1, 2]
+    assert (run_dir / "complete").exists()
+
+
+def test_a_diverging_loss_names_the_step(tmp_path):
+    with pytest.raises(FitError, match=r"loss became nan at epoch 1 step 2"):
+        run(tmp_path / "run", epochs=2, nan_at=8)  # 6 steps per epoch
+
+
+def test_fixed_budget_keeps_the_last_epoch(tmp_path):
+    result = run(tmp_path / "run", epochs=3, monitor=None)
+    assert result.best_epoch == 2 and load_checkpoint(tmp_path / "run" / "best.pt").epoch == 2
+
+
+def test_early_stopping_counts_the_epochs_it_ran(tmp_path):
+    result = run(tmp_path / "run", epochs=10, patience=1, lr=1e-9)  # nothing improves after epoch 0
+    assert result.epochs_run == 2 and _epochs(tmp_path / "run") == [0, 1]
+
+
+def test_schedule_and_config_checks():
+    assert lr_factor(0, 4, 20) == 0.25 and lr_factor(3, 4, 20) == 1.0 and lr_factor(20, 4, 20) == 0.0
+    assert run_differences({"lr": 1, "log_every": 5}, {"lr": 2, "log_every": 9}) == ["lr 1 != 2"]
+    with pytest.raises(ValueError, match="precision"):
+        FitConfig(epochs=1, precision="fp8")
+    with pytest.raises(ValueError, match="epochs"):
+        FitConfig(epochs=0)
