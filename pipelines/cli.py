@@ -199,6 +199,7 @@ def mil_train_command(
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/mil"),
 ) -> None:
     """Attention MIL on slides: cache tile features in the store, train, report test metrics."""
+    from pipelines.engine import FitError
     from pipelines.mil import MILConfig, MILError, train_mil
 
     try:
@@ -207,7 +208,7 @@ def mil_train_command(
                            max_patches=max_patches, loss=loss, focal_gamma=focal_gamma, epochs=epochs,
                            device=device, seed=seed, out=str(out))
         summary = train_mil(config)
-    except (MILError, ValueError, KeyError) as exc:
+    except (MILError, FitError, ValueError, KeyError) as exc:
         fail(str(exc).strip("'\""))
     test = summary["test"]
     stdout.print(f"{out}: slides {summary['n_slides']}, test macro-F1 {test['macro_f1']:.3f}, accuracy "
@@ -309,6 +310,7 @@ def fusion_slides_command(
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/fusion-slides"),
 ) -> None:
     """The multi-magnification fusion model on slides: each tile's 1x/2x/4x/8x views are its inputs."""
+    from pipelines.engine import FitError
     from pipelines.fusion_slides import SlideFusionConfig, train_slide_fusion
     from pipelines.mil import MILError
 
@@ -317,7 +319,7 @@ def fusion_slides_command(
                                    epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed,
                                    out=str(out))
         summary = train_slide_fusion(config)
-    except (MILError, ValueError, KeyError) as exc:
+    except (MILError, FitError, ValueError, KeyError) as exc:
         fail(str(exc).strip("'\""))
     test = summary.get("test_slide")
     result = (f"test slide macro-F1 {test['macro_f1']:.3f}, accuracy {test['accuracy']:.3f} ({test['n_images']} "

@@ -18,7 +18,8 @@ import numpy as np
 
 from ingest.files import atomic_write_json
 from ingest.splits import SPLIT_CODES, SplitConfig, patient_split
-from pipelines.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from pipelines.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from pipelines.engine import FitConfig, Recipe, finished_run, fit
 from pipelines.evaluate import classification_metrics
 from pipelines.features import extract_slide_features
 from pipelines.losses import check_loss
@@ -48,6 +49,7 @@ class MILConfig:
         loss: ``ce`` (cross-entropy) or ``focal`` (focal loss, :mod:`pipelines.losses`).
         focal_gamma: the focal loss's gamma (0 = cross-entropy); used with ``loss="focal"``.
         epochs, lr, weight_decay, patience, seed: training settings.
+        warmup_epochs, grad_clip, precision: the engine's (:class:`pipelines.engine.FitConfig`).
         split: slide-level split fractions (seeded by ``seed``), used when ``folds`` is 0.
         folds: slide-level k-fold cross-validation (:mod:`pipelines.cv`, grouped by patient, stratified by label):
             0 = one split by ``split`` fractions, else the number of folds (>= 2); ``fold`` is the test fold.
@@ -77,6 +79,9 @@ class MILConfig:
     split_seed: int = 0
     device: str = "cpu"
     out: str = "runs/mil"
+    warmup_epochs: float = 0.0
+    grad_clip: float = 1.0
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.model not in ("abmil", "abmil_gated"):
@@ -184,18 +189,59 @@ def _predict(model, bag: np.ndarray, device: str):
     return torch.softmax(logits[0], -1).cpu().numpy(), attention[0].cpu().numpy()
 
 
-def train_mil(config: MILConfig) -> dict:
-    """Train, select on validation macro-F1, evaluate on test; writes best.pt, metrics.jsonl, splits.json."""
-    import torch
+class MILRecipe(Recipe):
+    """Attention MIL for :func:`pipelines.engine.fit`: one slide per step, a bag of at most ``max_patches`` random
+    tiles (drawn per epoch from the seed, so a resumed run sees the same bags); validation on whole bags."""
 
+    kind, unit = "mil", "slides"
+
+    def __init__(self, config: MILConfig, model, bags: dict, by_split: dict, labels: dict, classes: list,
+                 dim: int) -> None:
+        self.config, self.model, self.bags, self.by_split = config, model, bags, by_split
+        self.labels, self.classes, self.dim = labels, classes, dim
+
+    def steps_per_epoch(self) -> int:
+        return len(self.by_split["train"])
+
+    def batches(self, epoch: int):
+        rng = random.Random(self.config.seed * 1_000_003 + epoch)
+        order = list(self.by_split["train"])
+        rng.shuffle(order)
+        for sid in order:
+            yield sid, sample_bag(self.bags[sid], self.config.max_patches, rng)
+
+    def step(self, model, batch):
+        import torch
+
+        from pipelines.losses import classification_loss
+
+        sid, bag = batch
+        logits, _ = model(torch.from_numpy(bag).to(self.config.device))
+        target = torch.tensor([self.classes.index(self.labels[sid])], device=self.config.device)
+        return classification_loss(self.config.loss, logits.float(), target, gamma=self.config.focal_gamma), 1
+
+    def evaluate(self, epoch: int) -> dict:
+        self.model.eval()
+        val = _evaluate(self.model, self.bags, self.by_split["val"] or self.by_split["train"], self.labels,
+                        self.classes, self.config.device)
+        return {"val_macro_f1": val.macro_f1, "val_accuracy": val.accuracy,
+                "val_balanced_accuracy": val.balanced_accuracy}
+
+    def checkpoint(self, state, epoch, extra) -> Checkpoint:
+        return Checkpoint(kind="mil", model=self.config.model, state=state, classes=self.classes,
+                          model_kwargs={"in_dim": self.dim}, task="slide", epoch=epoch, extra=extra)
+
+
+def train_mil(config: MILConfig) -> dict:
+    """Train through the one engine (:func:`pipelines.engine.fit`: select on validation macro-F1, resume, refuse
+    other settings), then evaluate on test; writes splits.json and, last, summary.json."""
     from ingest.slide_store import SlideStore
     from models.registry import build_model
-    from pipelines.losses import classification_loss
-    from pipelines.tracking import EarlyStopping, EpochClock, RunLogger
     from pipelines.train import seed_everything
 
     out = Path(config.out)
-    if (out / "summary.json").exists() and _same_config(out, config):
+    resolved = asdict(config)
+    if finished_run(out, resolved) is not None and (out / "summary.json").exists():
         log.info("%s is complete; not retraining (delete it or use another --out)", out)
         return json.loads((out / "summary.json").read_text())
     store = SlideStore(config.store)
@@ -213,59 +259,23 @@ def train_mil(config: MILConfig) -> dict:
     seed_everything(config.seed)
     dim = next(iter(bags.values())).shape[1]
     model = build_model(config.model, len(classes), in_dim=dim).to(config.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("summary.json", "best.pt"):  # another config's result: never this run's if it is interrupted
-        (out / stale).unlink(missing_ok=True)
+    (out / "summary.json").unlink(missing_ok=True)  # written again below, once this run is finished
     atomic_write_json(out / "splits.json", {**by_split, "notes": notes, "classes": classes})
-    atomic_write_json(out / "config.json", asdict(config))
-    rng = random.Random(config.seed)
-    with RunLogger(out, config=asdict(config)) as tracker:
-        stopper = EarlyStopping(config.patience, out / "metrics.jsonl", tracker)
-        for epoch in range(config.epochs):
-            model.train()
-            clock = EpochClock(config.device)
-            order = list(by_split["train"])
-            rng.shuffle(order)
-            loss_sum = 0.0
-            for sid in order:
-                bag = sample_bag(bags[sid], config.max_patches, rng)
-                logits, _ = model(torch.from_numpy(bag).to(config.device))
-                loss = classification_loss(config.loss, logits, torch.tensor([classes.index(labels[sid])],
-                                                                             device=config.device),
-                                           gamma=config.focal_gamma)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.item()
-            perf = clock.stats(len(order), "slides")
-            model.eval()
-            val = _evaluate(model, bags, by_split["val"] or by_split["train"], labels, classes, config.device)
-            row = {"epoch": epoch, "train_loss": loss_sum / max(1, len(order)), "lr": config.lr, **perf,
-                   "val_macro_f1": val.macro_f1, "val_accuracy": val.accuracy,
-                   "val_balanced_accuracy": val.balanced_accuracy}
-            if stopper.step(row, {"macro_f1": val.macro_f1, "accuracy": val.accuracy}, lambda e=epoch: save_checkpoint(
-                    out / "best.pt", Checkpoint(kind="mil", model=config.model, state={"model": model.state_dict()},
-                                                classes=classes, model_kwargs={"in_dim": dim}, task="slide",
-                                                config=asdict(config), epoch=e))):
-                break
+    recipe = MILRecipe(config, model, bags, by_split, labels, classes, dim)
+    fit(recipe, FitConfig(epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
+                          warmup_epochs=config.warmup_epochs, grad_clip=config.grad_clip, patience=config.patience,
+                          precision=config.precision, log_every=0), out, resolved, device=config.device)
     model = load_checkpoint(out / "best.pt", ("mil",), config.device).build(config.device)
+    best_val = json.loads((out / "complete").read_text()).get("best") or {}
     test = _evaluate(model, bags, by_split["test"], labels, classes, config.device)
     test.n_patients = len({patients[s] for s in by_split["test"]})
-    summary = {"best_val": stopper.best, "test": test.to_dict(), "n_slides": {k: len(v) for k, v in by_split.items()},
-               "classes": classes, "test_predictions": {
+    summary = {"best_val": {k.removeprefix("val_"): v for k, v in best_val.items()}, "test": test.to_dict(),
+               "n_slides": {k: len(v) for k, v in by_split.items()}, "classes": classes, "test_predictions": {
                    s: [round(float(p), 6) for p in _predict(model, bags[s], config.device)[0]]
                    for s in by_split["test"]}}
     atomic_write_json(out / "summary.json", summary)  # written last: its presence marks a finished run
     return summary
-
-
-def _same_config(out: Path, config: MILConfig) -> bool:
-    try:
-        saved = json.loads((out / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return saved == json.loads(json.dumps(asdict(config)))
 
 
 def _evaluate(model, bags, slides, labels, classes, device):

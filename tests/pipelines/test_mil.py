@@ -84,7 +84,7 @@ def test_train_and_infer(slide_store, tmp_path):
     assert 0.0 <= summary["test"]["accuracy"] <= 1.0
     curves = tb_scalars(tmp_path / "run" / "tb")
     epochs = [s for s, _ in curves["epoch/val_macro_f1"]]
-    assert epochs == list(range(len(epochs))) and {"epoch/train_loss", "epoch/slides_per_s"} <= set(curves)
+    assert epochs == list(range(len(epochs))) and {"epoch/train_loss", "epoch/items_per_s"} <= set(curves)
     path = infer_mil([tmp_path / "run" / "best.pt"] * 2, slide_store / "tiles.zarr", tmp_path / "pred", scale="10x",
                      extractor="resnet34")
     rows = list(csv.DictReader(path.open()))
@@ -190,19 +190,12 @@ def test_slide_level_folds_and_a_finished_run_is_not_retrained(slide_store, tmp_
     stamp = (tmp_path / "f0" / "best.pt").stat().st_mtime_ns
     assert train_mil(MILConfig(**base, fold=0, out=str(tmp_path / "f0")))["test"] == summary_of(tmp_path / "f0")
     assert (tmp_path / "f0" / "best.pt").stat().st_mtime_ns == stamp
-    # a rerun with other settings, interrupted: the old result is gone, never returned as the new run's
-    import pipelines.mil as mil_mod
+    # a finished run with other settings is refused, naming them; the old result stays
+    from pipelines.engine import FitError
 
-    def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    changed = MILConfig(**base, fold=0, lr=1e-3, out=str(tmp_path / "f0"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(mil_mod, "_evaluate", interrupt)
-        with pytest.raises(KeyboardInterrupt):
-            train_mil(changed)
-    assert not (tmp_path / "f0" / "summary.json").exists() and not (tmp_path / "f0" / "best.pt").exists()
-    assert train_mil(changed)["test"] == summary_of(tmp_path / "f0")
+    with pytest.raises(FitError, match=r"other settings \(lr 0.0002 != 0.001\)"):
+        train_mil(MILConfig(**base, fold=0, lr=1e-3, out=str(tmp_path / "f0")))
+    assert (tmp_path / "f0" / "best.pt").stat().st_mtime_ns == stamp
     with pytest.raises(MILError, match="7-fold cross-validation needs at least 7 patients"):
         train_mil(MILConfig(**{**base, "folds": 7}, out=str(tmp_path / "x")))
     with pytest.raises(ValueError, match="fold in 0..folds-1"):
