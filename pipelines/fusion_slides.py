@@ -8,14 +8,17 @@ validation slides (a slide's prediction is the mean of its tiles' class probabil
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ingest.files import atomic_write_json
-from pipelines.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from pipelines.checkpoint import Checkpoint, load_checkpoint
+from pipelines.engine import FitConfig, Recipe, finished_run, fit
 from pipelines.evaluate import classification_metrics
 from pipelines.mil import MILError, read_labels, split_slides
 
@@ -32,6 +35,7 @@ class SlideFusionConfig:
         scale: the scale whose tiles carry the concentric views (the first ``--mag`` of the tiling).
         max_tiles: at most this many tiles per slide (a seeded random subset).
         epochs, batch_size, lr, weight_decay, patience, seed: training settings.
+        warmup_epochs, grad_clip, precision: the engine's (:class:`pipelines.engine.FitConfig`).
         split: slide-level split fractions.
         device: cpu or cuda.
         out: run directory.
@@ -50,6 +54,9 @@ class SlideFusionConfig:
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
     device: str = "cpu"
     out: str = "runs/fusion-slides"
+    warmup_epochs: float = 0.0
+    grad_clip: float = 1.0
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if min(self.max_tiles, self.epochs, self.batch_size, self.patience) < 1:
@@ -85,16 +92,78 @@ def _slide_metrics(probs: np.ndarray, owner: np.ndarray, labels: dict[str, str],
     return classification_metrics([classes.index(labels[s]) for s in slides], pred, classes)
 
 
-def train_slide_fusion(config: SlideFusionConfig) -> dict:
-    """Train ``fusion_effnet_b0`` on concentric tile views; writes best.pt, metrics.jsonl, summary.json."""
-    import torch
+class SlideFusionRecipe(Recipe):
+    """The fusion model on concentric tile views for :func:`pipelines.engine.fit`: batches of tiles with their
+    slide's label, each view augmented independently; validation is slide-level (mean tile probabilities)."""
 
+    kind, unit = "slide_fusion", "tiles"
+
+    def __init__(self, config: SlideFusionConfig, model, data: dict, labels: dict, classes: list, n_views: int
+                 ) -> None:
+        import torch
+
+        from pipelines.augment import GpuAugment
+
+        self.config, self.model, self.data, self.labels, self.classes = config, model, data, labels, classes
+        self.n_views, self.tile = n_views, data["train"][0].shape[-1]
+        self.augment = GpuAugment(out_size=self.tile, seed=config.seed)
+        self.y_train = torch.tensor([classes.index(labels[s]) for s in data["train"][1]])
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.y_train) / self.config.batch_size)
+
+    def batches(self, epoch: int):
+        import torch
+
+        order = torch.from_numpy(np.random.default_rng(self.config.seed + epoch).permutation(len(self.y_train)))
+        for start in range(0, len(order), self.config.batch_size):
+            yield order[start:start + self.config.batch_size]
+
+    def step(self, model, pos):
+        import torch
+
+        v = self.data["train"][0][pos].to(self.config.device)
+        x = self.augment(v.flatten(0, 1)).view(*v.shape[:2], 3, self.tile, self.tile)
+        return torch.nn.functional.cross_entropy(model(x).float(), self.y_train[pos].to(self.config.device)), len(pos)
+
+    def predict(self, name: str) -> np.ndarray:
+        import torch
+
+        from pipelines.augment import eval_transform
+
+        views, _ = self.data[name]
+        self.model.eval()
+        probs = []
+        with torch.inference_mode():
+            for start in range(0, len(views), self.config.batch_size):
+                v = views[start:start + self.config.batch_size].to(self.config.device)
+                x = eval_transform(v.flatten(0, 1), self.tile).view(*v.shape[:2], 3, self.tile, self.tile)
+                probs.append(torch.softmax(self.model(x).float(), -1).cpu().numpy())
+        return np.concatenate(probs)
+
+    def evaluate(self, epoch: int) -> dict:
+        name = "val" if "val" in self.data else "train"
+        val = _slide_metrics(self.predict(name), self.data[name][1], self.labels, self.classes)
+        return {"val_slide_macro_f1": val.macro_f1, "val_slide_accuracy": val.accuracy}
+
+    def checkpoint(self, state, epoch, extra) -> Checkpoint:
+        return Checkpoint(kind="slide_fusion", model="fusion_effnet_b0", state=state, classes=self.classes,
+                          model_kwargs={"n_inputs": self.n_views}, task="slide", epoch=epoch, extra=extra)
+
+
+def train_slide_fusion(config: SlideFusionConfig) -> dict:
+    """Train ``fusion_effnet_b0`` on concentric tile views through the one engine (:func:`pipelines.engine.fit`,
+    selecting on slide-level validation macro-F1); writes splits.json, the run contract's files and, last,
+    summary.json."""
     from ingest.slide_store import SlideStore
     from models.registry import build_model
-    from pipelines.augment import GpuAugment, eval_transform
-    from pipelines.tracking import EarlyStopping, EpochClock, RunLogger
     from pipelines.train import seed_everything
 
+    out = Path(config.out)
+    resolved = asdict(config)
+    if finished_run(out, resolved) is not None and (out / "summary.json").exists():
+        log.info("%s is complete; not retraining (delete it or use another --out)", out)
+        return json.loads((out / "summary.json").read_text())
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
     labels, patients = read_labels(config.labels, SlideStore(config.store).slide_ids())
@@ -106,66 +175,26 @@ def train_slide_fusion(config: SlideFusionConfig) -> dict:
     data = {name: _load(config, ids, rng) for name, ids in by_split.items() if ids}
     if "train" not in data:
         raise MILError("no training slides after the split")
-    n_views, tile = data["train"][0].shape[1], data["train"][0].shape[-1]
+    n_views = data["train"][0].shape[1]
     model = build_model("fusion_effnet_b0", len(classes), n_inputs=n_views).to(config.device)
-    augment = GpuAugment(out_size=tile, seed=config.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", asdict(config))
+    (out / "summary.json").unlink(missing_ok=True)  # written again below, once this run is finished
     atomic_write_json(out / "splits.json", {**by_split, "notes": notes, "classes": classes})
-
-    def predict(name: str) -> np.ndarray:
-        views, _ = data[name]
-        model.eval()
-        probs = []
-        with torch.inference_mode():
-            for start in range(0, len(views), config.batch_size):
-                v = views[start:start + config.batch_size].to(config.device)
-                x = eval_transform(v.flatten(0, 1), tile).view(*v.shape[:2], 3, tile, tile)
-                probs.append(torch.softmax(model(x), -1).cpu().numpy())
-        return np.concatenate(probs)
-
-    x_train, owner_train = data["train"]
-    y_train = torch.tensor([classes.index(labels[s]) for s in owner_train])
-    with RunLogger(out, config=asdict(config)) as tracker:
-        stopper = EarlyStopping(config.patience, out / "metrics.jsonl", tracker)
-        for epoch in range(config.epochs):
-            model.train()
-            clock = EpochClock(config.device)
-            order = torch.from_numpy(rng.permutation(len(x_train)))
-            loss_sum = 0.0
-            for start in range(0, len(order), config.batch_size):
-                pos = order[start:start + config.batch_size]
-                v = x_train[pos].to(config.device)
-                x = augment(v.flatten(0, 1)).view(*v.shape[:2], 3, tile, tile)
-                loss = torch.nn.functional.cross_entropy(model(x), y_train[pos].to(config.device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                loss_sum += loss.item() * len(pos)
-            perf = clock.stats(len(order), "tiles")
-            val_name = "val" if "val" in data else "train"
-            val = _slide_metrics(predict(val_name), data[val_name][1], labels, classes)
-            row = {"epoch": epoch, "train_loss": loss_sum / len(order), "lr": config.lr, **perf,
-                   "val_slide_macro_f1": val.macro_f1, "val_slide_accuracy": val.accuracy}
-            if stopper.step(row, {"macro_f1": val.macro_f1, "accuracy": val.accuracy}, lambda e=epoch: save_checkpoint(
-                    out / "best.pt", Checkpoint(kind="slide_fusion", model="fusion_effnet_b0",
-                                                state={"model": model.state_dict()}, classes=classes,
-                                                model_kwargs={"n_inputs": n_views}, task="slide",
-                                                config=asdict(config), epoch=e))):
-                break
+    recipe = SlideFusionRecipe(config, model, data, labels, classes, n_views)
+    fit(recipe, FitConfig(epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
+                          warmup_epochs=config.warmup_epochs, grad_clip=config.grad_clip, patience=config.patience,
+                          precision=config.precision, log_every=0, monitor="val_slide_macro_f1",
+                          tiebreak="val_slide_accuracy"), out, resolved, device=config.device)
     model.load_state_dict(load_checkpoint(out / "best.pt", ("slide_fusion",), config.device).state["model"])
-    summary = {"best_val": stopper.best, "classes": classes, "n_inputs": n_views,
-               "n_slides": {k: len(v) for k, v in by_split.items()},
+    best = json.loads((out / "complete").read_text()).get("best") or {}
+    summary = {"best_val": {"macro_f1": best.get("val_slide_macro_f1"), "accuracy": best.get("val_slide_accuracy")},
+               "classes": classes, "n_inputs": n_views, "n_slides": {k: len(v) for k, v in by_split.items()},
                "n_tiles": {k: int(len(v[0])) for k, v in data.items()}}
     if "test" in data:
-        probs = predict("test")
+        probs = recipe.predict("test")
         owner = data["test"][1]
-        tile_pred = probs.argmax(1)
         summary["test_slide"] = _slide_metrics(probs, owner, labels, classes).to_dict()
-        summary["test_tile"] = classification_metrics([classes.index(labels[s]) for s in owner], tile_pred,
+        summary["test_tile"] = classification_metrics([classes.index(labels[s]) for s in owner], probs.argmax(1),
                                                       classes).to_dict()
-    atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out / "summary.json", summary)  # written last: its presence marks a finished run
     return summary

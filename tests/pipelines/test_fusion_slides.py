@@ -41,7 +41,7 @@ def test_trains_on_concentric_views(multiscale_store, tmp_path):
     best = load_checkpoint(tmp_path / "run" / "best.pt", ("slide_fusion",))
     assert best.model_kwargs == {"n_inputs": 4} and best.epoch in (0, 1)
     curves = tb_scalars(tmp_path / "run" / "tb")
-    assert [s for s, _ in curves["epoch/val_slide_macro_f1"]] == [0, 1] and "epoch/tiles_per_s" in curves
+    assert [s for s, _ in curves["epoch/val_slide_macro_f1"]] == [0, 1] and "epoch/items_per_s" in curves
 
 
 def test_store_without_concentric_views_is_a_clear_error(multiscale_store, tmp_path):
