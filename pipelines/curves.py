@@ -49,7 +49,7 @@ def summary_rows(runs: list[Run]) -> list[list[Any]]:
         loss = rows[-1].get("train_loss")
         table.append([name, len(rows), f"{best[f1]:.3f} (epoch {best.get('epoch', '?')})" if best else "-",
                       f"{loss:.4f}" if isinstance(loss, int | float) else "-", _mean(rows, "epoch_seconds"),
-                      _mean(rows, "images_per_s")])
+                      _mean(rows, "items_per_s")])
     return table
 
 

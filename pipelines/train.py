@@ -7,13 +7,13 @@ benign vs malignant, :mod:`pipelines.tasks`) sets the labels, the head and the m
 resolved config, the split ids, a metrics JSONL (one row per epoch) with its TensorBoard view in ``tb/``
 (:mod:`pipelines.tracking`), ``best.pt`` and ``last.pt``; an interrupted run resumes from ``last.pt``; a finished one
 is not retrained (a finished one with other settings is a :class:`TrainingError`, never reported as the new run).
+The loop and that contract are the one engine's (:mod:`pipelines.engine`); this module is its image recipe
+(:class:`ClassifierRecipe`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,12 +24,13 @@ import numpy as np
 
 from ingest.breakhis_names import resolve_magnifications
 from ingest.files import atomic_write_json
-from pipelines.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from pipelines.device import PRECISIONS, DeviceError, autocast, autocast_dtype, resolve_device
-from pipelines.distributed import barrier, broadcast_flag, init_distributed, shutdown, wrap
+from pipelines.checkpoint import Checkpoint
+from pipelines.device import PRECISIONS, DeviceError, autocast_dtype, resolve_device
+from pipelines.distributed import barrier, init_distributed, shutdown, wrap
+from pipelines.engine import FitConfig, FitError, Recipe, finished_run, fit
 from pipelines.evaluate import Metrics, full_metrics, predict
 from pipelines.tasks import check_scorable, check_task, map_predictions, task_classes, task_labels
-from pipelines.tracking import EpochClock, RunLogger, better, require_wandb
+from pipelines.tracking import require_wandb
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,9 @@ log = logging.getLogger(__name__)
 TrainProgress = Callable[[int, int, int, float], None]
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (diverged loss, empty split, bad config); the message says why and what to do."""
+#: Training cannot go on (diverged loss, empty split, bad config, a finished run with other settings); the message
+#: says why and what to do. The engine's error, under the name the classifier trainer has always used.
+TrainingError = FitError
 
 
 @dataclass(frozen=True)
@@ -180,14 +182,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Inverse-frequency weights n / (C * count); classes absent from training get weight 0."""
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
@@ -197,24 +191,6 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 def _config_json(config: TrainConfig, store_path: Path) -> dict[str, Any]:
     return {**asdict(config), "store": str(store_path)}
-
-
-#: Fields that change how a run is logged, not what it computes: resuming ignores them.
-LOGGING_FIELDS = frozenset({"log_every", "wandb"})
-
-
-def _run_differences(saved: dict[str, Any], current: dict[str, Any],
-                     ignore: frozenset[str] = LOGGING_FIELDS) -> list[str]:
-    """``"key saved != current"`` for every field (outside ``ignore``) where two resolved configs differ."""
-    # runs from before tasks / folds / unfreeze were subtype runs on the store's split, fully trained
-    saved = {"task": "subtype", "folds": 0, "fold": 0, "split_seed": 0, "unfreeze": "full", "label_fraction": 1.0,
-             "augment": {}, "sampler": "shuffle", **saved}
-    return [f"{k} {saved.get(k)} != {current.get(k)}" for k in sorted(saved.keys() | current.keys())
-            if k not in ignore and saved.get(k) != current.get(k)]
-
-
-def _same_run(saved: dict[str, Any], current: dict[str, Any]) -> bool:
-    return not _run_differences(saved, current)
 
 
 def loader_factory(family: str):
@@ -242,8 +218,59 @@ def evaluate_split(model, store, split: str, magnification, data_config, device:
     return full_metrics(y.numpy(), pred, store.patient[idx.numpy()], list(task_classes(store, data_config.task)))
 
 
+class ClassifierRecipe(Recipe):
+    """Image classifiers and the multi-input fusion model for :func:`pipelines.engine.fit`: batches from the
+    chosen loader (device-resident, DALI or DataLoader; sharded by rank under DDP), class-weighted cross-entropy,
+    validation on the val split at the training magnification(s)."""
+
+    unit = "images"
+
+    def __init__(self, config: TrainConfig, family: str, net, model, store, mags, data_config, loader, loss_fn,
+                 classes, model_kwargs: dict, device: str) -> None:
+        self.kind, self.config, self.family, self.model, self.train_model = family, config, family, net, model
+        self.store, self.mags, self.data_config, self.loader, self.loss_fn = store, mags, data_config, loader, loss_fn
+        self.classes, self.model_kwargs, self.device = classes, model_kwargs, device
+        self.amp = autocast_dtype(config.precision, device)
+
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+    def train_mode(self, model) -> None:
+        from pipelines.unfreeze import apply_frozen_eval
+
+        model.train()
+        apply_frozen_eval(model, self.config.unfreeze)  # a frozen encoder's BatchNorm statistics stay fixed
+
+    def batches(self, epoch: int):
+        self.loader.set_epoch(epoch)
+        for x, y, _ in self.loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def step(self, model, batch):
+        x, y = batch
+        return self.loss_fn(model(x).float(), y), len(y)
+
+    def evaluate(self, epoch: int) -> dict[str, Any]:
+        val = evaluate_split(self.model, self.store, "val", self.mags, self.data_config, self.device, self.amp,
+                             self.family)
+        return {"val_accuracy": val.accuracy, "val_balanced_accuracy": val.balanced_accuracy,
+                "val_macro_f1": val.macro_f1, "val_patient_accuracy": val.patient_accuracy,
+                "val_per_class_f1": {k: v["f1"] for k, v in val.per_class.items()},
+                "val_n_images": val.n_images, "val_n_patients": val.n_patients}
+
+    def checkpoint(self, state, epoch, extra) -> Checkpoint:
+        return Checkpoint(kind=self.family, model=self.config.model, state=state, classes=list(self.classes),
+                          model_kwargs=self.model_kwargs, task=self.config.task, epoch=epoch, extra=extra)
+
+
+def _best_val(best: dict[str, Any] | None) -> dict[str, Any]:
+    """The engine's best row (``val_*`` columns) as the validation metrics (``macro_f1``, ``accuracy``...)."""
+    return {k.removeprefix("val_"): v for k, v in (best or {}).items()}
+
+
 def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainResult:
-    """Train ``config.model`` on the train split, select on val, write everything to ``config.run_dir``."""
+    """Train ``config.model`` on the train split through the one engine (:func:`pipelines.engine.fit`), select on
+    val macro-F1, write everything to ``config.run_dir``."""
     import torch
 
     from ingest.store import ImageStore
@@ -252,23 +279,15 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
     from pipelines.cv import split_view
     from pipelines.data import DataConfig
     from pipelines.label_fraction import label_fraction_view
-    from pipelines.unfreeze import apply_frozen_eval, apply_unfreeze
+    from pipelines.unfreeze import apply_unfreeze
 
     run_dir = config.run_dir
     store_path = Path(config.store) if config.store else default_store()
-    if (run_dir / "complete").exists():
-        saved = json.loads((run_dir / "config.json").read_text())
-        done = saved.get("task", "subtype")
-        if done != config.task:
-            raise TrainingError(f"{run_dir} holds a finished {done} run, not {config.task}; use another --out")
-        # ``out`` names this very directory (None or a spelling of it): not a setting
-        differences = _run_differences(saved, _config_json(config, store_path), LOGGING_FIELDS | {"out"})
-        if differences:
-            raise TrainingError(f"{run_dir} holds a finished run with other settings ({', '.join(differences)}); "
-                                "use another --out or delete it")
+    resolved = _config_json(config, store_path)
+    done = finished_run(run_dir, resolved)
+    if done is not None:
         log.info("%s is complete; not retraining (delete it or use another --out)", run_dir)
-        summary = json.loads((run_dir / "complete").read_text())
-        return TrainResult(run_dir, summary["best_epoch"], summary["best_val"], summary["epochs_run"],
+        return TrainResult(run_dir, done["best_epoch"], _best_val(done.get("best")), done["epochs_run"],
                            already_complete=True)
     if config.wandb:
         require_wandb(TrainingError)
@@ -279,7 +298,6 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
     except DeviceError as exc:
         raise TrainingError(str(exc)) from exc
     ctx, device = init_distributed(device)
-    amp = autocast_dtype(config.precision, device)
     seed_everything(config.seed)
     data_config = DataConfig(image_size=config.image_size, load_size=config.load_size,
                              batch_size=config.batch_size, loader=config.loader, task=config.task,
@@ -291,7 +309,6 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
         raise TrainingError(f"{store_path}: no {'train' if len(train_idx) == 0 else 'val'} images at "
                             f"{'+'.join(mags)}; ingest with a split that has them")
     labels, classes = task_labels(store, config.task)
-    n_classes = len(classes)
     family = MODELS.get(config.model).family
     if family not in ("classifier", "fusion"):
         trainable = [n for n in MODELS.names() if MODELS.get(n).family in ("classifier", "fusion")]
@@ -301,129 +318,35 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
     model_kwargs = dict(config.model_kwargs)
     if family == "fusion":
         model_kwargs.setdefault("n_inputs", len(mags))
-    net = build_model(config.model, n_classes, pretrained=config.pretrained, weights=config.weights,
+    net = build_model(config.model, len(classes), pretrained=config.pretrained, weights=config.weights,
                       **model_kwargs).to(device)
     apply_unfreeze(net, config.model, config.unfreeze)
-    model = wrap(net, ctx, device)
     train_loader = loader_factory(family)(store, "train", mags, data_config, device=device, train=True,
                                           seed=config.seed, rank=ctx.rank, world_size=ctx.world_size)
-    steps_per_epoch = len(train_loader) if config.max_steps_per_epoch is None else min(
-        len(train_loader), config.max_steps_per_epoch)
-    if steps_per_epoch == 0:
+    if len(train_loader) == 0:
         raise TrainingError(f"the train split has {len(train_idx)} images, fewer than one batch of "
                             f"{config.batch_size}; lower --batch-size")
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup_steps, total_steps))
-    scaler = torch.amp.GradScaler(device=device.split(":")[0], enabled=amp == torch.float16)
-    weights = class_weights(labels[train_idx], n_classes) if config.class_weighting == "loss" else None
+    weights = class_weights(labels[train_idx], len(classes)) if config.class_weighting == "loss" else None
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.as_tensor(weights, device=device) if weights is not None
                                         else None, label_smoothing=config.label_smoothing)
-
-    main = ctx.is_main  # only rank 0 evaluates, logs and writes files
-    run_dir.mkdir(parents=True, exist_ok=True)
-    start_epoch, best, best_epoch, stale = 0, None, -1, 0
-    resumed = False
-    last = _resumable(run_dir / "last.pt", family, device)
-    if last is not None:
-        if _same_run(last.config, _config_json(config, store_path)):
-            state = last.state
-            net.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            torch.set_rng_state(state["torch_rng"].cpu())
-            start_epoch = last.epoch + 1
-            best = last.extra.get("best")
-            best_epoch, stale = int(last.extra["best_epoch"]), int(last.extra["stale"])
-            resumed = True
-            log.info("resuming %s from epoch %d", run_dir, start_epoch)
-        else:
-            log.warning("%s/last.pt was written with another config; starting over", run_dir)
-    if main:
-        _write_run_files(run_dir, config, store, store_path, mags, resumed, classes)
-    metrics_path = run_dir / "metrics.jsonl"
-    if main and resumed:
-        _drop_rows_from(metrics_path, start_epoch)
-
-    # a resumed run hides the interrupted epoch's step-level points (optimizer steps after the last finished epoch)
-    with RunLogger(run_dir, config=_config_json(config, store_path), wandb=config.wandb, enabled=main,
-                   resume_step=start_epoch * steps_per_epoch + 1 if resumed else None) as tracker:
-        epoch = start_epoch - 1
-        for epoch in range(start_epoch, config.epochs):
-            if broadcast_flag(stale >= config.patience, ctx):
-                break
-            train_loader.set_epoch(epoch)
-            model.train()
-            apply_frozen_eval(model, config.unfreeze)  # a frozen encoder's BatchNorm statistics stay fixed
-            clock = EpochClock(device)
-            seen, loss_sum = 0, 0.0
-            for step, (x, y, _) in enumerate(train_loader):
-                if step >= steps_per_epoch:
-                    break
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with autocast(device, amp):
-                    loss = loss_fn(model(x), y)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"loss became {loss.item()} at epoch {epoch} step {step}; lower --lr, or use "
-                                        "--precision fp32")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if config.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                seen += len(y)
-                loss_sum += loss.item() * len(y)
-                if progress and main:
-                    progress(epoch, step + 1, steps_per_epoch, loss_sum / seen)
-                if config.log_every and (done := epoch * steps_per_epoch + step + 1) % config.log_every == 0:
-                    tracker.log_step({"train_loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}, done)
-            perf = clock.stats(seen * ctx.world_size)
-            if not main:
-                continue
-            val = evaluate_split(net, store, "val", mags, data_config, device, amp, family)
-            row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
-                   **perf, "world_size": ctx.world_size,
-                   "val_accuracy": val.accuracy, "val_balanced_accuracy": val.balanced_accuracy,
-                   "val_macro_f1": val.macro_f1, "val_patient_accuracy": val.patient_accuracy,
-                   "val_per_class_f1": {k: v["f1"] for k, v in val.per_class.items()}}
-            with metrics_path.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            current = val.to_dict()
-            resolved = _config_json(config, store_path)
-            if better(current, best):
-                best, best_epoch, stale = current, epoch, 0
-                save_checkpoint(run_dir / "best.pt", Checkpoint(
-                    kind=family, model=config.model, state={"model": net.state_dict()}, classes=list(classes),
-                    model_kwargs=model_kwargs, task=config.task, config=resolved, epoch=epoch))
-            else:
-                stale += 1
-            log.info("epoch %d: loss %.4f, val macro-F1 %.3f, acc %.3f (best %.3f at %d), %.0f images/s", epoch,
-                     row["train_loss"], val.macro_f1, val.accuracy, best["macro_f1"], best_epoch, row["images_per_s"])
-            save_checkpoint(run_dir / "last.pt", Checkpoint(
-                kind=family, model=config.model, classes=list(classes), model_kwargs=model_kwargs, task=config.task,
-                config=resolved, epoch=epoch, extra={"best": best, "best_epoch": best_epoch, "stale": stale},
-                state={"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                       "torch_rng": torch.get_rng_state()}))
-            tracker.log_epoch(row, epoch)  # after last.pt: a resumed run never repeats a logged epoch
-    summary = {"best_epoch": best_epoch, "best_val": best, "epochs_run": epoch + 1, "world_size": ctx.world_size}
-    if main:
-        atomic_write_json(run_dir / "complete", summary)
+    recipe = ClassifierRecipe(config, family, net, wrap(net, ctx, device), store, mags, data_config, train_loader,
+                              loss_fn, classes, model_kwargs, device)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_splits(run_dir, config, store, store_path, mags, classes)
+    fit_config = FitConfig(epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
+                           warmup_epochs=config.warmup_epochs, grad_clip=config.grad_clip, patience=config.patience,
+                           precision=config.precision, log_every=config.log_every, wandb=config.wandb,
+                           max_steps_per_epoch=config.max_steps_per_epoch)
+    result = fit(recipe, fit_config, run_dir, resolved, device=device, ctx=ctx, progress=progress)
     barrier(ctx)
     shutdown(ctx)
-    return TrainResult(run_dir, best_epoch, best or {}, epoch + 1, resumed=resumed)
+    return TrainResult(run_dir, result.best_epoch, _best_val(result.best), result.epochs_run,
+                       resumed=result.resumed)
 
 
-def _write_run_files(run_dir: Path, config: TrainConfig, store, store_path: Path, mags, resumed: bool,
-                     classes) -> None:
-    """The resolved config and the split ids beside the checkpoints; a fresh run starts a fresh metrics file."""
-    atomic_write_json(run_dir / "config.json", _config_json(config, store_path))
+def _write_splits(run_dir: Path, config: TrainConfig, store, store_path: Path, mags, classes) -> None:
+    """The split ids beside the checkpoints (store indices and patients per split, and the data origin)."""
     atomic_write_json(run_dir / "splits.json", indent=None, data={
         "store": str(store_path), "origin": store.attrs.get("origin", {}),
         "magnifications": list(mags), "task": config.task, "classes": list(classes),
@@ -432,28 +355,6 @@ def _write_run_files(run_dir: Path, config: TrainConfig, store, store_path: Path
         **{s: {"indices": store.select(split=s).tolist(),
                "patients": sorted(set(store.patient[store.select(split=s)].tolist()))}
            for s in ("train", "val", "test")}})
-    metrics_path = run_dir / "metrics.jsonl"
-    if not resumed and metrics_path.exists():
-        metrics_path.unlink()
-
-
-def _drop_rows_from(metrics_path: Path, epoch: int) -> None:
-    """Drop the JSONL rows of epochs >= ``epoch`` (rewritten atomically): an epoch's row is appended before its
-    ``last.pt``, so a run interrupted in between would otherwise log that epoch twice once resumed."""
-    if not metrics_path.exists():
-        return
-    def before(line: str) -> bool:
-        try:
-            return json.loads(line)["epoch"] < epoch
-        except (ValueError, KeyError, TypeError):  # a row cut short by the interruption
-            return False
-
-    lines = metrics_path.read_text().splitlines()
-    kept = [line for line in lines if before(line)]
-    if len(kept) != len(lines):
-        tmp = metrics_path.with_name(metrics_path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(metrics_path)
 
 
 def default_store() -> Path:
@@ -461,15 +362,3 @@ def default_store() -> Path:
     from ingest.demo import demo_store
 
     return demo_store()
-
-
-def _resumable(path: Path, family: str, device: str):
-    """The :class:`~pipelines.checkpoint.Checkpoint` at ``path`` to resume from, or None: no file, or one that
-    cannot be used (an older format, another kind), which is said in one line and trained over."""
-    if not path.exists():
-        return None
-    try:
-        return load_checkpoint(path, (family,), device, "resuming this run")
-    except CheckpointError as exc:
-        log.warning("%s; starting over", exc)
-        return None

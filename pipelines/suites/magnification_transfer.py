@@ -162,8 +162,8 @@ def _efficiency(study: StudyConfig, models: tuple[str, ...], n_classes: int, run
         with torch.inference_mode():
             summary = time_calls(net, x, device, timing).summary(config.batch_size)
         run_dirs = dict.fromkeys(r["run_dir"] for r in runs if r["model"] == model)
-        speeds = [row["images_per_s"] for d in run_dirs for row in read_jsonl(Path(d) / "metrics.jsonl")
-                  if row.get("images_per_s")]
+        speeds = [row["items_per_s"] for d in run_dirs for row in read_jsonl(Path(d) / "metrics.jsonl")
+                  if row.get("items_per_s")]
         out.append({"model": model, "params": count_params(net), "gflops_per_image": flops / 1e9,
                     "image_size": config.image_size, "batch_size": config.batch_size, "device": device,
                     "images_per_s": summary["throughput_ips"], "latency_p50_ms": summary["latency_p50_ms"],

@@ -54,7 +54,7 @@ def run_dir(tmp_path_factory) -> Path:
     write_report(suite)
     for mag in ("100X", "400X"):
         rows = [{"epoch": e, "train_loss": 1.0 / (e + 1), "val_macro_f1": 0.2 * e, "val_accuracy": 0.25 * e,
-                 "epoch_seconds": 2.0, "images_per_s": 10.0} for e in range(3)]
+                 "epoch_seconds": 2.0, "items_per_s": 10.0} for e in range(3)]
         _jsonl(suite / "tiny" / mag / "metrics.jsonl", rows)
         (suite / "tiny" / mag / "splits.json").write_text(json.dumps({
             "store": "data/s.zarr", "origin": origin,

@@ -71,7 +71,7 @@ def test_binary_run_trains_two_classes_reloads_and_evaluates(colour_store, tmp_p
                                    "subtype"])
     assert res.exit_code == 1 and "a binary model cannot be evaluated on the subtype task" in res.output
 
-    with pytest.raises(TrainingError, match="holds a finished binary run, not subtype; use another --out"):
+    with pytest.raises(TrainingError, match=r"holds a finished run with other settings \(task binary != subtype\)"):
         train(_config(colour_store, tmp_path, epochs=3))
 
 

@@ -10,7 +10,8 @@ import torch
 
 from ingest.breakhis_names import CLASSES
 from pipelines.checkpoint import load_model
-from pipelines.train import TrainConfig, TrainingError, class_weights, lr_factor, train
+from pipelines.engine import lr_factor
+from pipelines.train import TrainConfig, TrainingError, class_weights, train
 from tests.conftest import write_colour_store
 from tests.pipelines.tiny_models import TinyCNN
 
@@ -35,7 +36,7 @@ def test_learns_and_writes_every_output(colour_store, tmp_path):
     assert [r["epoch"] for r in rows] == list(range(6))
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert max(r["val_macro_f1"] for r in rows) > 0.5  # chance is 0.125
-    assert set(rows[0]) >= {"train_loss", "lr", "epoch_seconds", "images_per_s", "val_accuracy",
+    assert set(rows[0]) >= {"train_loss", "lr", "epoch_seconds", "items_per_s", "val_accuracy",
                             "val_macro_f1", "val_per_class_f1", "val_patient_accuracy", "peak_gpu_mb"}
     splits = json.loads((result.run_dir / "splits.json").read_text())
     assert not set(splits["train"]["patients"]) & set(splits["val"]["patients"])
