@@ -1,5 +1,5 @@
-"""Training curves from ``metrics.jsonl`` files (one JSON row per epoch, as written by ``pipelines.train`` and the
-MIL / slide-fusion trainers through ``EarlyStopping``): one PNG with the training loss and the validation metrics
+"""Training curves from ``metrics.jsonl`` files (one JSON row per epoch, as the training engine writes them for
+every recipe: :mod:`pipelines.engine`): one PNG with the training loss and the validation metrics
 used for early stopping, and a summary row per run.
 
 Rows without a key are skipped; the validation keys are found by name (``val_macro_f1``, ``val_slide_macro_f1``,

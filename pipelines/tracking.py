@@ -11,8 +11,8 @@ files. W&B is never imported unless asked for (``--wandb``), and then it must be
 A fresh run starts a fresh ``tb/``; a resumed run passes ``resume_step`` so the events of the interrupted epoch
 (optimizer steps >= ``resume_step``) are hidden (TensorBoard's ``purge_step``).
 
-Also here: the per-epoch bookkeeping every trainer shares: :class:`EpochClock` (epoch time, throughput, peak GPU
-memory), :func:`better` (the model-selection order) and :class:`EarlyStopping` (JSONL + curves + patience).
+Also here: :class:`EpochClock` (epoch time, throughput, peak GPU memory), used by the training engine
+(:mod:`pipelines.engine`, which also owns model selection and early stopping).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,40 +144,6 @@ def _start_wandb(run_dir: Path, config: dict[str, Any], resumed: bool):
     run.define_metric("epoch/*", step_metric="epoch")
     run.define_metric("step/*", step_metric="global_step")
     return run
-
-
-def better(candidate: dict[str, Any], best: dict[str, Any] | None) -> bool:
-    """Early-stopping order: higher validation macro-F1, then higher accuracy."""
-    if best is None:
-        return True
-    return (candidate["macro_f1"], candidate["accuracy"]) > (best["macro_f1"], best["accuracy"])
-
-
-class EarlyStopping:
-    """Per-epoch bookkeeping for the smaller trainers (MIL, slide fusion): append the epoch's row to a JSONL, keep
-    the best validation result by :func:`better` (saving through ``save``), and say when ``patience`` epochs have
-    passed without one. With a ``tracker`` every row also goes to TensorBoard."""
-
-    def __init__(self, patience: int, metrics_path: Path, tracker: RunLogger | None = None) -> None:
-        self.patience = patience
-        self.metrics_path = metrics_path
-        self.tracker = tracker
-        self.best: dict[str, Any] | None = None
-        self.stale = 0
-        metrics_path.unlink(missing_ok=True)
-
-    def step(self, row: dict[str, Any], current: dict[str, Any], save: Callable[[], None]) -> bool:
-        """Record one epoch; True when training should stop."""
-        with self.metrics_path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        if self.tracker is not None:
-            self.tracker.log_epoch(row, row["epoch"])
-        if better(current, self.best):
-            self.best, self.stale = current, 0
-            save()
-        else:
-            self.stale += 1
-        return self.stale >= self.patience
 
 
 class EpochClock:
