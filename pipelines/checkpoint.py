@@ -119,7 +119,8 @@ def load_checkpoint(path: str | Path, kinds: tuple[str, ...] | None = None, devi
     if raw.get("format") != FORMAT:
         if "model" in raw and ("config" in raw or "in_dim" in raw):
             raise CheckpointError(f"{path}: written before the versioned checkpoint format (no 'format' field); "
-                                  f"retrain it with `{_retrain_hint(raw)}`")
+                                  f"retrain it with `{_retrain_hint(raw)}` into a new --out (or delete its run "
+                                  "directory first)")
         raise CheckpointError(f"{path}: not a histo-bench checkpoint (no format {FORMAT!r})")
     version = raw.get("version")
     if not isinstance(version, int) or version > VERSION:

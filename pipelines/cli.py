@@ -160,6 +160,7 @@ def pretrain_command(
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 3e-4,
     image_size: Annotated[int, typer.Option(help="Network input side.")] = 224,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<model>-<pair>).")] = None,
 ) -> None:
@@ -169,8 +170,8 @@ def pretrain_command(
 
     try:
         config = PretrainConfig(model=model, pair=pair, store=str(data) if data else None, epochs=epochs,
-                                batch_size=batch_size, lr=lr, image_size=image_size, device=device, seed=seed,
-                                out=str(out) if out else None)
+                                batch_size=batch_size, lr=lr, image_size=image_size, device=device,
+                                precision=precision, seed=seed, out=str(out) if out else None)
     except ValueError as exc:
         fail(str(exc))
     with progress_bar(f"MPCS {pair}") as bar:
@@ -195,6 +196,7 @@ def mil_train_command(
     focal_gamma: Annotated[float, typer.Option(help="Focal-loss gamma (with --loss focal).")] = 2.0,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 50,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/mil"),
 ) -> None:
@@ -206,7 +208,7 @@ def mil_train_command(
         config = MILConfig(store=str(store), labels=str(labels), scale=scale, model=model, extractor=extractor,
                            extractor_weights=str(extractor_weights) if extractor_weights else None,
                            max_patches=max_patches, loss=loss, focal_gamma=focal_gamma, epochs=epochs,
-                           device=device, seed=seed, out=str(out))
+                           device=device, precision=precision, seed=seed, out=str(out))
         summary = train_mil(config)
     except (MILError, FitError, ValueError, KeyError) as exc:
         fail(str(exc).strip("'\""))
@@ -306,6 +308,7 @@ def fusion_slides_command(
     batch_size: Annotated[int, typer.Option(help="Tiles per step.")] = 16,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 3e-4,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/fusion-slides"),
 ) -> None:
@@ -316,8 +319,8 @@ def fusion_slides_command(
 
     try:
         config = SlideFusionConfig(store=str(store), labels=str(labels), scale=scale, max_tiles=max_tiles,
-                                   epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed,
-                                   out=str(out))
+                                   epochs=epochs, batch_size=batch_size, lr=lr, device=device,
+                                   precision=precision, seed=seed, out=str(out))
         summary = train_slide_fusion(config)
     except (MILError, FitError, ValueError, KeyError) as exc:
         fail(str(exc).strip("'\""))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: (epoch, step, steps_per_epoch, running loss) for progress bars.
 StepProgress = Callable[[int, int, int, float], None]
+#: A new best model waits here until ``last.pt`` (which records it as the best) is written.
+PENDING_BEST = "best.pt.pending"
 #: Config fields that change how a run is logged, not what it computes: they never make two runs different.
 LOGGING_FIELDS = frozenset({"log_every", "wandb", "out", "device"})
 
@@ -159,7 +162,12 @@ def run_differences(saved: dict[str, Any], current: dict[str, Any], ignore: froz
                     ) -> list[str]:
     """``"key saved != current"`` for every field (outside ``ignore``) where two resolved configs differ."""
     current = json.loads(json.dumps(current, default=str))
-    return [f"{k} {saved.get(k)} != {current.get(k)}" for k in sorted(saved.keys() | current.keys())
+
+    def shown(value: Any) -> str:  # long values (patient lists) are cut, so the message stays one readable line
+        text = str(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    return [f"{k} {shown(saved.get(k))} != {shown(current.get(k))}" for k in sorted(saved.keys() | current.keys())
             if k not in ignore and saved.get(k) != current.get(k)]
 
 
@@ -175,6 +183,9 @@ def finished_run(run_dir: Path, resolved: dict[str, Any], ignore: frozenset[str]
     except (OSError, ValueError) as exc:
         raise FitError(f"{run_dir}: a finished run whose config.json / complete cannot be read ({exc}); delete it "
                        "or use another --out") from exc
+    if "best" not in summary:
+        raise FitError(f"{run_dir}: a run finished by an older histo-bench (before the one checkpoint format); delete "
+                       "it or use another --out")
     differences = run_differences(saved, resolved, ignore)
     if differences:
         raise FitError(f"{run_dir} holds a finished run with other settings ({', '.join(differences)}); use another "
@@ -206,8 +217,11 @@ def _better(row: dict[str, Any], best: dict[str, Any] | None, config: FitConfig)
     if best is None or config.monitor is None:
         return True
 
+    def number(value: Any) -> float:  # None (no value) and NaN rank below every value
+        return -math.inf if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
     def key(r: dict[str, Any]) -> tuple[float, float]:
-        return r.get(config.monitor, -math.inf), r.get(config.tiebreak, -math.inf) if config.tiebreak else 0.0
+        return number(r.get(config.monitor)), number(r.get(config.tiebreak)) if config.tiebreak else 0.0
 
     return key(row) > key(best)
 
@@ -223,9 +237,12 @@ class _Loop:
         self.scaler = torch.amp.GradScaler(device=device.split(":")[0], enabled=self.amp == torch.float16)
 
     def state(self, model: torch.nn.Module) -> dict[str, Any]:
-        return {"model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "torch_rng": torch.get_rng_state()}
+        state = {"model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                 "torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
 
     def restore(self, model: torch.nn.Module, state: dict[str, Any]) -> None:
         model.load_state_dict(state["model"])
@@ -233,14 +250,18 @@ class _Loop:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"].cpu())
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
 
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
 
-def _resume_point(run_dir: Path, recipe: Recipe, resolved: dict[str, Any], device: str) -> Checkpoint | None:
-    """``last.pt`` when it can be resumed (same kind and settings), else None (said in one line)."""
+def _resume_point(run_dir: Path, recipe: Recipe, resolved: dict[str, Any], device: str, precision: str
+                  ) -> Checkpoint | None:
+    """``last.pt`` when it can be resumed (same kind, settings and effective precision), else None (said in one
+    line)."""
     path = run_dir / "last.pt"
     if not path.exists():
         return None
@@ -252,6 +273,10 @@ def _resume_point(run_dir: Path, recipe: Recipe, resolved: dict[str, Any], devic
     differences = run_differences(last.config, resolved)
     if differences:
         log.warning("%s was written with other settings (%s); starting over", path, ", ".join(differences))
+        return None
+    if last.extra.get("precision") != precision:
+        log.warning("%s was trained in %s, this machine would continue in %s; starting over", path,
+                    last.extra.get("precision"), precision)
         return None
     return last
 
@@ -273,15 +298,18 @@ def fit(recipe: Recipe, config: FitConfig, run_dir: str | Path, resolved: dict[s
     if config.max_steps_per_epoch is not None:
         steps = min(steps, config.max_steps_per_epoch)
     if steps < 1:
-        raise FitError("no training batch: the train split is smaller than one batch (lower --batch-size)")
+        raise FitError("no training batch: the train split holds fewer items than one batch")
     loop = _Loop(recipe, config, device, steps)
     model = recipe.train_model or recipe.model
     start, best, best_epoch, stale, resumed = 0, None, -1, 0, False
-    last = _resume_point(run_dir, recipe, resolved, device)
+    # "auto" means fp32 on one machine and bf16 or fp16 on another: a run resumes only in the precision it began in
+    precision = str(loop.amp or "fp32")
+    last = _resume_point(run_dir, recipe, resolved, device, precision)
     if last is not None:
         loop.restore(recipe.model, last.state)
         start, best = last.epoch + 1, last.extra.get("best")
         best_epoch, stale, resumed = int(last.extra["best_epoch"]), int(last.extra["stale"]), True
+        _settle_pending_best(run_dir, best_epoch)
         log.info("resuming %s from epoch %d", run_dir, start)
     metrics_path = run_dir / "metrics.jsonl"
     if main:
@@ -289,7 +317,7 @@ def fit(recipe: Recipe, config: FitConfig, run_dir: str | Path, resolved: dict[s
         if resumed:
             drop_rows_from(metrics_path, start)
         else:
-            for stale_file in ("metrics.jsonl", "best.pt", "last.pt"):
+            for stale_file in ("metrics.jsonl", "best.pt", "last.pt", PENDING_BEST):
                 (run_dir / stale_file).unlink(missing_ok=True)
             shutil.rmtree(run_dir / "tb", ignore_errors=True)
         atomic_write_json(run_dir / "config.json", resolved)
@@ -305,25 +333,50 @@ def fit(recipe: Recipe, config: FitConfig, run_dir: str | Path, resolved: dict[s
             if not main:
                 continue
             row.update(recipe.evaluate(epoch))
+            row = json.loads(json.dumps(row, default=float))  # numpy numbers as plain floats, in the file and best
+            if epoch == start and config.monitor is not None and config.monitor not in row:
+                raise FitError(f"the recipe's evaluation has no {config.monitor!r} (it gives {', '.join(row)})")
             with metrics_path.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             extra_row = {k: v for k, v in row.items() if k.startswith("val_")}
-            if _better(row, best, config):
+            improved = _better(row, best, config)
+            if improved:
                 best, best_epoch, stale = extra_row, epoch, 0
-                _save(run_dir / "best.pt", recipe, {"model": recipe.model.state_dict()}, epoch, {}, resolved)
+                # the new best goes beside best.pt until last.pt (which names it) is written: a kill in between
+                # never leaves a best.pt that last.pt and the rerun disagree with
+                _save(run_dir / PENDING_BEST, recipe, {"model": recipe.model.state_dict()}, epoch, {}, resolved)
             else:
                 stale += 1
             _save(run_dir / "last.pt", recipe, loop.state(recipe.model), epoch,
-                  {"best": best, "best_epoch": best_epoch, "stale": stale}, resolved)
+                  {"best": best, "best_epoch": best_epoch, "stale": stale, "precision": precision}, resolved)
+            if improved:
+                os.replace(run_dir / PENDING_BEST, run_dir / "best.pt")
             tracker.log_epoch(row, epoch)  # after last.pt: a resumed run never repeats a logged epoch
             rows.append(row)
-            shown = f", {config.monitor} {row.get(config.monitor, float('nan')):.3f}" if config.monitor else ""
+            value = row.get(config.monitor) if config.monitor else None
+            shown = f", {config.monitor} {value:.3f}" if isinstance(value, int | float) else ""
             log.info("epoch %d: loss %.4f%s, %.0f %s/s", epoch, row["train_loss"], shown, row["items_per_s"],
                      recipe.unit)
     summary = {"best_epoch": best_epoch, "best": best, "epochs_run": epoch + 1, "world_size": ctx.world_size}
     if main:
         atomic_write_json(run_dir / "complete", summary)
     return FitResult(run_dir, best_epoch, best or {}, epoch + 1, resumed=resumed, rows=rows)
+
+
+def _settle_pending_best(run_dir: Path, best_epoch: int) -> None:
+    """A ``best.pt`` candidate left by a kill between it and ``last.pt``: promoted when ``last.pt`` names its epoch
+    as the best, else dropped (that epoch is trained again)."""
+    pending = run_dir / PENDING_BEST
+    if not pending.exists():
+        return
+    try:
+        epoch = load_checkpoint(pending).epoch
+    except CheckpointError:
+        epoch = None
+    if epoch == best_epoch:
+        os.replace(pending, run_dir / "best.pt")
+    else:
+        pending.unlink(missing_ok=True)
 
 
 def _save(path: Path, recipe: Recipe, state: dict[str, Any], epoch: int, extra: dict[str, Any],

@@ -116,6 +116,7 @@ class SlideFusionRecipe(Recipe):
         import torch
 
         order = torch.from_numpy(np.random.default_rng(self.config.seed + epoch).permutation(len(self.y_train)))
+        self.gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)  # resumable augmentation
         for start in range(0, len(order), self.config.batch_size):
             yield order[start:start + self.config.batch_size]
 
@@ -123,7 +124,7 @@ class SlideFusionRecipe(Recipe):
         import torch
 
         v = self.data["train"][0][pos].to(self.config.device)
-        x = self.augment(v.flatten(0, 1)).view(*v.shape[:2], 3, self.tile, self.tile)
+        x = self.augment(v.flatten(0, 1), generator=self.gen).view(*v.shape[:2], 3, self.tile, self.tile)
         return torch.nn.functional.cross_entropy(model(x).float(), self.y_train[pos].to(self.config.device)), len(pos)
 
     def predict(self, name: str) -> np.ndarray:

@@ -140,7 +140,10 @@ class MPCSRecipe(Recipe):
     def batches(self, epoch: int):
         bs = self.config.batch_size
         order = self.anchors[np.random.default_rng(self.config.seed + epoch).permutation(len(self.anchors))]
+        import torch
+
         rng = random.Random(self.config.seed * 1_000_003 + epoch)  # per epoch: a resumed run draws the same pairs
+        self.gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)  # and the same views
         for step in range(self.steps_per_epoch()):
             yield sample_pairs(order[step * bs:(step + 1) * bs], self.patients, self.index, self.config.pair, rng)
 
@@ -150,7 +153,8 @@ class MPCSRecipe(Recipe):
         from models.mpcs import nt_xent
 
         a, b = (torch.as_tensor(x, device=self.device) for x in batch)
-        z1, z2 = model(self.augment(self.images[a])), model(self.augment(self.images[b]))
+        z1 = model(self.augment(self.images[a], generator=self.gen))
+        z2 = model(self.augment(self.images[b], generator=self.gen))
         return nt_xent(z1.float(), z2.float(), self.config.temperature), len(a)
 
     def checkpoint(self, state, epoch, extra) -> Checkpoint:

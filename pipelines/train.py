@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,15 +26,15 @@ from ingest.files import atomic_write_json
 from pipelines.checkpoint import Checkpoint
 from pipelines.device import PRECISIONS, DeviceError, autocast_dtype, resolve_device
 from pipelines.distributed import barrier, init_distributed, shutdown, wrap
-from pipelines.engine import FitConfig, FitError, Recipe, finished_run, fit
+from pipelines.engine import FitConfig, FitError, Recipe, StepProgress, finished_run, fit
 from pipelines.evaluate import Metrics, full_metrics, predict
 from pipelines.tasks import check_scorable, check_task, map_predictions, task_classes, task_labels
 from pipelines.tracking import require_wandb
 
 log = logging.getLogger(__name__)
 
-#: (epoch, step, steps_per_epoch, running loss) for progress bars.
-TrainProgress = Callable[[int, int, int, float], None]
+#: (epoch, step, steps_per_epoch, running loss) for progress bars: the engine's.
+TrainProgress = StepProgress
 
 
 #: Training cannot go on (diverged loss, empty split, bad config, a finished run with other settings); the message

@@ -269,7 +269,7 @@ def run(study: StudyConfig, ctx: SuiteContext) -> dict[str, Any]:
                                                   extractor=extractor, extractor_weights=extractor_init[extractor],
                                                   loss=loss, folds=study.folds, fold=fold,
                                                   split_seed=study.split_seed, seed=seed, device=device, out=out,
-                                                  **settings))
+                                                  precision=study.precision, **settings))
                     test = summary["test"]
                     rows.append({"attention": ATTENTION[model], "model": model, "extractor": extractor, "loss": loss,
                                  "task": task, "fold": fold, "seed": seed, "test": "slides",

@@ -60,6 +60,7 @@ def _pretrain(study: StudyConfig, ctx: SuiteContext, model: str, pair: str, task
 
     settings = study.settings()
     config = PretrainConfig(model=model, store=str(study.store_path), pair=pair, seed=seed, device=study.device,
+                            precision=study.precision,
                             batch_size=settings.get("batch_size", 32), image_size=settings.get("image_size", 224),
                             folds=study.folds, fold=fold if study.folds else 0, split_seed=study.split_seed,
                             task=task, out=study.run_dir("pretrain", model, pair, fold=fold, seed=seed),

@@ -80,3 +80,31 @@ def test_schedule_and_config_checks():
         FitConfig(epochs=1, precision="fp8")
     with pytest.raises(ValueError, match="epochs"):
         FitConfig(epochs=0)
+
+
+def test_a_run_finished_by_an_older_histo_bench_is_named(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"toy": True, "seed": 0, "epochs": 2, "lr": 0.1}))
+    (run_dir / "complete").write_text(json.dumps({"best_epoch": 0, "best_val": {}, "epochs_run": 2}))
+    with pytest.raises(FitError, match="finished by an older histo-bench"):
+        run(run_dir, epochs=2)
+
+
+def test_a_best_candidate_left_by_a_kill_is_promoted_only_when_last_pt_names_it(tmp_path):
+    from pipelines.checkpoint import save_checkpoint
+    from pipelines.engine import PENDING_BEST, _settle_pending_best
+    from tests.pipelines.toy_recipe import ToyRecipe
+
+    recipe = ToyRecipe()
+    save_checkpoint(tmp_path / PENDING_BEST, recipe.checkpoint({"model": recipe.model.state_dict()}, 3, {}))
+    _settle_pending_best(tmp_path, best_epoch=2)  # last.pt was not written for epoch 3: the candidate goes
+    assert not (tmp_path / PENDING_BEST).exists() and not (tmp_path / "best.pt").exists()
+    save_checkpoint(tmp_path / PENDING_BEST, recipe.checkpoint({"model": recipe.model.state_dict()}, 3, {}))
+    _settle_pending_best(tmp_path, best_epoch=3)  # last.pt names it: it becomes best.pt
+    assert load_checkpoint(tmp_path / "best.pt").epoch == 3
+
+
+def test_a_missing_monitor_is_a_clear_error(tmp_path):
+    with pytest.raises(FitError, match="has no 'val_auc'"):
+        run(tmp_path / "run", epochs=1, monitor="val_auc")
