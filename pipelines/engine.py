@@ -149,6 +149,11 @@ class FitResult:
     already_complete: bool = False
     rows: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def best_val(self) -> dict[str, Any]:
+        """The best epoch's validation metrics without the ``val_`` prefix (``macro_f1``, ``accuracy``...)."""
+        return {k.removeprefix("val_"): v for k, v in (self.best or {}).items()}
+
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     """Linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""

@@ -26,7 +26,7 @@ from ingest.files import atomic_write_json
 from pipelines.checkpoint import Checkpoint
 from pipelines.device import PRECISIONS, DeviceError, autocast_dtype, resolve_device
 from pipelines.distributed import barrier, init_distributed, shutdown, wrap
-from pipelines.engine import FitConfig, FitError, Recipe, StepProgress, finished_run, fit
+from pipelines.engine import FitConfig, FitError, FitResult, Recipe, StepProgress, finished_run, fit
 from pipelines.evaluate import Metrics, full_metrics, predict
 from pipelines.tasks import check_scorable, check_task, map_predictions, task_classes, task_labels
 from pipelines.tracking import require_wandb
@@ -161,16 +161,8 @@ class TrainConfig:
         return Path(self.out or f"runs/{self.model}-{self.train_magnification}{suffix}")
 
 
-@dataclass
-class TrainResult:
-    """Where a run's outputs are and its best validation numbers."""
-
-    run_dir: Path
-    best_epoch: int
-    best_val: dict[str, Any]
-    epochs_run: int
-    resumed: bool = False
-    already_complete: bool = False
+#: What :func:`train` returns: the engine's result (``best_val`` holds the validation metrics).
+TrainResult = FitResult
 
 
 def seed_everything(seed: int) -> None:
@@ -262,11 +254,6 @@ class ClassifierRecipe(Recipe):
                           model_kwargs=self.model_kwargs, task=self.config.task, epoch=epoch, extra=extra)
 
 
-def _best_val(best: dict[str, Any] | None) -> dict[str, Any]:
-    """The engine's best row (``val_*`` columns) as the validation metrics (``macro_f1``, ``accuracy``...)."""
-    return {k.removeprefix("val_"): v for k, v in (best or {}).items()}
-
-
 def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainResult:
     """Train ``config.model`` on the train split through the one engine (:func:`pipelines.engine.fit`), select on
     val macro-F1, write everything to ``config.run_dir``."""
@@ -286,8 +273,8 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
     done = finished_run(run_dir, resolved)
     if done is not None:
         log.info("%s is complete; not retraining (delete it or use another --out)", run_dir)
-        return TrainResult(run_dir, done["best_epoch"], _best_val(done.get("best")), done["epochs_run"],
-                           already_complete=True)
+        return FitResult(run_dir, done["best_epoch"], done.get("best") or {}, done["epochs_run"],
+                         already_complete=True)
     if config.wandb:
         require_wandb(TrainingError)
     store = split_view(ImageStore(store_path), config.folds, config.fold, config.split_seed, config.task)
@@ -340,8 +327,7 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
     result = fit(recipe, fit_config, run_dir, resolved, device=device, ctx=ctx, progress=progress)
     barrier(ctx)
     shutdown(ctx)
-    return TrainResult(run_dir, result.best_epoch, _best_val(result.best), result.epochs_run,
-                       resumed=result.resumed)
+    return result
 
 
 def _write_splits(run_dir: Path, config: TrainConfig, store, store_path: Path, mags, classes) -> None:
