@@ -15,17 +15,18 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 # pytest-benchmark: committed baselines live in bench_results/pytest-benchmark/<CPU model>/<platform>/, one per
 # processor model (a baseline from another processor says nothing about this one: these VMs come as AMD EPYC and
-# Intel Xeon, ~2x apart on some cases); a case fails when its median is more than BENCH_TOLERANCE slower than this
-# CPU's baseline (wide: these machines are noisy 2-core VMs). On a CPU without a baseline the cases run and report,
+# Intel Xeon, ~2x apart on some cases); a case fails when its fastest round is more than BENCH_TOLERANCE slower
+# than the baseline's fastest. The minimum, because noise only ever adds time; and wide, because these are noisy
+# 2-core VMs: the same code on the same VM read the store in min 78 ms at one moment and 182 ms an hour later. On a CPU without a baseline the cases run and report,
 # uncompared, and say how to record one (`make bench-save` on a quiet machine).
-BENCH_TOLERANCE ?= 150%
+BENCH_TOLERANCE ?= 200%
 CPU_MODEL := $(shell (grep -m1 'model name' /proc/cpuinfo 2>/dev/null || echo 'model name: unknown') | \
 	sed 's/^[^:]*: *//; s/[^A-Za-z0-9]\{1,\}/-/g; s/^-//; s/-$$//')
 BENCH_DIR := bench_results/pytest-benchmark/$(CPU_MODEL)
 BENCH_ARGS := -m bench --benchmark-storage=file://$(BENCH_DIR) --benchmark-min-rounds=3 \
 	--benchmark-max-time=0.5 --benchmark-warmup=on --benchmark-columns=min,median,max,rounds
 BENCH_COMPARE = $(if $(wildcard $(BENCH_DIR)/*/*.json),--benchmark-compare \
-	--benchmark-compare-fail=median:$(BENCH_TOLERANCE),)
+	--benchmark-compare-fail=min:$(BENCH_TOLERANCE),)
 
 .PHONY: install browser demo test bench bench-save lint clean
 
