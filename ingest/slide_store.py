@@ -264,6 +264,15 @@ class SlideStore:
                       if p.is_dir() and check_slide_id(p.name) is None
                       and slide_status(self.path, p.name) == "complete")
 
+    def default_scale(self) -> str:
+        """The first scale of the first finished slide (the first ``--mag`` it was tiled at): what commands use
+        when no ``--scale`` is given."""
+        for sid in self.slide_ids():
+            scales = list(self.slide(sid).attrs.get("scales", {}))
+            if scales:
+                return scales[0]
+        raise SlideStoreError(f"{self.path}: no finished slide with tiles (tile slides into it first)")
+
     def partial_ids(self) -> list[str]:
         return sorted(p.name[: -len(PARTIAL)] for p in self.path.iterdir() if p.name.endswith(PARTIAL))
 

@@ -77,6 +77,28 @@ def broadcast_flag(flag: bool, ctx: DistContext) -> bool:
     return bool(t.item())
 
 
+def shard(order, ctx: DistContext):
+    """This rank's share of ``order`` (an epoch's item order, the same on every rank): every ``world_size``-th
+    item from ``rank``, after dropping the remainder so every rank gets as many (and runs as many steps)."""
+    n = len(order) - len(order) % ctx.world_size
+    return order[:n][ctx.rank::ctx.world_size]
+
+
+def all_finite(loss, ctx: DistContext) -> bool:
+    """Whether ``loss`` is finite on every rank (one tiny all-reduce under DDP), so a loss that diverges on one
+    rank stops all of them together instead of leaving the others waiting in the gradient all-reduce."""
+    import torch
+
+    finite = bool(torch.isfinite(loss.detach()).all())
+    if not ctx.enabled:
+        return finite
+    import torch.distributed as dist
+
+    flag = torch.tensor([int(finite)], device=loss.device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         import torch.distributed as dist

@@ -38,7 +38,7 @@ import torch
 from ingest.files import atomic_write_json
 from pipelines.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from pipelines.device import PRECISIONS, autocast, autocast_dtype
-from pipelines.distributed import DistContext, broadcast_flag
+from pipelines.distributed import DistContext, all_finite, broadcast_flag
 from pipelines.tracking import EpochClock, RunLogger
 
 log = logging.getLogger(__name__)
@@ -402,9 +402,9 @@ def _train_epoch(recipe: Recipe, model, loop: _Loop, config: FitConfig, epoch: i
             break
         with autocast(device, loop.amp):
             loss, n = recipe.step(model, batch)
-        if not torch.isfinite(loss):
-            raise FitError(f"loss became {loss.item()} at epoch {epoch} step {step}; lower --lr, or use "
-                           "--precision fp32")
+        if not all_finite(loss, ctx):
+            value = loss.item() if not torch.isfinite(loss) else "non-finite on another rank"
+            raise FitError(f"loss became {value} at epoch {epoch} step {step}; lower --lr, or use --precision fp32")
         loop.optimizer.zero_grad(set_to_none=True)
         loop.scaler.scale(loss).backward()
         if config.grad_clip > 0:

@@ -11,16 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ingest.files import atomic_write_json
 from pipelines.checkpoint import Checkpoint, load_checkpoint
+from pipelines.distributed import DistContext, barrier, init_distributed, shard, shutdown, wrap
 from pipelines.engine import FitConfig, Recipe, finished_run, fit
 from pipelines.evaluate import classification_metrics
-from pipelines.mil import MILError, read_labels, split_slides
+from pipelines.mil import MILError, fold_slides, read_labels, settle_slide_config, split_slides
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +33,22 @@ class SlideFusionConfig:
     Attributes:
         store: slide store written with ``--multiscale``.
         labels: CSV with ``slide_id,label`` (optional ``patient``).
-        scale: the scale whose tiles carry the concentric views (the first ``--mag`` of the tiling).
+        scale: the scale whose tiles carry the concentric views (None: the store's first, which is the one
+            ``--multiscale`` writes them at).
         max_tiles: at most this many tiles per slide (a seeded random subset).
         epochs, batch_size, lr, weight_decay, patience, seed: training settings.
         warmup_epochs, grad_clip, precision: the engine's (:class:`pipelines.engine.FitConfig`).
-        split: slide-level split fractions.
-        device: cpu or cuda.
-        out: run directory.
+        split: slide-level split fractions (seeded by ``seed``), used when ``folds`` is 0.
+        folds, fold, split_seed: slide-level k-fold cross-validation as in :class:`pipelines.mil.MILConfig`.
+        device: auto, cpu, cuda or cuda:N.
+        out: run directory (default ``runs/fusion_effnet_b0-slides-<scale>``).
+        max_steps_per_epoch: cap on steps per epoch (quick runs); None = every selected tile once.
+        wandb: also send the curves to Weights & Biases.
     """
 
     store: str
     labels: str
-    scale: str = "20x"
+    scale: str | None = None
     max_tiles: int = 256
     epochs: int = 20
     batch_size: int = 16
@@ -52,15 +57,29 @@ class SlideFusionConfig:
     patience: int = 5
     seed: int = 0
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
-    device: str = "cpu"
-    out: str = "runs/fusion-slides"
+    folds: int = 0
+    fold: int = 0
+    split_seed: int = 0
+    device: str = "auto"
+    out: str | None = None
     warmup_epochs: float = 0.0
     grad_clip: float = 1.0
     precision: str = "auto"
+    max_steps_per_epoch: int | None = None
+    wandb: bool = False
 
     def __post_init__(self) -> None:
         if min(self.max_tiles, self.epochs, self.batch_size, self.patience) < 1:
             raise ValueError("max_tiles, epochs, batch_size and patience must be >= 1")
+        if self.folds == 1 or self.folds < 0 or not 0 <= self.fold < max(self.folds, 1):
+            raise ValueError(f"folds must be 0 (one split) or >= 2, and fold in 0..folds-1; got folds {self.folds}, "
+                             f"fold {self.fold}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ValueError("max_steps_per_epoch must be >= 1 (or None)")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out or f"runs/fusion_effnet_b0-slides-{self.scale or 'scale'}")
 
 
 def _load(config: SlideFusionConfig, slides: list[str], rng: np.random.Generator):
@@ -98,24 +117,27 @@ class SlideFusionRecipe(Recipe):
 
     kind, unit = "slide_fusion", "tiles"
 
-    def __init__(self, config: SlideFusionConfig, model, data: dict, labels: dict, classes: list, n_views: int
-                 ) -> None:
+    def __init__(self, config: SlideFusionConfig, model, data: dict, labels: dict, classes: list, n_views: int,
+                 ctx: DistContext | None = None) -> None:
         import torch
 
         from pipelines.augment import GpuAugment
 
         self.config, self.model, self.data, self.labels, self.classes = config, model, data, labels, classes
+        self.ctx = ctx or DistContext()
+        self.train_model = wrap(model, self.ctx, config.device)
         self.n_views, self.tile = n_views, data["train"][0].shape[-1]
         self.augment = GpuAugment(out_size=self.tile, seed=config.seed)
         self.y_train = torch.tensor([classes.index(labels[s]) for s in data["train"][1]])
 
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.y_train) / self.config.batch_size)
+        return math.ceil(len(self.y_train) // self.ctx.world_size / self.config.batch_size)
 
     def batches(self, epoch: int):
         import torch
 
-        order = torch.from_numpy(np.random.default_rng(self.config.seed + epoch).permutation(len(self.y_train)))
+        order = np.random.default_rng(self.config.seed + epoch).permutation(len(self.y_train))
+        order = torch.from_numpy(shard(order, self.ctx))  # under DDP each rank trains on its own tiles
         self.gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)  # resumable augmentation
         for start in range(0, len(order), self.config.batch_size):
             yield order[start:start + self.config.batch_size]
@@ -152,19 +174,22 @@ class SlideFusionRecipe(Recipe):
                           model_kwargs={"n_inputs": self.n_views}, task="slide", epoch=epoch, extra=extra)
 
 
-def train_slide_fusion(config: SlideFusionConfig) -> dict:
+def train_slide_fusion(config: SlideFusionConfig, progress=None) -> dict:
     """Train ``fusion_effnet_b0`` on concentric tile views through the one engine (:func:`pipelines.engine.fit`,
-    selecting on slide-level validation macro-F1); writes splits.json, the run contract's files and, last,
-    summary.json."""
+    selecting on slide-level validation macro-F1; under ``torchrun`` each rank trains on its own share of the
+    tiles); writes splits.json, the run contract's files and, last, summary.json."""
     from ingest.slide_store import SlideStore
     from models.registry import build_model
     from pipelines.train import seed_everything
 
-    out = Path(config.out)
+    config = settle_slide_config(config)
+    out = config.run_dir
     resolved = asdict(config)
     if finished_run(out, resolved) is not None and (out / "summary.json").exists():
         log.info("%s is complete; not retraining (delete it or use another --out)", out)
         return json.loads((out / "summary.json").read_text())
+    ctx, device = init_distributed(config.device)
+    config = replace(config, device=device)
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
     labels, patients = read_labels(config.labels, SlideStore(config.store).slide_ids())
@@ -172,20 +197,30 @@ def train_slide_fusion(config: SlideFusionConfig) -> dict:
     slides = sorted(labels)
     if len(slides) < 3:
         raise MILError(f"only {len(slides)} labelled slide(s); need at least 3 (train, val, test)")
-    by_split, notes = split_slides(slides, labels, patients, classes, config.split, config.seed)
+    if config.folds:
+        by_split, notes = fold_slides(slides, labels, patients, classes, config.folds, config.fold, config.split_seed)
+    else:
+        by_split, notes = split_slides(slides, labels, patients, classes, config.split, config.seed)
     data = {name: _load(config, ids, rng) for name, ids in by_split.items() if ids}
     if "train" not in data:
         raise MILError("no training slides after the split")
     n_views = data["train"][0].shape[1]
     model = build_model("fusion_effnet_b0", len(classes), n_inputs=n_views).to(config.device)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").unlink(missing_ok=True)  # written again below, once this run is finished
-    atomic_write_json(out / "splits.json", {**by_split, "notes": notes, "classes": classes})
-    recipe = SlideFusionRecipe(config, model, data, labels, classes, n_views)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").unlink(missing_ok=True)  # written again below, once this run is finished
+        atomic_write_json(out / "splits.json", {**by_split, "notes": notes, "classes": classes})
+    recipe = SlideFusionRecipe(config, model, data, labels, classes, n_views, ctx)
     fit(recipe, FitConfig(epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
                           warmup_epochs=config.warmup_epochs, grad_clip=config.grad_clip, patience=config.patience,
                           precision=config.precision, log_every=0, monitor="val_slide_macro_f1",
-                          tiebreak="val_slide_accuracy"), out, resolved, device=config.device)
+                          tiebreak="val_slide_accuracy", wandb=config.wandb,
+                          max_steps_per_epoch=config.max_steps_per_epoch),
+        out, resolved, device=config.device, ctx=ctx, progress=progress)
+    barrier(ctx)
+    shutdown(ctx)
+    if not ctx.is_main:
+        return {}
     model.load_state_dict(load_checkpoint(out / "best.pt", ("slide_fusion",), config.device).state["model"])
     best = json.loads((out / "complete").read_text()).get("best") or {}
     summary = {"best_val": {"macro_f1": best.get("val_slide_macro_f1"), "accuracy": best.get("val_slide_accuracy")},

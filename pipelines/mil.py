@@ -11,7 +11,7 @@ import csv
 import json
 import logging
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import numpy as np
 from ingest.files import atomic_write_json
 from ingest.splits import SPLIT_CODES, SplitConfig, patient_split
 from pipelines.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from pipelines.distributed import DistContext, barrier, init_distributed, shard, shutdown, wrap
 from pipelines.engine import FitConfig, Recipe, finished_run, fit
 from pipelines.evaluate import classification_metrics
 from pipelines.features import extract_slide_features
@@ -41,7 +42,7 @@ class MILConfig:
     Attributes:
         store: slide store (from ``histo-ingest tile``).
         labels: CSV with ``slide_id,label`` (and optionally ``patient``).
-        scale: tile scale in the store, e.g. "20x".
+        scale: tile scale in the store, e.g. "20x" (None: the store's first scale).
         model: ``abmil`` or ``abmil_gated``.
         extractor: tile feature extractor: resnet50, resnet34 or vit_small.
         extractor_weights: local weights for the extractor (none: random init, fine for the pipeline only).
@@ -55,13 +56,15 @@ class MILConfig:
             0 = one split by ``split`` fractions, else the number of folds (>= 2); ``fold`` is the test fold.
         fold: the test fold, 0..folds-1.
         split_seed: seeds the fold assignment.
-        device: cpu or cuda.
-        out: run directory.
+        device: auto, cpu, cuda or cuda:N.
+        out: run directory (default ``runs/<model>-<extractor>-<scale>``).
+        max_steps_per_epoch: cap on slides per epoch (quick runs); None = every training slide.
+        wandb: also send the curves to Weights & Biases.
     """
 
     store: str
     labels: str
-    scale: str = "20x"
+    scale: str | None = None
     model: str = "abmil_gated"
     extractor: str = "resnet50"
     extractor_weights: str | None = None
@@ -77,11 +80,13 @@ class MILConfig:
     folds: int = 0
     fold: int = 0
     split_seed: int = 0
-    device: str = "cpu"
-    out: str = "runs/mil"
+    device: str = "auto"
+    out: str | None = None
     warmup_epochs: float = 0.0
     grad_clip: float = 1.0
     precision: str = "auto"
+    max_steps_per_epoch: int | None = None
+    wandb: bool = False
 
     def __post_init__(self) -> None:
         if self.model not in ("abmil", "abmil_gated"):
@@ -96,6 +101,25 @@ class MILConfig:
         if self.folds == 1 or self.folds < 0 or not 0 <= self.fold < max(self.folds, 1):
             raise ValueError(f"folds must be 0 (one split) or >= 2, and fold in 0..folds-1; got folds {self.folds}, "
                              f"fold {self.fold}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ValueError("max_steps_per_epoch must be >= 1 (or None)")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out or f"runs/{self.model}-{self.extractor}-{self.scale or 'scale'}")
+
+
+def settle_slide_config(config):
+    """A slide recipe's config (:class:`MILConfig`, ``SlideFusionConfig``) with its scale (default: the store's
+    first) and its device resolved; a store that is not a slide store is a :class:`MILError` naming it."""
+    from ingest.slide_store import SlideStore, SlideStoreError
+    from pipelines.device import resolve_device
+
+    try:
+        scale = config.scale or SlideStore(config.store).default_scale()
+    except SlideStoreError as exc:
+        raise MILError(str(exc)) from exc
+    return replace(config, scale=scale, device=resolve_device(config.device))
 
 
 def read_labels(path: str | Path, slide_ids: list[str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -196,18 +220,20 @@ class MILRecipe(Recipe):
     kind, unit = "mil", "slides"
 
     def __init__(self, config: MILConfig, model, bags: dict, by_split: dict, labels: dict, classes: list,
-                 dim: int) -> None:
+                 dim: int, ctx: DistContext | None = None) -> None:
         self.config, self.model, self.bags, self.by_split = config, model, bags, by_split
         self.labels, self.classes, self.dim = labels, classes, dim
+        self.ctx = ctx or DistContext()
+        self.train_model = wrap(model, self.ctx, config.device)
 
     def steps_per_epoch(self) -> int:
-        return len(self.by_split["train"])
+        return len(self.by_split["train"]) // self.ctx.world_size
 
     def batches(self, epoch: int):
-        rng = random.Random(self.config.seed * 1_000_003 + epoch)
+        rng = random.Random(self.config.seed * 1_000_003 + epoch)  # the same order on every rank, then the bags
         order = list(self.by_split["train"])
         rng.shuffle(order)
-        for sid in order:
+        for sid in shard(order, self.ctx):  # under DDP each rank trains on its own slides
             yield sid, sample_bag(self.bags[sid], self.config.max_patches, rng)
 
     def step(self, model, batch):
@@ -232,18 +258,22 @@ class MILRecipe(Recipe):
                           model_kwargs={"in_dim": self.dim}, task="slide", epoch=epoch, extra=extra)
 
 
-def train_mil(config: MILConfig) -> dict:
+def train_mil(config: MILConfig, progress=None) -> dict:
     """Train through the one engine (:func:`pipelines.engine.fit`: select on validation macro-F1, resume, refuse
-    other settings), then evaluate on test; writes splits.json and, last, summary.json."""
+    other settings; under ``torchrun`` each rank trains on its own share of the slides), then evaluate on test;
+    writes splits.json and, last, summary.json. ``progress(epoch, step, steps, loss)`` is the engine's."""
     from ingest.slide_store import SlideStore
     from models.registry import build_model
     from pipelines.train import seed_everything
 
-    out = Path(config.out)
+    config = settle_slide_config(config)
+    out = config.run_dir
     resolved = asdict(config)
     if finished_run(out, resolved) is not None and (out / "summary.json").exists():
         log.info("%s is complete; not retraining (delete it or use another --out)", out)
         return json.loads((out / "summary.json").read_text())
+    ctx, device = init_distributed(config.device)
+    config = replace(config, device=device)
     store = SlideStore(config.store)
     labels, patients = read_labels(config.labels, store.slide_ids())
     classes = sorted(set(labels.values()))
@@ -256,16 +286,25 @@ def train_mil(config: MILConfig) -> dict:
         by_split, notes = fold_slides(slides, labels, patients, classes, config.folds, config.fold, config.split_seed)
     else:
         by_split, notes = split_slides(slides, labels, patients, classes, config.split, config.seed)
+    if len(by_split["train"]) < ctx.world_size:
+        raise MILError(f"{len(by_split['train'])} training slide(s) for {ctx.world_size} processes; use fewer")
     seed_everything(config.seed)
     dim = next(iter(bags.values())).shape[1]
     model = build_model(config.model, len(classes), in_dim=dim).to(config.device)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").unlink(missing_ok=True)  # written again below, once this run is finished
-    atomic_write_json(out / "splits.json", {**by_split, "notes": notes, "classes": classes})
-    recipe = MILRecipe(config, model, bags, by_split, labels, classes, dim)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").unlink(missing_ok=True)  # written again below, once this run is finished
+        atomic_write_json(out / "splits.json", {**by_split, "notes": notes, "classes": classes})
+    recipe = MILRecipe(config, model, bags, by_split, labels, classes, dim, ctx)
     fit(recipe, FitConfig(epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
                           warmup_epochs=config.warmup_epochs, grad_clip=config.grad_clip, patience=config.patience,
-                          precision=config.precision, log_every=0), out, resolved, device=config.device)
+                          precision=config.precision, log_every=0, wandb=config.wandb,
+                          max_steps_per_epoch=config.max_steps_per_epoch), out, resolved, device=config.device,
+        ctx=ctx, progress=progress)
+    barrier(ctx)
+    shutdown(ctx)
+    if not ctx.is_main:
+        return {}
     model = load_checkpoint(out / "best.pt", ("mil",), config.device).build(config.device)
     best_val = json.loads((out / "complete").read_text()).get("best") or {}
     test = _evaluate(model, bags, by_split["test"], labels, classes, config.device)

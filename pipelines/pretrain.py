@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.checkpoint import Checkpoint, load_checkpoint
+from pipelines.distributed import DistContext, barrier, init_distributed, shard, shutdown, wrap
 from pipelines.engine import FitConfig, Recipe, finished_run, fit
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class PretrainConfig:
             for anything else.
         max_steps_per_epoch: cap on steps per epoch (quick runs); None = every anchor image once per epoch.
         precision: "auto" (bf16 autocast on CUDA when supported), "fp32", "bf16" or "fp16" (the engine's).
+        wandb: also send the curves to Weights & Biases.
     """
 
     model: str = "mpcs_resnet50"
@@ -73,6 +75,7 @@ class PretrainConfig:
     task: str = "subtype"
     max_steps_per_epoch: int | None = None
     precision: str = "auto"
+    wandb: bool = False
 
     def __post_init__(self) -> None:
         from models.mpcs import PAIR_STRATEGIES
@@ -127,19 +130,23 @@ class MPCSRecipe(Recipe):
     kind, unit = "mpcs", "pairs"
 
     def __init__(self, config: PretrainConfig, resolved: dict, model, images, anchors: np.ndarray,
-                 patients: np.ndarray, index, device: str) -> None:
+                 patients: np.ndarray, index, device: str, ctx: DistContext | None = None) -> None:
         from pipelines.augment import GpuAugment
 
         self.config, self.resolved, self.model, self.images, self.device = config, resolved, model, images, device
         self.anchors, self.patients, self.index = anchors, patients, index
         self.augment = GpuAugment(out_size=config.image_size, seed=config.seed)
+        self.ctx = ctx or DistContext()
+        self.train_model = wrap(model, self.ctx, device)
 
     def steps_per_epoch(self) -> int:
-        return len(self.anchors) // self.config.batch_size
+        return len(self.anchors) // self.ctx.world_size // self.config.batch_size
 
     def batches(self, epoch: int):
         bs = self.config.batch_size
         order = self.anchors[np.random.default_rng(self.config.seed + epoch).permutation(len(self.anchors))]
+        # under DDP each rank takes its own anchors; a batch's negatives are that rank's batch (no all-gather)
+        order = shard(order, self.ctx)
         import torch
 
         rng = random.Random(self.config.seed * 1_000_003 + epoch)  # per epoch: a resumed run draws the same pairs
@@ -165,7 +172,7 @@ class MPCSRecipe(Recipe):
 def pretrain(config: PretrainConfig, progress=None) -> Path:
     """Run MPCS pretraining through the one engine (:func:`pipelines.engine.fit`: a fixed budget of
     ``epochs``, the last epoch's model in ``best.pt``); returns the path of the exported encoder weights.
-    ``progress(done, total)`` counts optimizer steps."""
+    ``progress(epoch, step, steps, loss)`` is the engine's; under ``torchrun`` each rank trains on its own anchors."""
     from safetensors.torch import save_file
 
     from ingest.store import ImageStore
@@ -178,7 +185,7 @@ def pretrain(config: PretrainConfig, progress=None) -> Path:
 
     store_path = Path(config.store) if config.store else default_store()
     store = split_view(ImageStore(store_path), config.folds, config.fold, config.split_seed, config.task)
-    device = resolve_device(config.device)
+    ctx, device = init_distributed(resolve_device(config.device))
     seed_everything(config.seed)
     idx = store.select(split=config.split)
     patients, mags = store.patient[idx], store.magnification[idx]
@@ -198,13 +205,16 @@ def pretrain(config: PretrainConfig, progress=None) -> Path:
         return weights
     images = load_images(store, idx, round(config.image_size * 8 / 7)).to(device)
     model = build_model(config.model, 0).to(device)
-    recipe = MPCSRecipe(config, resolved, model, images, anchors, patients, index, device)
+    recipe = MPCSRecipe(config, resolved, model, images, anchors, patients, index, device, ctx)
     fit_config = FitConfig(epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay, grad_clip=1.0,
                            precision=config.precision, log_every=config.log_every,
-                           max_steps_per_epoch=config.max_steps_per_epoch, monitor=None)
+                           max_steps_per_epoch=config.max_steps_per_epoch, monitor=None, wandb=config.wandb)
     weights.unlink(missing_ok=True)  # exported again from this run's best.pt below
-    step_bar = (lambda epoch, step, n, loss: progress(epoch * n + step, config.epochs * n)) if progress else None
-    fit(recipe, fit_config, run_dir, resolved, device=device, progress=step_bar)
+    fit(recipe, fit_config, run_dir, resolved, device=device, ctx=ctx, progress=progress)
+    barrier(ctx)
+    shutdown(ctx)
+    if not ctx.is_main:
+        return weights
     best = load_checkpoint(run_dir / "best.pt", ("mpcs",), "cpu")
     model.load_state_dict(best.state["model"])
     partial = weights.with_name(weights.name + ".partial")  # written, then renamed: a crash leaves no encoder
