@@ -44,12 +44,11 @@ demo: install
 	$(BIN)/histo-ingest demo --out $(DEMO_DIR)/breakhis --slides $(DEMO_DIR)/slides
 	$(BIN)/histo-ingest breakhis $(DEMO_DIR)/breakhis --out $(DEMO_DIR)/breakhis.zarr
 	$(BIN)/histo-ingest tile $(DEMO_DIR)/slides --out $(DEMO_DIR)/tiles.zarr --mag 20 --mag 5 --multiscale
-	$(BIN)/histo-bench mil-train --store $(DEMO_DIR)/tiles.zarr --labels $(DEMO_DIR)/slides/labels.csv \
-		--scale 20x --extractor resnet34 --epochs 15 --out $(DEMO_DIR)/mil
-	$(BIN)/histo-bench mil-infer $(DEMO_DIR)/mil/best.pt --store $(DEMO_DIR)/tiles.zarr --scale 20x \
-		--extractor resnet34 --out $(DEMO_DIR)/mil/predictions
-	$(BIN)/histo-bench fusion-slides --store $(DEMO_DIR)/tiles.zarr --labels $(DEMO_DIR)/slides/labels.csv \
-		--scale 20x --epochs 2 --max-tiles 16 --out $(DEMO_DIR)/fusion-slides
+	$(BIN)/histo-bench train --model abmil_gated --data $(DEMO_DIR)/tiles.zarr \
+		--labels $(DEMO_DIR)/slides/labels.csv --extractor resnet34 --epochs 15 --out $(DEMO_DIR)/mil
+	$(BIN)/histo-bench predict $(DEMO_DIR)/mil/best.pt --data $(DEMO_DIR)/tiles.zarr --out $(DEMO_DIR)/mil/predictions
+	$(BIN)/histo-bench train --model fusion_effnet_b0 --data $(DEMO_DIR)/tiles.zarr \
+		--labels $(DEMO_DIR)/slides/labels.csv --epochs 2 --max-tiles 16 --out $(DEMO_DIR)/fusion-slides
 	$(BIN)/histo-bench suite --model resnet50 --data $(DEMO_DIR)/breakhis.zarr --epochs 4 --lr 1e-3 \
 		--image-size 112 --batch-size 16 --device cpu --out $(DEMO_DIR)/suite
 	$(BIN)/histo-bench run --model resnet50 --checkpoint $(DEMO_DIR)/suite/resnet50/mixed/best.pt \

@@ -15,12 +15,9 @@ from ingest.console import console, setup_logging, stdout
 from pipelines.cli import (
     evaluate_command,
     fail,
-    fusion_slides_command,
     loader_bench_command,
-    mil_infer_command,
-    mil_train_command,
     models_command,
-    pretrain_command,
+    predict_command,
     train_command,
 )
 from pipelines.cli_reports import explain_command, report_command, suite_command
@@ -38,10 +35,7 @@ def _main(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, he
 app.command("models")(models_command)
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
-app.command("pretrain")(pretrain_command)
-app.command("mil-train")(mil_train_command)
-app.command("mil-infer")(mil_infer_command)
-app.command("fusion-slides")(fusion_slides_command)
+app.command("predict")(predict_command)
 app.command("loader-bench")(loader_bench_command)
 app.command("suite")(suite_command)
 app.command("report")(report_command)

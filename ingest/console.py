@@ -91,7 +91,11 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[i
         def update(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        yield update
+        try:
+            yield update
+        except BaseException:
+            bar.update(task, visible=False)  # a failed command ends on its error line, not a half-drawn bar
+            raise
 
 
 @contextmanager

@@ -15,7 +15,7 @@ A checkpoint file is a dict::
     state         {"model": state dict, and in ``last.pt`` "optimizer", "scheduler", "scaler", "torch_rng"}
 
 ``best.pt`` and ``last.pt`` of every run directory have this form. Every consumer (``evaluate``, ``explain``,
-``run``, MIL inference, suites, the resume of an interrupted run) goes through :func:`load_checkpoint` and checks
+``run``, ``predict``, suites, the resume of an interrupted run) goes through :func:`load_checkpoint` and checks
 the kind it accepts. A file from before this format, a truncated, empty or foreign file, and a kind the consumer
 cannot use are each a :class:`CheckpointError` with one line naming the file and the reason.
 """
@@ -37,9 +37,9 @@ IMAGE_KINDS = ("classifier", "fusion")
 KINDS = {
     "classifier": "histo-bench train --model <classifier>",
     "fusion": "histo-bench train --model fusion_effnet_b0",
-    "slide_fusion": "histo-bench fusion-slides",
-    "mil": "histo-bench mil-train",
-    "mpcs": "histo-bench pretrain",
+    "slide_fusion": "histo-bench train --model fusion_effnet_b0 --data SLIDE_STORE --labels CSV",
+    "mil": "histo-bench train --model abmil_gated --data SLIDE_STORE --labels CSV",
+    "mpcs": "histo-bench train --model mpcs_resnet50",
 }
 
 

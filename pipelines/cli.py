@@ -37,208 +37,205 @@ def models_command(pattern: Annotated[str, typer.Argument(help="Glob over model 
 
 
 def train_command(
-    model: Annotated[str, typer.Option(help="Registered model (see `histo-bench models`).")] = "deit_small",
-    train_mag: Annotated[str, typer.Option("--train-mag", help="100X, 400X, mixed (100X+400X), or e.g. 40X.")
-                         ] = "100X",
-    data: Annotated[Optional[Path], typer.Option(help="Image store (default: the embedded demo store).")] = None,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = 30,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 3e-4,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 10,
-    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    loader: Annotated[str, typer.Option(help="auto, device, dali or torch.")] = "auto",
-    image_size: Annotated[int, typer.Option(help="Network input side.")] = 224,
-    pretrained: Annotated[bool, typer.Option(help="Start from ImageNet weights (needs the timm hub).")] = False,
-    weights: Annotated[Optional[Path], typer.Option(help="Start from a local weights file.")] = None,
+    model: Annotated[str, typer.Option(help="Registered model (see `histo-bench models`): a classifier, "
+                                            "fusion_effnet_b0, abmil / abmil_gated or mpcs_*.")] = "deit_small",
+    data: Annotated[Optional[Path], typer.Option(help="Image store, or slide store for abmil* and slide fusion "
+                                                      "(default: the embedded demo image store).")] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="Slide store: CSV with slide_id,label (optional patient "
+                                                        "column).")] = None,
+    scale: Annotated[Optional[str], typer.Option(help="Slide store: tile scale, e.g. 20x (default: its first).")
+                     ] = None,
+    train_mag: Annotated[Optional[str], typer.Option("--train-mag", help="Image store: 100X (default), 400X, mixed "
+                                                                         "(100X+400X), or e.g. 40X.")] = None,
+    task: Annotated[Optional[str], typer.Option(help="Image store: subtype (the store's classes, default) or binary "
+                                                     "(benign vs malignant).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs (early stopping may end sooner; default: "
+                                                       "the recipe's, 30 for classifiers).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images (tiles, pairs) per step.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak AdamW learning rate (default 3e-4; MIL 2e-4).")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay.")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Early-stopping patience (epochs).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Network input side (default 224).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto (default), fp32, bf16 or fp16.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto (default), cpu, cuda or cuda:N.")] = None,
+    loader: Annotated[Optional[str], typer.Option(help="Image store: auto, device, dali or torch.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for everything (default 0).")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Cap on steps per epoch (quick runs).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for everything.")] = 0,
-    task: Annotated[str, typer.Option(help="subtype (the store's classes) or binary (benign vs malignant).")
-                    ] = "subtype",
-    wandb: Annotated[bool, typer.Option(help="Also log the curves to Weights & Biases (pip install wandb).")] = False,
-    folds: Annotated[int, typer.Option(help="Patient-level k-fold cross-validation (0 = the store's own split).")
-                     ] = 0,
-    fold: Annotated[int, typer.Option(help="The test fold (0..folds-1) under --folds.")] = 0,
-    split_seed: Annotated[int, typer.Option(help="Seed of the fold assignment.")] = 0,
-    unfreeze: Annotated[str, typer.Option(help="Parameters that train: full, last_block or head.")] = "full",
-    label_fraction: Annotated[float, typer.Option(
-        help="Train on this fraction of the train patients (class-stratified, seeded; val/test untouched).")] = 1.0,
-    out: Annotated[Optional[Path], typer.Option(
-        help="Run directory (default runs/<model>-<mag>, runs/<model>-<mag>-binary for --task binary).")] = None,
+    folds: Annotated[Optional[int], typer.Option(help="Patient-level k-fold cross-validation (0 = the store's own "
+                                                      "split, or a seeded split of the slides).")] = None,
+    fold: Annotated[Optional[int], typer.Option(help="The test fold (0..folds-1) under --folds.")] = None,
+    split_seed: Annotated[Optional[int], typer.Option(help="Seed of the fold assignment.")] = None,
+    pretrained: Annotated[Optional[bool], typer.Option(help="Start from ImageNet weights (needs the timm hub).")
+                          ] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Start from a local weights file.")] = None,
+    unfreeze: Annotated[Optional[str], typer.Option(help="Parameters that train: full, last_block or head.")] = None,
+    label_fraction: Annotated[Optional[float], typer.Option(
+        help="Train on this fraction of the train patients (class-stratified, seeded; val/test untouched).")] = None,
+    pair: Annotated[Optional[str], typer.Option(help="MPCS: magnification pairs, ordered (default), fixed or "
+                                                     "random.")] = None,
+    extractor: Annotated[Optional[str], typer.Option(help="MIL: tile features, resnet50 (default), resnet34 or "
+                                                          "vit_small.")] = None,
+    extractor_weights: Annotated[Optional[Path], typer.Option(help="MIL: local weights for the extractor.")] = None,
+    max_tiles: Annotated[Optional[int], typer.Option(help="Slide store: random tiles per slide (MIL: per training "
+                                                          "bag).")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="MIL: ce (cross-entropy) or focal.")] = None,
+    focal_gamma: Annotated[Optional[float], typer.Option(help="MIL: focal-loss gamma (with --loss focal).")] = None,
+    wandb: Annotated[Optional[bool], typer.Option(help="Also log the curves to Weights & Biases (pip install "
+                                                       "wandb).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<model>-...).")] = None,
 ) -> None:
-    """Train a classifier with the paper protocol; resumes an interrupted run in the same --out. TensorBoard curves
-    go to <run dir>/tb (tensorboard --logdir runs)."""
-    from pipelines.train import TrainConfig, TrainingError, train
-
-    try:
-        config = TrainConfig(model=model, store=str(data) if data else None, train_magnification=train_mag,
-                             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                             patience=patience, precision=precision, device=device, loader=loader,
-                             image_size=image_size, pretrained=pretrained, weights=str(weights) if weights else None,
-                             max_steps_per_epoch=max_steps, seed=seed, task=task, wandb=wandb, folds=folds,
-                             fold=fold, split_seed=split_seed, unfreeze=unfreeze, label_fraction=label_fraction,
-                             out=str(out) if out else None)
-    except ValueError as exc:
-        fail(str(exc))
+    """Train any registered model: a classifier or fusion_effnet_b0 on an image store, abmil / abmil_gated or
+    fusion_effnet_b0 on a slide store (--labels), mpcs_* pretraining on an image store. A rerun of a finished run
+    is a no-op, an interrupted one resumes from last.pt, other settings in a finished --out are refused.
+    TensorBoard curves go to <run dir>/tb."""
+    arguments = dict(locals())  # first: the command line's options, nothing else
     from ingest.console import progress_bar
+    from pipelines.launch import LaunchError, plan_training, run_training
 
+    given = {name: str(value) if isinstance(value, Path) else value for name, value in arguments.items()
+             if name != "model" and value is not None}
+    try:
+        plan = plan_training(model, given)
+    except (LaunchError, ValueError) as exc:
+        fail(str(exc))
     with progress_bar(f"training {model}") as bar:
         def step(epoch: int, done: int, total: int, loss: float) -> None:
-            bar(epoch * total + done, config.epochs * total)
+            bar(epoch * total + done, plan.config.epochs * total)
 
         try:
-            result = train(config, progress=step)
-        except (TrainingError, KeyError, ValueError) as exc:  # CVError (too few patients per class) is a ValueError
+            outcome = run_training(plan, progress=step)
+        except (RuntimeError, ValueError, KeyError) as exc:  # FitError, MILError, CVError, DeviceError ...
             fail(str(exc).strip("'\""))
-    best = result.best_val
-    note = " (already complete)" if result.already_complete else (" (resumed)" if result.resumed else "")
-    stdout.print(f"run {result.run_dir}{note}: best epoch {result.best_epoch}, val macro-F1 "
-                 f"{best.get('macro_f1', 0):.3f}, accuracy {best.get('accuracy', 0):.3f}, patient accuracy "
-                 f"{best.get('patient_accuracy') or 0:.3f} ({best.get('n_images', 0)} images, "
-                 f"{best.get('n_patients', 0)} patients)", highlight=False)
+    note = " (already complete)" if outcome.already_complete else (" (resumed)" if outcome.resumed else "")
+    stdout.print(f"run {outcome.run_dir}{note}: {outcome.summary}", highlight=False, soft_wrap=True)
 
 
 def evaluate_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A best.pt written by `histo-bench train`.")],
-    data: Annotated[Optional[Path], typer.Option(help="Image store (default: the checkpoint's store).")] = None,
-    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
-    mag: Annotated[Optional[list[str]], typer.Option("--mag", help="Magnification(s) to test (repeatable).")
-                   ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+    checkpoint: Annotated[Path, typer.Argument(help="A best.pt written by `histo-bench train` (any kind).")],
+    data: Annotated[Optional[Path], typer.Option(help="Store (default: the checkpoint's).")] = None,
+    split: Annotated[str, typer.Option(help="train, val or test (slides: also all).")] = "test",
+    mag: Annotated[Optional[list[str]], typer.Option("--mag", help="Image store: magnification(s) to test "
+                                                                   "(repeatable).")] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="Slide store: labels CSV (default: the run's).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     task: Annotated[Optional[str], typer.Option(
         help="subtype or binary (default: the checkpoint's task; a subtype model can be scored on binary).")] = None,
 ) -> None:
-    """Macro-F1, accuracy and patient-level accuracy of a checkpoint on each magnification's split."""
+    """Score a checkpoint: classifiers and image fusion per magnification (macro-F1, accuracy, patient accuracy),
+    MIL and slide fusion per slide on the run's slide split, MPCS encoders by a linear probe."""
+    from pipelines.checkpoint import CheckpointError, load_checkpoint
+    from pipelines.device import DeviceError, resolve_device
+
+    try:
+        dev = resolve_device(device)
+        ckpt = load_checkpoint(checkpoint, None, dev, "evaluate")
+    except (CheckpointError, DeviceError) as exc:
+        fail(str(exc))
+    if data is not None and not data.exists():
+        fail(f"{data}: no such store")
+    try:
+        if ckpt.kind in ("mil", "slide_fusion"):
+            _evaluate_slides(ckpt, data, labels, split, dev)
+        else:
+            _evaluate_images(ckpt, data, split, mag, task, dev)
+    except (ValueError, RuntimeError, KeyError) as exc:  # MILError, store errors: one line naming the file
+        fail(str(exc).strip("'\""))
+
+
+def _metrics_table(title: str, first: str):
     from rich.table import Table
 
+    table = Table(title=title, title_justify="left")
+    for col in (first, "n", "macro-F1", "chance", "accuracy", "balanced acc", "patient acc"):
+        table.add_column(col, justify="right")
+    return table
+
+
+def _add_row(table, name: str, metrics, n_classes: int) -> None:
+    patient = f"{metrics.patient_accuracy:.3f}" if metrics.patient_accuracy is not None else "-"
+    table.add_row(name, f"{metrics.n_images}" + (f" ({metrics.n_patients} p)" if metrics.n_patients else ""),
+                  f"{metrics.macro_f1:.3f}", f"{1 / n_classes:.3f}", f"{metrics.accuracy:.3f}",
+                  f"{metrics.balanced_accuracy:.3f}", patient)
+
+
+def _evaluate_slides(ckpt, data: Path | None, labels: Path | None, split: str, dev: str) -> None:
+    from pipelines.scoring import score_slides
+
+    store = data or ckpt.config.get("store")
+    metrics, missing = score_slides(ckpt, store, labels, split, dev)
+    table = _metrics_table(f"{ckpt.model} ({ckpt.kind}) on {store}, {split} slides", "slides")
+    _add_row(table, split, metrics, len(ckpt.classes))
+    stdout.print(table)
+    if missing:
+        stdout.print(f"{missing} {split} slide(s) without tiles were left out", highlight=False)
+
+
+def _evaluate_images(ckpt, data: Path | None, split: str, mag: list[str] | None, task: str | None, dev: str
+                     ) -> None:
     from ingest.report_tables import origin_line
-    from pipelines.checkpoint import IMAGE_KINDS, CheckpointError, load_checkpoint
     from pipelines.cv import store_for_run
+
+    config = ckpt.config
+    store = store_for_run(config, str(data) if data else None)  # the run's split (its fold under --folds)
+    if ckpt.kind == "mpcs":
+        from pipelines.scoring import linear_probe
+        from pipelines.tasks import task_classes
+
+        probe_task = task or config.get("task", "subtype")
+        n_classes = len(task_classes(store, probe_task))
+        table = _metrics_table(f"{ckpt.model} encoder: linear probe (logistic regression on frozen features, fitted "
+                               f"on train) on the {split} split, {probe_task} task", "magnification")
+        for m, metrics in linear_probe(ckpt, str(store.path), split, mag or ["100X", "400X", "mixed"], probe_task,
+                                       dev):
+            _add_row(table, m, metrics, n_classes)
+        stdout.print(table)
+        stdout.print(origin_line(store), highlight=False)
+        return
     from pipelines.data import DataConfig
-    from pipelines.device import resolve_device
     from pipelines.train import evaluate_split
 
-    dev = resolve_device(device)
-    try:
-        ckpt = load_checkpoint(checkpoint, IMAGE_KINDS, dev, "evaluate")
-    except CheckpointError as exc:
-        fail(str(exc))
-    model, config = ckpt.build(dev), ckpt.config
-    store = store_for_run(config, str(data) if data else None)  # the run's split (its fold under --folds)
-    model_task = config.get("task", "subtype")  # checkpoints from before tasks are subtype models
-    try:
-        data_config = DataConfig(image_size=config["image_size"], load_size=config["load_size"],
-                                 batch_size=config["batch_size"], loader=config["loader"], task=task or model_task)
-    except ValueError as exc:
-        fail(str(exc))
-    table = Table(title=f"{config['model']} trained on {config['train_magnification']} ({model_task}), {split} "
-                  f"split, {data_config.task} task", title_justify="left")
-    for col in ("test magnification", "images", "patients", "macro-F1", "accuracy", "balanced acc", "patient acc"):
-        table.add_column(col, justify="right")
-    family = ckpt.kind
+    model, model_task = ckpt.build(dev), config.get("task", "subtype")
+    data_config = DataConfig(image_size=config["image_size"], load_size=config["load_size"],
+                             batch_size=config["batch_size"], loader=config["loader"], task=task or model_task)
+    table = _metrics_table(f"{config['model']} trained on {config['train_magnification']} ({model_task}), {split} "
+                           f"split, {data_config.task} task", "test magnification")
     # the fusion model's inputs are fixed at training time: it is tested on those magnifications together
-    tests = [config["train_magnification"]] if family == "fusion" else (mag or ["100X", "400X", "mixed"])
+    tests = [config["train_magnification"]] if ckpt.kind == "fusion" else (mag or ["100X", "400X", "mixed"])
     for m in tests:
-        try:
-            metrics = evaluate_split(model, store, split, m, data_config, dev, None, family, model_task)
-        except ValueError as exc:
-            fail(str(exc))
-        table.add_row(m, str(metrics.n_images), str(metrics.n_patients), f"{metrics.macro_f1:.3f}",
-                      f"{metrics.accuracy:.3f}", f"{metrics.balanced_accuracy:.3f}",
-                      f"{metrics.patient_accuracy or 0:.3f}")
+        metrics = evaluate_split(model, store, split, m, data_config, dev, None, ckpt.kind, model_task)
+        _add_row(table, m, metrics, len(metrics.per_class))
     stdout.print(table)
     stdout.print(origin_line(store), highlight=False)
 
 
-def pretrain_command(
-    model: Annotated[str, typer.Option(help="mpcs_resnet50 or mpcs_efficientnet_b0.")] = "mpcs_resnet50",
-    pair: Annotated[str, typer.Option(help="Magnification pairs: ordered, fixed or random.")] = "ordered",
-    data: Annotated[Optional[Path], typer.Option(help="Image store (default: the embedded demo store).")] = None,
-    epochs: Annotated[int, typer.Option(help="Epochs.")] = 20,
-    batch_size: Annotated[int, typer.Option(help="Positive pairs per step.")] = 32,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 3e-4,
-    image_size: Annotated[int, typer.Option(help="Network input side.")] = 224,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<model>-<pair>).")] = None,
+def predict_command(
+    checkpoint: Annotated[list[Path], typer.Argument(help="One or more best.pt of one kind (an ensemble averages "
+                                                          "their class probabilities).")],
+    data: Annotated[Optional[Path], typer.Option(help="Store (default: the checkpoint's).")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/predictions"),
+    split: Annotated[Optional[str], typer.Option(help="Image store: train, val or test (default: every image).")
+                     ] = None,
+    scale: Annotated[Optional[str], typer.Option(help="Slide store: tile scale (default: the checkpoint's).")
+                     ] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="Slide store: CSV slide_id,label, adds a label column.")
+                      ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
-    """MPCS self-supervised pretraining on same-patient magnification pairs; writes encoder weights."""
-    from ingest.console import progress_bar
-    from pipelines.pretrain import PretrainConfig, pretrain
+    """predictions.csv with class probabilities per image (classifiers, fusion) or per slide (MIL, slide fusion;
+    MIL adds attention heatmaps); MPCS encoders write embeddings.npy."""
+    from pipelines.device import DeviceError, resolve_device
+    from pipelines.predict import PredictError, run_predict
 
+    if data is not None and not data.exists():
+        fail(f"{data}: no such store")
     try:
-        config = PretrainConfig(model=model, pair=pair, store=str(data) if data else None, epochs=epochs,
-                                batch_size=batch_size, lr=lr, image_size=image_size, device=device,
-                                precision=precision, seed=seed, out=str(out) if out else None)
-    except ValueError as exc:
-        fail(str(exc))
-    with progress_bar(f"MPCS {pair}") as bar:
-        try:
-            weights = pretrain(config, progress=bar)
-        except (ValueError, RuntimeError, KeyError) as exc:
-            fail(str(exc).strip("'\""))
-    backbone = model.removeprefix("mpcs_")
-    stdout.print(f"encoder weights: {weights}\nfine-tune: histo-bench train --model {backbone} --weights {weights}",
-                 highlight=False)
-
-
-def mil_train_command(
-    store: Annotated[Path, typer.Option(help="Slide store from `histo-ingest tile`.")],
-    labels: Annotated[Path, typer.Option(help="CSV with slide_id,label (optional patient column).")],
-    scale: Annotated[str, typer.Option(help="Tile scale in the store, e.g. 20x.")] = "20x",
-    model: Annotated[str, typer.Option(help="abmil or abmil_gated.")] = "abmil_gated",
-    extractor: Annotated[str, typer.Option(help="Tile features: resnet50, resnet34 or vit_small.")] = "resnet50",
-    extractor_weights: Annotated[Optional[Path], typer.Option(help="Local weights for the extractor.")] = None,
-    max_patches: Annotated[int, typer.Option(help="Random tiles per training bag.")] = 512,
-    loss: Annotated[str, typer.Option(help="ce (cross-entropy) or focal.")] = "ce",
-    focal_gamma: Annotated[float, typer.Option(help="Focal-loss gamma (with --loss focal).")] = 2.0,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 50,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/mil"),
-) -> None:
-    """Attention MIL on slides: cache tile features in the store, train, report test metrics."""
-    from pipelines.engine import FitError
-    from pipelines.mil import MILConfig, MILError, train_mil
-
-    try:
-        config = MILConfig(store=str(store), labels=str(labels), scale=scale, model=model, extractor=extractor,
-                           extractor_weights=str(extractor_weights) if extractor_weights else None,
-                           max_patches=max_patches, loss=loss, focal_gamma=focal_gamma, epochs=epochs,
-                           device=device, precision=precision, seed=seed, out=str(out))
-        summary = train_mil(config)
-    except (MILError, FitError, ValueError, KeyError) as exc:
+        path = run_predict(checkpoint, data, out, split=split, scale=scale, labels=labels,
+                           device=resolve_device(device))
+    except (PredictError, DeviceError, ValueError, RuntimeError, KeyError) as exc:
         fail(str(exc).strip("'\""))
-    test = summary["test"]
-    stdout.print(f"{out}: slides {summary['n_slides']}, test macro-F1 {test['macro_f1']:.3f}, accuracy "
-                 f"{test['accuracy']:.3f} ({test['n_images']} slides)", highlight=False)
-
-
-def mil_infer_command(
-    checkpoint: Annotated[list[Path], typer.Argument(help="One or more MIL best.pt (an ensemble averages them).")],
-    store: Annotated[Path, typer.Option(help="Slide store from `histo-ingest tile`.")],
-    scale: Annotated[Optional[str], typer.Option(help="Tile scale (default: the checkpoints').")] = None,
-    extractor: Annotated[Optional[str], typer.Option(help="Tile features (default: the checkpoints').")] = None,
-    extractor_weights: Annotated[Optional[Path], typer.Option(
-        help="Local extractor weights (default: the checkpoints').")] = None,
-    labels: Annotated[Optional[Path], typer.Option(help="CSV slide_id,label: adds a label column.")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/mil-predictions"),
-) -> None:
-    """Predictions CSV (class probabilities per slide; several checkpoints: their mean) and attention heatmaps
-    (.npy + PNG over the thumbnail)."""
-    from pipelines.mil import MILError, infer_mil
-
-    try:
-        path = infer_mil(checkpoint, store, out, scale=scale, extractor=extractor, device=device,
-                         extractor_weights=str(extractor_weights) if extractor_weights else None,
-                         labels=labels)
-    except (MILError, KeyError) as exc:
-        fail(str(exc).strip("'\""))
-    stdout.print(f"predictions: {path}\nattention heatmaps: {out / 'attention'}", highlight=False)
+    attention = out / "attention"
+    stdout.print(f"predictions: {path}" + (f"\nattention heatmaps: {attention}" if attention.is_dir() else ""),
+                 highlight=False, soft_wrap=True)
 
 
 def loader_bench_command(
@@ -297,35 +294,3 @@ def loader_bench_command(
                                 "origin": store.attrs.get("origin", {}), "environment": env,
                                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows}, indent=1))
     stdout.print(f"saved to {path}")
-
-
-def fusion_slides_command(
-    store: Annotated[Path, typer.Option(help="Slide store tiled with --multiscale.")],
-    labels: Annotated[Path, typer.Option(help="CSV with slide_id,label (optional patient column).")],
-    scale: Annotated[str, typer.Option(help="Scale holding the concentric views (the first --mag).")] = "20x",
-    max_tiles: Annotated[int, typer.Option(help="Tiles per slide (random subset).")] = 256,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 20,
-    batch_size: Annotated[int, typer.Option(help="Tiles per step.")] = 16,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 3e-4,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/fusion-slides"),
-) -> None:
-    """The multi-magnification fusion model on slides: each tile's 1x/2x/4x/8x views are its inputs."""
-    from pipelines.engine import FitError
-    from pipelines.fusion_slides import SlideFusionConfig, train_slide_fusion
-    from pipelines.mil import MILError
-
-    try:
-        config = SlideFusionConfig(store=str(store), labels=str(labels), scale=scale, max_tiles=max_tiles,
-                                   epochs=epochs, batch_size=batch_size, lr=lr, device=device,
-                                   precision=precision, seed=seed, out=str(out))
-        summary = train_slide_fusion(config)
-    except (MILError, FitError, ValueError, KeyError) as exc:
-        fail(str(exc).strip("'\""))
-    test = summary.get("test_slide")
-    result = (f"test slide macro-F1 {test['macro_f1']:.3f}, accuracy {test['accuracy']:.3f} ({test['n_images']} "
-              f"slides)" if test else "no test slides")
-    stdout.print(f"{out}: {summary['n_inputs']} views per tile, slides {summary['n_slides']}, {result}",
-                 highlight=False)

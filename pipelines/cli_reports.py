@@ -104,7 +104,7 @@ def report_command(run_dir: Annotated[Path, typer.Argument(
 
 
 def explain_command(
-    checkpoint: Annotated[Path, typer.Option(help="A best.pt from train / suite (image classifier) or mil-train.")],
+    checkpoint: Annotated[Path, typer.Option(help="A best.pt from train / suite (image classifier or MIL).")],
     data: Annotated[Optional[Path], typer.Option(help="Image store (slide store for MIL); default: the "
                                                       "checkpoint's.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default <checkpoint folder>/explain).")] = None,

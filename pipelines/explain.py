@@ -11,9 +11,9 @@ magnification:
   (the shift the cross-magnification suite measures);
 - ``explain.json``: the figures with captions, the method, accuracy per magnification and which data it ran on.
 
-For an attention-MIL checkpoint (``histo-bench mil-train``) the attention heatmaps of ``histo-bench mil-infer``
-are the explanation: existing ones beside the checkpoint are listed, else :func:`pipelines.mil.infer_mil` makes
-them.
+For an attention-MIL checkpoint (``histo-bench train --model abmil*``) the attention heatmaps of ``histo-bench
+predict`` are the explanation: existing ones beside the checkpoint are listed, else
+:func:`pipelines.mil.infer_mil` makes them.
 
 Images are shown exactly as the model saw them (the evaluation transform, un-normalised). Saliency maps are for
 the predicted class.

@@ -9,7 +9,8 @@ commands write, by name, and builds the sections in this order:
    and its figures (``results.json`` beside it);
 4. benchmark: every ``results.md`` and any Markdown under a ``bench*`` folder, with the PNGs beside it;
 5. explanations: every ``explain.json`` (``histo-bench explain``) with its figures and captions;
-6. MIL: every ``predictions.csv`` (``histo-bench mil-infer``) and the attention heatmaps beside it.
+6. predictions: every slide ``predictions.csv`` (``histo-bench predict`` on MIL / slide fusion) and the attention
+   heatmaps beside it.
 
 A directory holding none of these raises :class:`ReportError`.
 """
@@ -343,7 +344,7 @@ def build_html(run_dir: str | Path) -> str:
     found = discover(run_dir)
     if found.empty():
         raise ReportError(f"{run_dir}: nothing to report (no metrics.jsonl, results.json + report.md, results.md, "
-                          "explain.json or predictions.csv under it); run train / suite / explain / mil-infer / "
+                          "explain.json or predictions.csv under it); run train / suite / explain / predict / "
                           "a benchmark into it first")
     page = _Page(run_dir)
     rows, synthetic = _data_rows(found, page)

@@ -298,9 +298,8 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
     family = MODELS.get(config.model).family
     if family not in ("classifier", "fusion"):
         trainable = [n for n in MODELS.names() if MODELS.get(n).family in ("classifier", "fusion")]
-        hint = {"mil": "use `histo-bench mil-train`", "mpcs": "use `histo-bench pretrain`"}.get(family, "")
-        raise TrainingError(f"{config.model} is a {family} model ({hint}); `histo-bench train` trains "
-                            f"{', '.join(trainable)}")
+        raise TrainingError(f"{config.model} is a {family} model (train it through `histo-bench train`, which "
+                            f"picks its recipe); this trainer takes {', '.join(trainable)}")
     model_kwargs = dict(config.model_kwargs)
     if family == "fusion":
         model_kwargs.setdefault("n_inputs", len(mags))

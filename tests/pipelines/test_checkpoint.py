@@ -67,7 +67,7 @@ def _write_bad(path, what: str) -> None:
     ("truncated", "not a readable torch checkpoint"), ("random", "not a readable torch checkpoint"),
     ("text", "not a readable torch checkpoint"), ("empty", "empty file"),
     ("old format", "written before the versioned checkpoint format.*histo-bench train"),
-    ("old mil", "written before the versioned checkpoint format.*mil-train"),
+    ("old mil", "written before the versioned checkpoint format.*train --model abmil_gated"),
     ("foreign dict", "not a histo-bench checkpoint"), ("a tensor", "not a histo-bench checkpoint"),
     ("newer", "newer than this histo-bench understands"),
 ])

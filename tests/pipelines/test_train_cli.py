@@ -1,0 +1,199 @@
+"""``histo-bench train / evaluate / predict`` for every recipe, through the real command line in subprocesses: a run
+killed with SIGKILL after its first epoch resumes and ends with each epoch once; a rerun is a no-op; other settings
+are refused; every best.pt carries format, version and kind; DDP with 2 gloo processes; MIL and slide fusion learn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ingest.synthetic_wsi import write_synthetic_slide
+from ingest.tile_runner import run_tiling
+from ingest.tiling import TileConfig
+from pipelines.checkpoint import FORMAT, VERSION
+from pipelines.launch import LaunchError, plan_training
+from tests.pipelines.test_train import colour_store  # noqa: F401 - the fixture
+
+ROOT = Path(__file__).resolve().parents[2]
+ENTRY = str(ROOT / "tests/pipelines/cli_entry.py")
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory):
+    """10 small slides, benign ones made of adenosis fields and malignant ones of ductal carcinoma (a slide label a
+    model can learn), tiled at 10x with concentric views; and their labels CSV."""
+    root = tmp_path_factory.mktemp("slides")
+    paths = [write_synthetic_slide(root / f"s{i}.tiff", width=1536, height=1024, seed=i,
+                                   classes=["adenosis"] if i % 2 else ["ductal_carcinoma"]) for i in range(10)]
+    run_tiling(paths, root / "tiles.zarr", TileConfig(magnifications=(10,), tile_size=32, tissue_threshold=0.3,
+                                                        multiscale=True))
+    (root / "labels.csv").write_text("slide_id,label\n" + "".join(
+        f"s{i},{'benign' if i % 2 else 'malignant'}\n" for i in range(10)))
+    return root
+
+
+def _recipes(colour, slides_root):
+    store, labels = str(slides_root / "tiles.zarr"), str(slides_root / "labels.csv")
+    return {
+        "classifier": ["--model", "tiny_cnn_test", "--data", str(colour), "--batch-size", "8", "--image-size", "32",
+                       "--lr", "0.03"],
+        "mil": ["--model", "abmil", "--data", store, "--labels", labels, "--extractor", "resnet34",
+                "--max-tiles", "16"],
+        "slide_fusion": ["--model", "fusion_effnet_b0", "--data", store, "--labels", labels, "--max-tiles", "4",
+                         "--batch-size", "8", "--max-steps", "2"],
+        "mpcs": ["--model", "mpcs_efficientnet_b0", "--data", str(colour), "--batch-size", "8", "--image-size", "32",
+                 "--max-steps", "2"],
+    }
+
+
+def _cli(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, ENTRY, *args], env=env or ENV, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _epochs(run: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _kill_after_first_epoch(args: list[str], run: Path) -> None:
+    """Start the run, SIGKILL it once its first epoch row is in metrics.jsonl and last.pt is written (it pauses
+    there; a kill between the row and last.pt reruns that epoch, tested in test_engine.py)."""
+    proc = subprocess.Popen([sys.executable, ENTRY, *args], env={**ENV, "HISTO_TEST_PAUSE_S": "30"}, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (run / "metrics.jsonl").exists() and _epochs(run) and (run / "last.pt").exists():
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["classifier", "mil", "slide_fusion", "mpcs"])
+def test_killed_run_resumes_then_reruns_are_no_ops(kind, colour_store, slides, tmp_path):  # noqa: F811
+    run = tmp_path / kind
+    args = ["train", *_recipes(colour_store, slides)[kind], "--epochs", "3", "--device", "cpu", "--out", str(run)]
+    _kill_after_first_epoch(args, run)
+    assert _epochs(run) == [0] and (run / "last.pt").exists() and not (run / "complete").exists()
+
+    resumed = _cli(*args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(resumed)" in resumed.stdout
+    assert _epochs(run) == [0, 1, 2]  # each epoch exactly once
+    raw = torch.load(run / "best.pt", weights_only=True)
+    assert (raw["format"], raw["version"], raw["kind"]) == (FORMAT, VERSION, kind)
+    stamp = (run / "best.pt").stat().st_mtime_ns
+
+    again = _cli(*args)
+    assert again.returncode == 0 and "(already complete)" in again.stdout, again.stderr[-2000:]
+    assert _epochs(run) == [0, 1, 2] and (run / "best.pt").stat().st_mtime_ns == stamp
+
+    other = _cli(*args[:-2], "--lr", "0.0123", "--out", str(run))
+    assert other.returncode == 1
+    assert "lr" in other.stderr and "Traceback" not in other.stderr and len(other.stderr.strip().splitlines()) == 1
+
+    evaluated = _cli("evaluate", str(run / "best.pt"), "--device", "cpu")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert "macro-F1" in evaluated.stdout
+    predicted = _cli("predict", str(run / "best.pt"), "--device", "cpu", "--out", str(tmp_path / "pred"))
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    written = "embeddings.csv" if kind == "mpcs" else "predictions.csv"
+    assert len((tmp_path / "pred" / written).read_text().splitlines()) > 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["mil", "slide_fusion", "mpcs"])  # the classifier: tests/pipelines/test_ddp.py
+def test_every_recipe_under_torchrun_with_two_gloo_processes(kind, colour_store, slides, tmp_path):  # noqa: F811
+    run = tmp_path / kind
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", ENTRY, "train", *_recipes(colour_store, slides)[kind], "--epochs", "2",
+           "--device", "cpu", "--out", str(run)]
+    proc = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]  # written once, by rank 0
+    assert all(r["world_size"] == 2 for r in rows)
+    assert torch.load(run / "best.pt", weights_only=True)["kind"] == kind
+
+
+@pytest.mark.slow
+def test_mil_and_slide_fusion_learn_the_slide_label(slides, tmp_path):
+    """Chance is 0.5 macro-F1 (two balanced labels); both must reach 0.75 on 4 held-out test slides."""
+    from pipelines.fusion_slides import SlideFusionConfig, train_slide_fusion
+    from pipelines.mil import MILConfig, train_mil
+
+    store, labels = str(slides / "tiles.zarr"), str(slides / "labels.csv")
+    split = (0.4, 0.2, 0.4)
+    mil = train_mil(MILConfig(store=store, labels=labels, model="abmil", extractor="resnet34", epochs=15, lr=1e-3,
+                              split=split, device="cpu", out=str(tmp_path / "mil")))
+    assert mil["n_slides"]["test"] == 4
+    assert mil["test"]["macro_f1"] >= 0.75, mil["test"]
+    fusion = train_slide_fusion(SlideFusionConfig(store=store, labels=labels, epochs=4, batch_size=16, max_tiles=16,
+                                                  lr=1e-3, split=split, device="cpu", out=str(tmp_path / "sf")))
+    assert fusion["test_slide"]["macro_f1"] >= 0.75, fusion["test_slide"]
+
+
+def test_the_model_and_the_store_pick_the_recipe(colour_store, slides):  # noqa: F811
+    store, labels = str(slides / "tiles.zarr"), str(slides / "labels.csv")
+    assert plan_training("resnet50", {"data": str(colour_store)}).kind == "classifier"
+    assert plan_training("fusion_effnet_b0", {"data": str(colour_store)}).kind == "fusion"
+    assert plan_training("fusion_effnet_b0", {"data": store, "labels": labels}).kind == "slide_fusion"
+    assert plan_training("abmil_gated", {"data": store, "labels": labels}).kind == "mil"
+    assert plan_training("mpcs_resnet50", {"data": str(colour_store)}).kind == "mpcs"
+    mil = plan_training("abmil", {"data": store, "labels": labels, "max_tiles": 7, "max_steps": 2})
+    assert (mil.config.max_patches, mil.config.max_steps_per_epoch, mil.config.device) == (7, 2, "auto")
+
+
+@pytest.mark.parametrize("model, options, message", [
+    ("resnet50", {"data": "slides"}, "trains on an image store.*is a slide store"),
+    ("abmil", {"data": "colour"}, "trains on a slide store.*is an image store"),
+    ("abmil", {}, "trains on a slide store"),
+    ("abmil", {"data": "slides"}, "needs --labels"),
+    ("abmil", {"data": "slides", "labels": "missing.csv"}, "missing.csv: no such labels file"),
+    ("abmil", {"data": "slides", "labels": "labels", "image_size": 64}, "--image-size does not apply to abmil"),
+    ("resnet50", {"data": "colour", "pair": "fixed"}, "--pair does not apply to resnet50"),
+    ("mpcs_resnet50", {"data": "colour", "train_mag": "400X"}, "--train-mag does not apply"),
+    ("resnet50", {"data": "nowhere"}, "nowhere: no such store"),
+    ("resnet5O", {}, "unknown model 'resnet5O'"),
+])
+def test_command_lines_that_name_no_recipe_are_refused(model, options, message, colour_store, slides,  # noqa: F811
+                                                       tmp_path):
+    paths = {"slides": str(slides / "tiles.zarr"), "colour": str(colour_store), "labels": str(slides / "labels.csv"),
+             "missing.csv": str(tmp_path / "missing.csv"), "nowhere": str(tmp_path / "nowhere")}
+    with pytest.raises(LaunchError, match=message):
+        plan_training(model, {k: paths.get(v, v) if isinstance(v, str) else v for k, v in options.items()})
+
+
+def test_old_verbs_are_gone_from_help():
+    from typer.testing import CliRunner
+
+    from benchmark.cli import app
+
+    res = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    for verb in ("mil-train", "mil-infer", "pretrain", "fusion-slides"):
+        assert f" {verb} " not in res.output
+    for verb in ("train", "evaluate", "predict"):
+        assert f" {verb} " in res.output
