@@ -241,7 +241,7 @@ def test_explain_mil_lists_the_attention_heatmaps(tmp_path):
     run = tmp_path / "mil"
     train_mil(MILConfig(store=str(tmp_path / "tiles.zarr"), labels=str(tmp_path / "labels.csv"), scale="10x",
                         extractor="resnet34", epochs=1, max_patches=8, split=(0.34, 0.33, 0.33), out=str(run)))
-    made = explain(ExplainConfig(checkpoint=str(run / "best.pt"), device="cpu"))  # no mil-infer output yet
+    made = explain(ExplainConfig(checkpoint=str(run / "best.pt"), device="cpu"))  # no predict output yet
     assert made["kind"] == "mil" and sorted(f["slide"] for f in made["figures"]) == ["s0", "s1", "s2"]
     assert (run / "explain" / "mil-predictions" / "attention" / "s1.png").exists()
     assert "3 slides" in made["data"]["line"] and made["method"].startswith("attention-MIL")
@@ -249,4 +249,4 @@ def test_explain_mil_lists_the_attention_heatmaps(tmp_path):
     reused = explain(ExplainConfig(checkpoint=str(run / "best.pt"), out=str(tmp_path / "again"), device="cpu"))
     assert {f["file"] for f in reused["figures"]} == {os.path.relpath(run / "predictions" / "attention" / f"s{i}.png",
                                                                       tmp_path / "again") for i in range(3)}
-    assert not (tmp_path / "again" / "mil-predictions").exists()  # mil-infer's heatmaps are reused, not redone
+    assert not (tmp_path / "again" / "mil-predictions").exists()  # the heatmaps of predict are reused, not redone
