@@ -5,6 +5,7 @@ Thin: parse, build a config, call the library. Nothing heavy is imported until a
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -84,10 +85,12 @@ def train_command(
                                                        "wandb).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<model>-...).")] = None,
 ) -> None:
-    """Train any registered model: a classifier or fusion_effnet_b0 on an image store, abmil / abmil_gated or
-    fusion_effnet_b0 on a slide store (--labels), mpcs_* pretraining on an image store. A rerun of a finished run
-    is a no-op, an interrupted one resumes from last.pt, other settings in a finished --out are refused.
-    TensorBoard curves go to <run dir>/tb."""
+    """Train any registered model (the model and the store pick the recipe); resumable.
+
+    A classifier or fusion_effnet_b0 on an image store, abmil / abmil_gated or fusion_effnet_b0 on a slide store
+    (--labels), mpcs_* pretraining on an image store. A rerun of a finished run is a no-op, an interrupted one
+    resumes from last.pt, other settings in a finished --out are refused. TensorBoard curves go to <run dir>/tb;
+    under torchrun every recipe trains with DDP."""
     arguments = dict(locals())  # first: the command line's options, nothing else
     from ingest.console import progress_bar
     from pipelines.launch import LaunchError, plan_training, run_training
@@ -106,6 +109,8 @@ def train_command(
             outcome = run_training(plan, progress=step)
         except (RuntimeError, ValueError, KeyError) as exc:  # FitError, MILError, CVError, DeviceError ...
             fail(str(exc).strip("'\""))
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun rank 0 reports the run
     note = " (already complete)" if outcome.already_complete else (" (resumed)" if outcome.resumed else "")
     stdout.print(f"run {outcome.run_dir}{note}: {outcome.summary}", highlight=False, soft_wrap=True)
 
@@ -121,8 +126,10 @@ def evaluate_command(
     task: Annotated[Optional[str], typer.Option(
         help="subtype or binary (default: the checkpoint's task; a subtype model can be scored on binary).")] = None,
 ) -> None:
-    """Score a checkpoint: classifiers and image fusion per magnification (macro-F1, accuracy, patient accuracy),
-    MIL and slide fusion per slide on the run's slide split, MPCS encoders by a linear probe."""
+    """Score any checkpoint, with the chance level beside each figure.
+
+    Classifiers and image fusion per magnification (macro-F1, accuracy, patient accuracy), MIL and slide fusion per
+    slide on the run's slide split, MPCS encoders by a linear probe."""
     from pipelines.checkpoint import CheckpointError, load_checkpoint
     from pipelines.device import DeviceError, resolve_device
 
@@ -133,8 +140,13 @@ def evaluate_command(
         fail(str(exc))
     if data is not None and not data.exists():
         fail(f"{data}: no such store")
+    slides = ckpt.kind in ("mil", "slide_fusion")
+    foreign = [name for name, value, applies in (("--mag", mag, not slides), ("--task", task, not slides),
+                                                 ("--labels", labels, slides)) if value and not applies]
+    if foreign:
+        fail(f"{', '.join(foreign)} does not apply to a {ckpt.kind} checkpoint")
     try:
-        if ckpt.kind in ("mil", "slide_fusion"):
+        if slides:
             _evaluate_slides(ckpt, data, labels, split, dev)
         else:
             _evaluate_images(ckpt, data, split, mag, task, dev)
@@ -221,8 +233,10 @@ def predict_command(
                       ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
-    """predictions.csv with class probabilities per image (classifiers, fusion) or per slide (MIL, slide fusion;
-    MIL adds attention heatmaps); MPCS encoders write embeddings.npy."""
+    """Class probabilities of any checkpoint (or an ensemble) on a store -> predictions.csv.
+
+    Per image (classifiers, fusion) or per slide (MIL, slide fusion; MIL adds attention heatmaps); MPCS encoders
+    write embeddings.npy + embeddings.csv."""
     from pipelines.device import DeviceError, resolve_device
     from pipelines.predict import PredictError, run_predict
 

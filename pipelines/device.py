@@ -18,6 +18,10 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DeviceError(f"--device {device}: no CUDA device is available here")
+    if device.startswith("cuda:"):
+        index, count = device.split(":", 1)[1], torch.cuda.device_count()
+        if not index.isdigit() or int(index) >= count:
+            raise DeviceError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
     return device
 
 

@@ -290,9 +290,12 @@ def _mil(found: Found, page: _Page) -> str:
         if not rows:
             continue
         header, body = rows[0], rows[1:]
-        table = _table(header, body[:_MAX_MIL_ROWS], numeric_from=2)
+        if "slide_id" not in header or "predicted" not in header:
+            continue  # per-image predictions: the training curves and suites already report those runs
+        table = _table(header, body[:_MAX_MIL_ROWS], numeric_from=header.index("predicted") + 1)
         more = f"<p>{len(body) - _MAX_MIL_ROWS} more rows in the CSV.</p>" if len(body) > _MAX_MIL_ROWS else ""
-        predicted = {r[0]: r[1] for r in body if len(r) > 1}
+        column = header.index("predicted")
+        predicted = {r[0]: r[column] for r in body if len(r) > column}
         heatmaps = sorted((pred.parent / "attention").glob("*.png"))
         figs = "".join(page.figure(p, f"{p.stem}: predicted {predicted.get(p.stem, '?')}; red = most attended",
                                    max_side=_THUMBNAIL_SIDE) for p in heatmaps[:_MAX_MIL_HEATMAPS])

@@ -66,10 +66,6 @@ class TrainingPlan:
     model: str
     config: Any
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.config.run_dir)
-
 
 @dataclass(frozen=True)
 class TrainingOutcome:
@@ -162,7 +158,6 @@ def run_training(plan: TrainingPlan, progress=None) -> TrainingOutcome:
 
         config = settle_slide_config(config)  # the run directory may name the store's first scale
     run_dir = Path(config.run_dir)
-    resumed = (run_dir / "last.pt").exists() and not (run_dir / "complete").exists()
     if plan.kind in ("classifier", "fusion"):
         from pipelines.train import train
 
@@ -172,7 +167,7 @@ def run_training(plan: TrainingPlan, progress=None) -> TrainingOutcome:
                 f"{best.get('accuracy', 0):.3f}, patient accuracy {best.get('patient_accuracy') or 0:.3f} "
                 f"({best.get('n_images', 0)} images, {best.get('n_patients', 0)} patients)")
         return TrainingOutcome(plan.kind, result.run_dir, line, result.already_complete, result.resumed)
-    complete = (run_dir / "complete").exists()
+    complete = (run_dir / "complete").exists()  # before: finished already (a no-op), or trained now
     if plan.kind == "mil":
         from pipelines.mil import train_mil
 
@@ -191,7 +186,17 @@ def run_training(plan: TrainingPlan, progress=None) -> TrainingOutcome:
         backbone = plan.model.removeprefix("mpcs_")
         line = (f"encoder weights {weights}; fine-tune with: histo-bench train --model {backbone} --weights "
                 f"{weights}")
-    return TrainingOutcome(plan.kind, run_dir, line, complete, resumed)
+    return TrainingOutcome(plan.kind, run_dir, line, complete, not complete and _resumed(run_dir))
+
+
+def _resumed(run_dir: Path) -> bool:
+    """Whether the run that just finished in ``run_dir`` resumed an interrupted one (the engine's ``complete``)."""
+    import json
+
+    try:
+        return json.loads((run_dir / "complete").read_text()).get("resumed_at") is not None
+    except (OSError, ValueError):
+        return False
 
 
 def _slide_line(summary: dict[str, Any], test: dict[str, Any] | None) -> str:

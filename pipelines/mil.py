@@ -116,9 +116,13 @@ def settle_slide_config(config):
     from pipelines.device import resolve_device
 
     try:
-        scale = config.scale or SlideStore(config.store).default_scale()
+        store = SlideStore(config.store)
+        scale = config.scale or store.default_scale()
     except SlideStoreError as exc:
         raise MILError(str(exc)) from exc
+    scales = {s for sid in store.slide_ids() for s in store.slide(sid).attrs.get("scales", {})}
+    if scale not in scales:
+        raise MILError(f"{config.store}: no slide has tiles at --scale {scale} (it has {', '.join(sorted(scales))})")
     return replace(config, scale=scale, device=resolve_device(config.device))
 
 
@@ -194,8 +198,13 @@ def slide_bags(store: str | Path, slide_ids: list[str], scale: str, extractor: s
             built.append(feature_extractor(extractor, weights=extractor_weights)[0])
         return built[0]
 
-    bags = {}
+    from ingest.slide_store import SlideStore
+
+    opened, bags = SlideStore(store), {}
     for sid in slide_ids:
+        if scale not in opened.slide(sid).attrs.get("scales", {}):
+            log.warning("%s was not tiled at %s; left out", sid, scale)
+            continue
         feats = extract_slide_features(store, sid, scale, extractor, weights=extractor_weights, device=device,
                                        model=encoder)
         if len(feats) == 0:

@@ -33,8 +33,14 @@ class PredictError(ValueError):
     """Checkpoints that cannot be used together, or a store they cannot read; the message names which."""
 
 
+#: kind -> the training settings every member of an ensemble must share (they decide what its inputs are).
+SAME_INPUTS: dict[str, tuple[str, ...]] = {
+    "classifier": ("image_size", "load_size"), "fusion": ("image_size", "load_size", "train_magnification"),
+    "slide_fusion": ("scale",), "mil": ("scale", "extractor", "extractor_weights"), "mpcs": ("image_size",)}
+
+
 def load_ensemble(paths: list[str | Path], device: str) -> list[Checkpoint]:
-    """The checkpoints at ``paths``, all of one kind, with the same classes and task."""
+    """The checkpoints at ``paths``, all of one kind, with the same classes and task, trained on the same inputs."""
     if not paths:
         raise PredictError("give at least one checkpoint")
     ckpts = [load_checkpoint(p, None, device, "predict") for p in paths]
@@ -44,6 +50,10 @@ def load_ensemble(paths: list[str | Path], device: str) -> list[Checkpoint]:
             if getattr(other, what) != getattr(first, what):
                 raise PredictError(f"{other.path}: {what} {getattr(other, what)!r} differs from {first.path}'s "
                                    f"{getattr(first, what)!r}; an ensemble needs checkpoints of one kind")
+        for key in SAME_INPUTS[first.kind]:
+            if other.config.get(key) != first.config.get(key):
+                raise PredictError(f"{other.path}: trained with {key} {other.config.get(key)!r}, {first.path} with "
+                                   f"{first.config.get(key)!r}; an ensemble's members must see the same inputs")
     return ckpts
 
 
@@ -59,14 +69,14 @@ def predict_images(ckpts: list[Checkpoint], store_path: str | Path, out: Path, s
                    batch_size: int = 32) -> Path:
     """predictions.csv of classifier / fusion checkpoints over the images of ``split`` (None: all)."""
     from ingest.splits import SPLIT_CODES
-    from ingest.store import ImageStore
+    from pipelines.cv import store_for_run
     from pipelines.data import DataConfig
     from pipelines.evaluate import predict
     from pipelines.tasks import task_labels
     from pipelines.train import loader_factory
 
-    store = ImageStore(store_path)
     config, first = ckpts[0].config, ckpts[0]
+    store = store_for_run(config, str(store_path))  # the run's split (its fold under --folds) in the split column
     labels, classes = task_labels(store, first.task)
     if list(classes) != list(first.classes):
         raise PredictError(f"{store_path}: its {first.task} classes {list(classes)} differ from the checkpoint's "
@@ -80,6 +90,8 @@ def predict_images(ckpts: list[Checkpoint], store_path: str | Path, out: Path, s
         loader = loader_factory(ckpt.kind)(store, split, mags, data_config, device=device, train=False, seed=0)
         logits, _, idx = predict(model, loader, device)
         p = torch.softmax(logits, 1).numpy() if len(logits) else np.zeros((0, len(classes)))
+        if index is not None and not np.array_equal(index, idx.numpy()):
+            raise PredictError(f"{ckpt.path}: its inputs select other images than {first.path}'s")
         probs = p if probs is None else probs + p
         index = idx.numpy() if index is None else index
     if index is None or len(index) == 0:
@@ -134,16 +146,15 @@ def slide_fusion_probs(models: list, store, slide_id: str, scale: str, device: s
     key = f"{slide_id}/multiscale/{scale}"
     if key not in store.group or store.group[key].shape[0] == 0:
         return None
-    views = torch.from_numpy(store.group[key][:]).permute(0, 1, 4, 2, 3)
-    tile = views.shape[-1]
-    total = np.zeros(0)
+    views = store.group[key]  # read batch by batch: a real slide's views do not fit in memory at once
+    tile, total = views.shape[-2], np.zeros(0)
     with torch.inference_mode():
-        for start in range(0, len(views), batch_size):
-            v = views[start:start + batch_size].to(device)
+        for start in range(0, views.shape[0], batch_size):
+            v = torch.from_numpy(views[start:start + batch_size]).permute(0, 1, 4, 2, 3).to(device)
             x = eval_transform(v.flatten(0, 1), tile).view(*v.shape[:2], 3, tile, tile)
             part = sum(torch.softmax(m(x).float(), -1).sum(0).cpu().numpy() for m in models)
             total = part if not len(total) else total + part
-    return total / (len(views) * len(models))
+    return total / (views.shape[0] * len(models))
 
 
 def encoder_features(model, store, indices: np.ndarray, image_size: int, device: str, batch_size: int = 64
@@ -162,9 +173,9 @@ def encoder_features(model, store, indices: np.ndarray, image_size: int, device:
 
 def embed_images(ckpt: Checkpoint, store_path: str | Path, out: Path, split: str | None, device: str) -> Path:
     """embeddings.npy + embeddings.csv: an MPCS encoder's features of the images of ``split`` (None: all)."""
-    from ingest.store import ImageStore
+    from pipelines.cv import store_for_run
 
-    store = ImageStore(store_path)
+    store = store_for_run(ckpt.config, str(store_path))  # the run's split (its fold under --folds)
     idx = store.select(split=split) if split else np.arange(len(store.patient))
     if len(idx) == 0:
         raise PredictError(f"{store_path}: no images{f' in the {split} split' if split else ''} to embed")
@@ -187,13 +198,20 @@ def run_predict(paths: list[str | Path], data: str | Path | None, out: str | Pat
         ckpts = load_ensemble(list(paths), device)
     except CheckpointError as exc:
         raise PredictError(str(exc)) from exc
-    kind, out = ckpts[0].kind, Path(out)
-    store = data or ckpts[0].config.get("store")
+    kind, out, config = ckpts[0].kind, Path(out), ckpts[0].config
+    slides = kind in ("mil", "slide_fusion")
+    foreign = [name for name, value, applies in (("--split", split, not slides), ("--scale", scale, slides),
+                                                 ("--labels", labels, slides)) if value is not None and not applies]
+    if foreign:
+        raise PredictError(f"{', '.join(foreign)} does not apply to a {kind} checkpoint"
+                           + ("; slide checkpoints predict every slide of the store" if slides else ""))
+    store = data or config.get("store")
     if not store:
         raise PredictError("give --data: the checkpoint does not name the store it was trained on")
+    own_store = config.get("store") and Path(store).resolve() == Path(config["store"]).resolve()
+    if slides and labels is None and own_store and Path(config.get("labels") or "").is_file():
+        labels = config["labels"]  # the run's labels CSV on the run's store: a label column beside the predictions
     out.mkdir(parents=True, exist_ok=True)
-    if kind in ("mil", "slide_fusion") and labels is None and Path(ckpts[0].config.get("labels") or "").is_file():
-        labels = ckpts[0].config["labels"]  # the run's labels CSV: a label column beside the predictions
     if kind in ("classifier", "fusion"):
         return predict_images(ckpts, store, out, split, device)
     if kind == "mpcs":
