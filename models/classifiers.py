@@ -24,6 +24,7 @@ TIMM_NAMES: dict[str, str] = {
     "convnextv2_tiny": "convnextv2_tiny",
     "efficientnet_b0": "efficientnet_b0",
     "resnet34": "resnet34",
+    "resnet18": "resnet18",
     "vit_small": "vit_small_patch16_224",
 }
 
@@ -34,6 +35,7 @@ _CLASSIFIERS: dict[str, tuple[str, str]] = {
     "deit_small": (_FIXED_224, "DeiT-S/16 vision transformer (22M), Touvron et al. 2021"),
     "swin_tiny": (_FIXED_224, "Swin-T shifted-window transformer, window 7 (28M), Liu et al. 2021"),
     "resnet50": (_ANY_SIZE, "ResNet-50 CNN (25M), He et al. 2016"),
+    "resnet18": (_ANY_SIZE, "ResNet-18 CNN (11M), He et al. 2016: the light CNN of the CPU demo"),
     "densenet121": (_ANY_SIZE, "DenseNet-121 CNN (8M), Huang et al. 2017"),
     "convnextv2_tiny": (_ANY_SIZE, "ConvNeXt V2-T CNN (28M), Woo et al. 2023"),
     "efficientnet_b0": (_ANY_SIZE, "EfficientNet-B0 CNN (5M), Tan & Le 2019"),

@@ -22,6 +22,7 @@ UNFREEZE: tuple[str, ...] = ("full", "last_block", "head")
 #: model -> (head prefixes, last-block prefixes) of ``named_parameters`` names.
 PARTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "resnet50": (("fc.",), ("layer4.",)),
+    "resnet18": (("fc.",), ("layer4.",)),
     "densenet121": (("classifier.",), ("features.denseblock4.", "features.norm5.")),
     "convnextv2_tiny": (("head.",), ("stages.3.",)),
     "efficientnet_b0": (("classifier.",), ("blocks.6.", "conv_head.", "bn2.")),
