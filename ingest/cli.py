@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from ingest.console import console, progress_bar, setup_logging, stdout
+from ingest.demo import DEMO_IMAGES_PER_MAGNIFICATION, DEMO_PATIENTS_PER_CLASS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Turn BreakHis folders and whole-slide images into compressed, sharded zarr stores.")
@@ -45,8 +46,9 @@ def _parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
 
 @app.command()
 def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the BreaKHis_v1 tree.")],
-         patients_per_class: Annotated[int, typer.Option(help="Patients per class.")] = 5,
-         images: Annotated[int, typer.Option(help="Images per patient per magnification.")] = 6,
+         patients_per_class: Annotated[int, typer.Option(help="Patients per class.")] = DEMO_PATIENTS_PER_CLASS,
+         images: Annotated[int, typer.Option(help="Images per patient per magnification.")
+                           ] = DEMO_IMAGES_PER_MAGNIFICATION,
          seed: Annotated[int, typer.Option(help="Generator seed (same seed, same pixels).")] = 0,
          workers: Annotated[int, typer.Option(help="Generator processes.")] = 2,
          grid: Annotated[Optional[Path], typer.Option(
@@ -61,8 +63,11 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Where to write t
         config = SyntheticConfig(patients_per_class=patients_per_class, images_per_magnification=images, seed=seed)
     except ValueError as exc:
         _fail(str(exc))
-    with progress_bar("generating") as progress:
-        root = write_demo_tree(out, config, progress=progress, workers=workers)
+    try:
+        with progress_bar("generating") as progress:
+            root = write_demo_tree(out, config, progress=progress, workers=workers)
+    except ValueError as exc:  # a tree generated with other settings is there
+        _fail(str(exc))
     console.print(f"synthetic BreakHis tree written to [bold]{root}[/]")
     if grid is not None:
         console.print(f"overview grid written to [bold]{make_grid(grid, seed=seed, tile_width=200)}[/]")

@@ -12,12 +12,15 @@ import os
 from pathlib import Path
 
 from ingest.breakhis_names import MAGNIFICATIONS
+from ingest.files import discard_dir
 
 log = logging.getLogger(__name__)
 
-#: The demo dataset's size: 8 classes x 5 patients x 4 magnifications x 6 images = 960 images.
-DEMO_PATIENTS_PER_CLASS = 5
-DEMO_IMAGES_PER_MAGNIFICATION = 6
+#: The demo dataset's size: 8 classes x 10 patients x 4 magnifications x 3 images = 960 images. Many patients with
+#: few images each: what a model learns from is patients (their staining and cell-size styles differ), so with 5
+#: patients x 6 images a CPU-sized model learnt the patients and scored near chance on the held-out ones.
+DEMO_PATIENTS_PER_CLASS = 10
+DEMO_IMAGES_PER_MAGNIFICATION = 3
 
 
 def data_home() -> Path:
@@ -40,11 +43,30 @@ def write_demo_tree(out: str | Path, config=None, progress=None, workers: int = 
 
     out = Path(out)
     config = config or demo_config()
+    settings = _settings(config)
+    made = _made_with(out)
+    if made is not None and made != settings:
+        changed = ", ".join(f"{k} {made.get(k)} != {v}" for k, v in settings.items() if made.get(k) != v)
+        raise ValueError(f"{out}: holds a synthetic tree generated with other settings ({changed}); delete it or "
+                         "use another --out")
     paths = generate_tree(out, config, progress=progress, workers=workers)
-    marker = {"generator": "histo-bench ingest.synthetic", "config": {
-        k: list(v) if isinstance(v, tuple) else v for k, v in vars(config).items()}, "images": len(paths)}
+    marker = {"generator": "histo-bench ingest.synthetic", "config": settings, "images": len(paths)}
     (out / SYNTHETIC_MARKER).write_text(json.dumps(marker, indent=1))
     return out
+
+
+def _settings(config) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config).items()}
+
+
+def _made_with(root: Path) -> dict | None:
+    """The generator settings recorded in ``root``'s synthetic marker (None without one)."""
+    from ingest.breakhis import SYNTHETIC_MARKER
+
+    try:
+        return json.loads((root / SYNTHETIC_MARKER).read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def demo_tree(progress=None) -> Path:
@@ -52,6 +74,11 @@ def demo_tree(progress=None) -> Path:
     from ingest.breakhis import SYNTHETIC_MARKER
 
     root = data_home() / "demo" / "breakhis"
+    made = _made_with(root)
+    if made is not None and made != _settings(demo_config()):  # cached by an older histo-bench: ours to replace
+        log.info("the cached demo dataset under %s has other settings; generating it again", root)
+        discard_dir(root)
+        discard_dir(data_home() / "demo" / "breakhis.zarr")
     if not (root / SYNTHETIC_MARKER).exists():
         log.info("generating the embedded demo dataset under %s (first use)", root)
         write_demo_tree(root, progress=progress)

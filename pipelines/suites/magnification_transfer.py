@@ -65,7 +65,10 @@ def _report(suite_dir: Path, results: dict[str, Any]) -> Path:
         tests = [m for m in MAGS if any(r["test"] == m for r in rows)]
         what = describe_task(task, results["classes"][task])
         in_domain = [r for r in rows if r["train"] == r["test"]]
+        chance = 1 / max(len(results["classes"][task]), 1)
         sections.append(f"## In-domain macro-F1 (train = test magnification), {what}\n\n"
+                        f"Chance level: {chance:.3f} (uniform guessing over {len(results['classes'][task])} "
+                        "classes); 1.0 is perfect.\n\n"
                         + mean_std_matrix(in_domain, "model", "train", "macro_f1", corner="model \\ magnification",
                                           cols_order=trains)
                         + "\n\nAccuracy, balanced accuracy and patient-level accuracy (majority vote) of the same "
