@@ -21,7 +21,7 @@ from pipelines.checkpoint import Checkpoint, load_checkpoint
 from pipelines.distributed import DistContext, barrier, init_distributed, shard, shutdown, wrap
 from pipelines.engine import FitConfig, Recipe, finished_run, fit
 from pipelines.evaluate import classification_metrics
-from pipelines.mil import MILError, fold_slides, read_labels, settle_slide_config, split_slides
+from pipelines.mil import MILError, check_slide_run, fold_slides, read_labels, settle_slide_config, split_slides
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,7 @@ class SlideFusionConfig:
     def __post_init__(self) -> None:
         if min(self.max_tiles, self.epochs, self.batch_size, self.patience) < 1:
             raise ValueError("max_tiles, epochs, batch_size and patience must be >= 1")
-        if self.folds == 1 or self.folds < 0 or not 0 <= self.fold < max(self.folds, 1):
-            raise ValueError(f"folds must be 0 (one split) or >= 2, and fold in 0..folds-1; got folds {self.folds}, "
-                             f"fold {self.fold}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ValueError("max_steps_per_epoch must be >= 1 (or None)")
+        check_slide_run(self)
 
     @property
     def run_dir(self) -> Path:

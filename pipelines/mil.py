@@ -98,15 +98,20 @@ class MILConfig:
             raise ValueError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
         if self.extractor not in FEATURE_EXTRACTORS:
             raise ValueError(f"extractor must be one of {', '.join(FEATURE_EXTRACTORS)}, got {self.extractor!r}")
-        if self.folds == 1 or self.folds < 0 or not 0 <= self.fold < max(self.folds, 1):
-            raise ValueError(f"folds must be 0 (one split) or >= 2, and fold in 0..folds-1; got folds {self.folds}, "
-                             f"fold {self.fold}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ValueError("max_steps_per_epoch must be >= 1 (or None)")
+        check_slide_run(self)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.out or f"runs/{self.model}-{self.extractor}-{self.scale or 'scale'}")
+
+
+def check_slide_run(config) -> None:
+    """The checks a slide recipe's config shares (:class:`MILConfig`, ``SlideFusionConfig``): folds and step cap."""
+    if config.folds == 1 or config.folds < 0 or not 0 <= config.fold < max(config.folds, 1):
+        raise ValueError(f"folds must be 0 (one split) or >= 2, and fold in 0..folds-1; got folds {config.folds}, "
+                         f"fold {config.fold}")
+    if config.max_steps_per_epoch is not None and config.max_steps_per_epoch < 1:
+        raise ValueError("max_steps_per_epoch must be >= 1 (or None)")
 
 
 def settle_slide_config(config):
