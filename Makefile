@@ -48,13 +48,14 @@ demo: install
 		--labels $(DEMO_DIR)/slides/labels.csv --extractor resnet34 --epochs 15 --out $(DEMO_DIR)/mil
 	$(BIN)/histo-bench predict $(DEMO_DIR)/mil/best.pt --data $(DEMO_DIR)/tiles.zarr --out $(DEMO_DIR)/mil/predictions
 	$(BIN)/histo-bench train --model fusion_effnet_b0 --data $(DEMO_DIR)/tiles.zarr \
-		--labels $(DEMO_DIR)/slides/labels.csv --epochs 2 --max-tiles 8 --out $(DEMO_DIR)/fusion-slides
+		--labels $(DEMO_DIR)/slides/labels.csv --epochs 1 --max-tiles 8 --out $(DEMO_DIR)/fusion-slides
 	$(BIN)/histo-bench suite --model resnet18 --task binary --data $(DEMO_DIR)/breakhis.zarr --epochs 12 --lr 2e-3 \
 		--image-size 64 --batch-size 16 --device cpu --out $(DEMO_DIR)/suite
 	$(BIN)/histo-bench run --model resnet18 --checkpoint $(DEMO_DIR)/suite/resnet18/mixed/best.pt \
-		--data $(DEMO_DIR)/breakhis.zarr --device cpu --batch-sizes 1,8 --max-time 2 --out $(DEMO_DIR)/bench
+		--data $(DEMO_DIR)/breakhis.zarr --device cpu --batch-sizes 1,8 --max-time 1 --mag 100X --mag 400X \
+		--out $(DEMO_DIR)/bench
 	$(BIN)/histo-bench explain --checkpoint $(DEMO_DIR)/suite/resnet18/mixed/best.pt \
-		--data $(DEMO_DIR)/breakhis.zarr --device cpu
+		--data $(DEMO_DIR)/breakhis.zarr --device cpu --max-images 100
 	$(BIN)/histo-bench report $(DEMO_DIR)
 
 lint: install

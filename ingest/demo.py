@@ -98,7 +98,7 @@ def demo_store(progress=None) -> Path:
 #: The demo slides: (name, side in pixels, seed, slide label); 40x, 0.25 µm/px synthetic pyramidal TIFFs whose
 #: tissue is built from benign or from malignant synthetic H&E fields, so MIL has a slide-level label to learn.
 DEMO_SLIDES: tuple[tuple[str, int, int, str], ...] = tuple(
-    (f"demo-slide-{i + 1}", 4096, i, "benign" if i % 2 == 0 else "malignant") for i in range(6))
+    (f"demo-slide-{i + 1}", 3072, i, "benign" if i % 2 == 0 else "malignant") for i in range(6))
 #: The CPU-sized demo slides of ``--quick`` suites: the same generator, 1536 px a side.
 QUICK_SLIDES: tuple[tuple[str, int, int, str], ...] = tuple(
     (f"quick-slide-{i + 1}", 1536, i, "benign" if i % 2 == 0 else "malignant") for i in range(6))

@@ -163,7 +163,9 @@ def run_training(plan: TrainingPlan, progress=None) -> TrainingOutcome:
 
         result = train(config, progress=progress)
         best = result.best_val
-        line = (f"best epoch {result.best_epoch}, val macro-F1 {best.get('macro_f1', 0):.3f}, accuracy "
+        n_classes = len(best.get("per_class_f1") or {})
+        chance = f" (chance {1 / n_classes:.3f})" if n_classes else ""
+        line = (f"best epoch {result.best_epoch}, val macro-F1 {best.get('macro_f1', 0):.3f}{chance}, accuracy "
                 f"{best.get('accuracy', 0):.3f}, patient accuracy {best.get('patient_accuracy') or 0:.3f} "
                 f"({best.get('n_images', 0)} images, {best.get('n_patients', 0)} patients)")
         return TrainingOutcome(plan.kind, result.run_dir, line, result.already_complete, result.resumed)
