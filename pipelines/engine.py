@@ -362,10 +362,9 @@ def fit(recipe: Recipe, config: FitConfig, run_dir: str | Path, resolved: dict[s
             shown = f", {config.monitor} {value:.3f}" if isinstance(value, int | float) else ""
             log.info("epoch %d: loss %.4f%s, %.0f %s/s", epoch, row["train_loss"], shown, row["items_per_s"],
                      recipe.unit)
-    summary = {"best_epoch": best_epoch, "best": best, "epochs_run": epoch + 1, "world_size": ctx.world_size,
-               "resumed_at": start if resumed else None}
     if main:
-        atomic_write_json(run_dir / "complete", summary)
+        atomic_write_json(run_dir / "complete", {"best_epoch": best_epoch, "best": best, "epochs_run": epoch + 1,
+                                                 "world_size": ctx.world_size, "resumed_at": resumed and start or None})
     return FitResult(run_dir, best_epoch, best or {}, epoch + 1, resumed=resumed, rows=rows)
 
 

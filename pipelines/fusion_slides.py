@@ -21,7 +21,7 @@ from pipelines.checkpoint import Checkpoint, load_checkpoint
 from pipelines.distributed import DistContext, barrier, init_distributed, shard, shutdown, wrap
 from pipelines.engine import FitConfig, Recipe, finished_run, fit
 from pipelines.evaluate import classification_metrics
-from pipelines.mil import MILError, check_slide_run, fold_slides, read_labels, settle_slide_config, split_slides
+from pipelines.slide_runs import MILError, check_slide_run, fold_slides, read_labels, settle_slide_config, split_slides
 
 log = logging.getLogger(__name__)
 

@@ -154,7 +154,7 @@ def run_training(plan: TrainingPlan, progress=None) -> TrainingOutcome:
     """Run ``plan`` through its recipe; ``progress(epoch, step, steps, loss)`` is the engine's step callback."""
     config = plan.config
     if plan.kind in ("mil", "slide_fusion"):
-        from pipelines.mil import settle_slide_config
+        from pipelines.slide_runs import settle_slide_config
 
         config = settle_slide_config(config)  # the run directory may name the store's first scale
     run_dir = Path(config.run_dir)

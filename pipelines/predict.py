@@ -113,7 +113,7 @@ def predict_slide_fusion(ckpts: list[Checkpoint], store_path: str | Path, out: P
                          labels: str | Path | None, device: str, batch_size: int = 32) -> Path:
     """predictions.csv of slide-fusion checkpoints: each slide's mean tile probabilities (all its tiles)."""
     from ingest.slide_store import SlideStore
-    from pipelines.mil import read_labels
+    from pipelines.slide_runs import read_labels
 
     store = SlideStore(store_path)
     scale = scale or ckpts[0].config.get("scale") or store.default_scale()

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipelines.checkpoint import Checkpoint
 from pipelines.evaluate import Metrics, classification_metrics
-from pipelines.mil import MILError, read_labels
+from pipelines.slide_runs import MILError, read_labels
 
 
 def _slides_of(ckpt: Checkpoint, split: str, labels: dict[str, str]) -> list[str]:

@@ -243,7 +243,8 @@ def _predictions_table(path: Path) -> str:
 def run(study: StudyConfig, ctx: SuiteContext) -> dict[str, Any]:
     from ingest.slide_store import SlideStore
     from pipelines.device import resolve_device
-    from pipelines.mil import MILConfig, infer_mil, read_labels, train_mil
+    from pipelines.mil import MILConfig, infer_mil, train_mil
+    from pipelines.slide_runs import read_labels
 
     store, labels_csv, scale, kind = _data(study)
     labels, patients = read_labels(labels_csv, SlideStore(store).slide_ids())

@@ -11,7 +11,7 @@ from ingest.tile_runner import run_tiling
 from ingest.tiling import TileConfig
 from pipelines.checkpoint import load_checkpoint
 from pipelines.fusion_slides import SlideFusionConfig, train_slide_fusion
-from pipelines.mil import MILError
+from pipelines.slide_runs import MILError
 from tests.pipelines.test_tracking import tb_scalars
 
 

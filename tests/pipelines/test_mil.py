@@ -14,7 +14,8 @@ from ingest.synthetic_wsi import write_synthetic_slide
 from ingest.tile_runner import run_tiling
 from ingest.tiling import TileConfig
 from pipelines.features import extract_slide_features, features_key
-from pipelines.mil import FEATURE_EXTRACTORS, MILConfig, MILError, infer_mil, read_labels, sample_bag, train_mil
+from pipelines.mil import FEATURE_EXTRACTORS, MILConfig, infer_mil, sample_bag, train_mil
+from pipelines.slide_runs import MILError, read_labels
 from tests.pipelines.test_tracking import tb_scalars
 
 
