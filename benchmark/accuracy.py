@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.evaluate import classification_metrics
+from pipelines.evaluation.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def load_eval_sets(store, magnifications: list[str], data_config, device: str,
     transformed on ``device`` and kept in host memory so it never counts in a backend's peak device memory."""
     import torch
 
-    from pipelines.data import make_loader
+    from pipelines.data.loaders import make_loader
 
     sets = []
     for mag in magnifications:

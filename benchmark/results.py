@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.environment import gpu_names, package_version
-from ingest.files import atomic_write_text
+from histo_bench.files import atomic_write_text
 
 #: Every row has exactly these keys, in this order.
 ROW_FIELDS: tuple[str, ...] = (

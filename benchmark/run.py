@@ -16,7 +16,7 @@ from typing import Any
 
 from benchmark.backends import BACKENDS, BENCH_PRECISIONS
 from benchmark.harness import SweepPoint, TimingConfig, one_line, sweep
-from pipelines.tasks import check_task
+from pipelines.data.tasks import check_task
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class BenchConfig:
 def train_checkpoint(config: BenchConfig, device: str) -> Path:
     """Train ``config.model`` with the paper protocol on mixed magnifications (demo-sized on CPU); reuse a complete
     earlier run."""
-    from pipelines.train import TrainConfig, train
+    from pipelines.training.classifier import TrainConfig, train
 
     cpu = not device.startswith("cuda")
     steps = config.train_max_steps if config.train_max_steps is not None else (10 if cpu else None)
@@ -128,14 +128,14 @@ def run_benchmark(config: BenchConfig, progress: BenchProgress | None = None) ->
     from benchmark.accuracy import load_eval_sets, run_logits
     from benchmark.backends.eager import Eager
     from benchmark.compute import flops_per_image, matmul_rate
-    from benchmark.report import write_report
+    from benchmark.reports.benchmark_report import write_report
     from benchmark.results import env_tag, environment, make_row, save_rows
+    from histo_bench.device import DeviceError, resolve_device
     from ingest.report_tables import origin_line
     from ingest.store import ImageStore, StoreError
     from models.registry import count_params
-    from pipelines.checkpoint import CheckpointError, load_checkpoint
-    from pipelines.data import DataConfig
-    from pipelines.device import DeviceError, resolve_device
+    from pipelines.data.base import DataConfig
+    from pipelines.training.checkpoint import CheckpointError, load_checkpoint
 
     try:
         device = resolve_device(config.device)

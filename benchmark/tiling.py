@@ -39,7 +39,7 @@ class TilingRow:
 
 def benchmark_slide(path: Path, size: int, seed: int = 0) -> Path:
     """The synthetic 40x slide used for the benchmark (generated once, then reused)."""
-    from ingest.synthetic_wsi import write_synthetic_slide
+    from ingest.synthetic.slide import write_synthetic_slide
 
     if not path.exists():
         log.info("writing a %dx%d synthetic slide to %s", size, size, path)

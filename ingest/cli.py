@@ -12,8 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ingest.console import console, progress_bar, setup_logging, stdout
-from ingest.demo import DEMO_IMAGES_PER_MAGNIFICATION, DEMO_PATIENTS_PER_CLASS
+from histo_bench.console import console, progress_bar, setup_logging, stdout
+from ingest.synthetic.demo import DEMO_IMAGES_PER_MAGNIFICATION, DEMO_PATIENTS_PER_CLASS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Turn BreakHis folders and whole-slide images into compressed, sharded zarr stores.")
@@ -56,8 +56,8 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Where to write t
          slides: Annotated[Optional[Path], typer.Option(
              help="Also write synthetic pyramidal slides (40x, 0.25 µm/px) into this folder.")] = None) -> None:
     """Generate the synthetic BreakHis demo dataset (8 classes, 4 magnifications, real folder layout)."""
-    from ingest.demo import write_demo_slides, write_demo_tree
-    from ingest.synthetic import SyntheticConfig, make_grid
+    from ingest.synthetic.breakhis_tree import SyntheticConfig, make_grid
+    from ingest.synthetic.demo import write_demo_slides, write_demo_tree
 
     try:
         config = SyntheticConfig(patients_per_class=patients_per_class, images_per_magnification=images, seed=seed)
@@ -93,8 +93,8 @@ def breakhis(
 ) -> None:
     """Ingest a BreakHis tree into a zarr store with patient-level splits, then print its summary."""
     from ingest.breakhis import IngestConfig, IngestError, ingest_breakhis
-    from ingest.demo import data_home, demo_tree
     from ingest.splits import SplitConfig, SplitError
+    from ingest.synthetic.demo import data_home, demo_tree
 
     if root is None:
         with progress_bar("generating demo data") as progress:
@@ -159,14 +159,14 @@ def tile(
 ) -> None:
     """Tile whole-slide images: tissue detection, tiles at each magnification, a zarr slide store + overlays."""
     import ingest.readers  # noqa: F401 - registers the readers
-    from ingest.console import slide_progress
+    from histo_bench.console import slide_progress
     from ingest.readers.base import READERS
     from ingest.report_tables import tiling_tables
-    from ingest.tile_runner import TileRunError, run_tiling
+    from ingest.tile_runner import TileEvents, TileRunError, run_tiling
     from ingest.tiling import SLIDE_EXTENSIONS, TileConfig, find_slides
 
     if slides is None:
-        from ingest.demo import data_home, demo_slides
+        from ingest.synthetic.demo import data_home, demo_slides
 
         slides = demo_slides()
         out = out or data_home() / "demo" / "tiles.zarr"
@@ -188,7 +188,8 @@ def tile(
     if not paths:
         _fail(f"{slides}: no slide files found (looked for {', '.join(sorted(SLIDE_EXTENSIONS))})")
     overlay_dir = out.with_name(out.name + ".overlays")
-    with slide_progress(len(paths)) as events:
+    with slide_progress(len(paths)) as (started, step, finished):
+        events = TileEvents(slide_started=started, slide_progress=step, slide_finished=finished)
         try:
             summary = run_tiling(paths, out, config, workers=workers, scheduler=scheduler, overlay_dir=overlay_dir,
                                  events=events)

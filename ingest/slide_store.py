@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ingest.files import discard_dir
+from histo_bench.files import discard_dir
 from ingest.locks import WorkLock, create_exclusive
 from ingest.output_guard import refusal, store_format
 from ingest.shards import ShardWriter

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from histo_bench.files import discard_dir, replace_dir
 from ingest.breakhis_names import resolve_magnifications
-from ingest.files import discard_dir, replace_dir
 from ingest.locks import WorkLock
 from ingest.output_guard import refusal, store_format
 from ingest.shards import ShardedImageReader, ShardLayout

@@ -9,7 +9,7 @@ from typing import Literal
 
 from torch import nn
 
-from ingest.registry import Registry
+from histo_bench.registry import Registry
 
 Family = Literal["classifier", "fusion", "mil", "mpcs"]
 InputKind = Literal["image", "multi_image", "bag"]

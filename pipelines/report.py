@@ -1,4 +1,4 @@
-"""The cross-magnification report of suite directories written before ``pipelines.suites`` (their ``results.json``
+"""The cross-magnification report of suite directories written before ``benchmark.suites`` (their ``results.json``
 has no ``format``): Markdown tables and PNG figures. ``histo-bench report DIR`` still renders them.
 
 Tables follow the DeiT/Swin study: in-domain performance, the train x test macro-F1 matrix per model,
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.tasks import describe_task
+from pipelines.data.tasks import describe_task
 
 
 def _cell(cells: list[dict], model: str, train: str, test: str) -> dict | None:
@@ -78,7 +78,7 @@ def tables(results: dict[str, Any]) -> str:
 
 def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     """Heatmaps (train x test), asymmetry bars, in-domain confusion matrices and per-class F1, as PNGs."""
-    from pipelines.plotting import pyplot, save_figure
+    from histo_bench.plotting import pyplot, save_figure
 
     plt = pyplot()
 

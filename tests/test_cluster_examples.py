@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from benchmark.cli import app
+from benchmark.cli.app import app
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples" / "cluster").glob("*.sbatch"))
 SBATCH = re.compile(r"^#SBATCH --[a-z-]+=\S+$")

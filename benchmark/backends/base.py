@@ -19,7 +19,7 @@ import importlib.util
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
-from ingest.registry import Registry
+from histo_bench.registry import Registry
 
 if TYPE_CHECKING:
     import torch

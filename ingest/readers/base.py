@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ingest.registry import Registry
+from histo_bench.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ingest.breakhis import IngestConfig, ingest_breakhis
 from ingest.store import ImageStore
-from ingest.synthetic import SyntheticConfig, generate_tree, render_image
+from ingest.synthetic.breakhis_tree import SyntheticConfig, generate_tree, render_image
 
 pytestmark = pytest.mark.bench
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines.augment import GpuAugment, eval_transform
+from pipelines.data.augment import GpuAugment, eval_transform
 
 pytestmark = pytest.mark.bench
 

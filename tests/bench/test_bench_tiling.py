@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from benchmark.tiling import naive_openslide_png, pipeline
-from ingest.synthetic_wsi import write_synthetic_slide
+from ingest.synthetic.slide import write_synthetic_slide
 
 pytestmark = pytest.mark.bench
 

@@ -22,7 +22,7 @@ def bench_store(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def bench_checkpoint(bench_store, tmp_path_factory):
-    from pipelines.train import TrainConfig, train
+    from pipelines.training.classifier import TrainConfig, train
 
     out = tmp_path_factory.mktemp("bench-ckpt") / "run"
     result = train(TrainConfig(model="tiny_cnn_test", store=str(bench_store), train_magnification="mixed", epochs=2,

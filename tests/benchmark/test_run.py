@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from benchmark.cli import app
-from benchmark.report import PLOTS
+from benchmark.cli.app import app
+from benchmark.reports.benchmark_report import PLOTS
 from benchmark.results import ROW_FIELDS, compare_rows, flatten, load_rows
 from benchmark.run import BenchConfig, BenchError, _variants, run_benchmark
 
@@ -48,7 +48,7 @@ def test_every_row_has_every_field_and_consistent_numbers(result):
 
 
 def test_stability_line_flags_a_drifting_baseline():
-    from benchmark.report import stability
+    from benchmark.reports.benchmark_report import stability
 
     steady = {"throughput_ips": 100.0, "recheck_throughput_ips": 95.0, "batch_size": 8}
     assert stability([steady])[0].startswith("Stability check")

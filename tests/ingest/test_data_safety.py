@@ -14,7 +14,7 @@ import pytest
 from ingest.breakhis import IngestConfig, IngestError, ingest_breakhis
 from ingest.slide_store import SlideStore, slide_problem
 from ingest.store import ImageStore, is_complete, partial_path
-from ingest.synthetic_wsi import write_synthetic_slide
+from ingest.synthetic.slide import write_synthetic_slide
 from tests.conftest import write_tree
 from tests.ingest import procs
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from ingest.cli import app
 from ingest.slide_store import SlideStore
-from ingest.synthetic_wsi import write_synthetic_slide
+from ingest.synthetic.slide import write_synthetic_slide
 from ingest.tile_runner import run_tiling
 from ingest.tiling import TileConfig
 from ingest.tissue import MaskError, load_mask

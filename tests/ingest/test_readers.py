@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from ingest.readers import READERS, ReaderError, available_readers, open_slide
-from ingest.synthetic_wsi import render_level_region, write_corrupt_copies, write_synthetic_slide
+from ingest.synthetic.slide import render_level_region, write_corrupt_copies, write_synthetic_slide
 
 REAL_SVS = Path(__file__).resolve().parents[3] / "shared/data/wsi/cmu-1-small-region.svs"
 W, H, LEVELS, SEED = 2048, 1536, (1, 4, 16), 5

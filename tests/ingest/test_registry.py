@@ -1,6 +1,6 @@
 import pytest
 
-from ingest.registry import Registry
+from histo_bench.registry import Registry
 
 
 def test_register_get_names():

@@ -1,4 +1,4 @@
-"""Tests for the synthetic BreakHis generator (ingest.synthetic / ingest.he_render)."""
+"""Tests for the synthetic BreakHis generator (ingest.synthetic.breakhis_tree / ingest.synthetic.he_render)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from ingest.breakhis_names import CLASSES, MAGNIFICATIONS, parse_name, relative_path
-from ingest.synthetic import SyntheticConfig, generate_tree, make_grid, patients_for, render_image
+from ingest.synthetic.breakhis_tree import SyntheticConfig, generate_tree, make_grid, patients_for, render_image
 
 SMALL = {"height": 115, "width": 175}
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from ingest.synthetic_wsi import (
+from ingest.synthetic.slide import (
     render_level_region,
     synthetic_tissue_mask,
     write_corrupt_copies,

@@ -10,7 +10,7 @@ from PIL import Image
 
 from ingest.readers.base import open_slide
 from ingest.slide_store import SlideStore, slide_status
-from ingest.synthetic_wsi import synthetic_tissue_mask, write_corrupt_copies, write_synthetic_slide
+from ingest.synthetic.slide import synthetic_tissue_mask, write_corrupt_copies, write_synthetic_slide
 from ingest.tile_runner import TileRunError, run_tiling
 from ingest.tiling import TileConfig, find_slides, tile_slide
 from ingest.tissue import tile_fractions

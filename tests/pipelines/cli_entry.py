@@ -7,8 +7,8 @@ import sys
 import time
 
 import tests.pipelines.tiny_models  # noqa: F401 - registers tiny_cnn_test
-from benchmark.cli import main
-from pipelines import tracking
+from benchmark.cli.app import main
+from pipelines.training import tracking
 
 if __name__ == "__main__":
     pause = float(os.environ.get("HISTO_TEST_PAUSE_S", "0"))

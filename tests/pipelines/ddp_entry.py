@@ -3,7 +3,7 @@
 import sys
 
 import tests.pipelines.tiny_models  # noqa: F401 - registers tiny_cnn_test
-from pipelines.train import TrainConfig, train
+from pipelines.training.classifier import TrainConfig, train
 
 if __name__ == "__main__":
     store, out = sys.argv[1], sys.argv[2]

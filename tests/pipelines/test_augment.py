@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, GpuAugment, eval_transform, normalize
+from pipelines.data.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, GpuAugment, eval_transform, normalize
 
 
 def _batch(n: int = 8, h: int = 48, w: int = 72, seed: int = 0) -> torch.Tensor:

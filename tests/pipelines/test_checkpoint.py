@@ -12,7 +12,15 @@ import time
 import pytest
 import torch
 
-from pipelines.checkpoint import FORMAT, KINDS, VERSION, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from pipelines.training.checkpoint import (
+    FORMAT,
+    KINDS,
+    VERSION,
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 def _tiny(kind: str = "classifier", epoch: int = 0, size: int = 4) -> Checkpoint:
@@ -102,7 +110,7 @@ def test_a_failing_write_keeps_the_previous_file(tmp_path, monkeypatch):
 
 WRITER = textwrap.dedent("""
     import sys, torch
-    from pipelines.checkpoint import Checkpoint, save_checkpoint
+    from pipelines.training.checkpoint import Checkpoint, save_checkpoint
     path = sys.argv[1]
     big = torch.randn(4_000_000)  # 16 MB: each write takes a while
     for epoch in range(10**6):

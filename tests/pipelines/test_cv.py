@@ -11,13 +11,20 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmark.suites.tables import aggregate, format_cell, mean_std_matrix, mean_std_table, summarize
 from ingest.breakhis import IngestConfig, ingest_breakhis
 from ingest.breakhis_names import CLASSES, relative_path
 from ingest.splits import SPLIT_CODES, SplitError
 from ingest.store import ImageStore
-from pipelines.cv import CVError, classes_missing_from_test, fold_splits, patient_folds, split_view, store_for_run
-from pipelines.suites.tables import aggregate, format_cell, mean_std_matrix, mean_std_table, summarize
-from pipelines.tasks import task_labels
+from pipelines.data.tasks import task_labels
+from pipelines.training.cv import (
+    CVError,
+    classes_missing_from_test,
+    fold_splits,
+    patient_folds,
+    split_view,
+    store_for_run,
+)
 from tests.pipelines.tiny_models import TinyCNN  # noqa: F401  (registers tiny_cnn_test)
 
 PATIENTS = {CLASSES[0]: 5, CLASSES[1]: 6, CLASSES[4]: 7, CLASSES[5]: 5}  # 2 benign + 2 malignant classes
@@ -72,7 +79,7 @@ def test_folds_are_deterministic_by_seed(store):
 
 
 def test_a_class_with_fewer_patients_than_folds_is_reported_not_split(store, caplog):
-    with caplog.at_level("WARNING", logger="pipelines.cv"):
+    with caplog.at_level("WARNING", logger="pipelines.training.cv"):
         folds = patient_folds(store, 6, seed=0)
     assert "adenosis has 5 patient(s)" in caplog.text
     assert len(folds) == len(set(store.patient.tolist()))  # every patient in exactly one fold, none split
@@ -102,7 +109,7 @@ def test_with_splits_view_and_its_disjointness_check(store):
 
 
 def test_a_fold_run_trains_on_its_fold_and_records_it(store, tmp_path):
-    from pipelines.train import TrainConfig, train
+    from pipelines.training.classifier import TrainConfig, train
 
     config = TrainConfig(model="tiny_cnn_test", store=str(store.path), train_magnification="mixed", epochs=1,
                          batch_size=8, image_size=32, load_size=40, loader="device", device="cpu", folds=5, fold=3,
@@ -122,9 +129,9 @@ def test_a_fold_run_trains_on_its_fold_and_records_it(store, tmp_path):
 
 
 def test_frozen_parameters_do_not_change(store, tmp_path):
-    from pipelines.checkpoint import load_model
-    from pipelines.train import TrainConfig, seed_everything, train
-    from pipelines.unfreeze import trainable_prefixes
+    from pipelines.training.checkpoint import load_model
+    from pipelines.training.classifier import TrainConfig, seed_everything, train
+    from pipelines.training.unfreeze import trainable_prefixes
 
     config = TrainConfig(model="resnet50", store=str(store.path), train_magnification="100X", epochs=1,
                          batch_size=4, image_size=32, load_size=36, loader="device", device="cpu", lr=1e-2,

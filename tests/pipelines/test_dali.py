@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.augment import IMAGENET_MEAN, IMAGENET_STD
-from pipelines.dali import dali_available
+from pipelines.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from pipelines.data.dali import dali_available
 from tests.pipelines import make_store
 
 pytestmark = pytest.mark.skipif(dali_available() is not None, reason=str(dali_available()))
@@ -21,7 +21,7 @@ def store(tmp_path_factory):
 
 
 def _loader(store, idx, **kw):
-    from pipelines.dali import DaliLoader
+    from pipelines.data.dali import DaliLoader
 
     kw = {"batch_size": 8, "image_size": 32, "seed": 0, "device_id": None, "num_threads": 2, **kw}
     return DaliLoader(store, idx, **kw)
@@ -55,7 +55,7 @@ def test_cpu_eval_covers_selection_in_order(store):
     assert np.array_equal(torch.cat([b[1] for b in batches]).numpy(), store.label[idx])
     # eval: resize shorter side to 32 and centre-crop, normalised
     img = torch.from_numpy(store.read(idx[:1])).permute(0, 3, 1, 2)
-    from pipelines.augment import eval_transform
+    from pipelines.data.augment import eval_transform
 
     assert (batches[0][0][:1] - eval_transform(img, 32)).abs().mean() < 0.1
 

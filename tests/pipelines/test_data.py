@@ -10,19 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import data as data_mod
-from pipelines.augment import AugmentConfig, resize_uint8
-from pipelines.data import (
-    DataConfig,
-    DeviceLoader,
-    TorchLoader,
-    epoch_order,
-    fits_on_device,
-    input_efficiency,
-    load_images,
-    load_shape,
-    make_loader,
-)
+from pipelines.data import loaders as data_mod
+from pipelines.data.augment import AugmentConfig, resize_uint8
+from pipelines.data.base import DataConfig, epoch_order, fits_on_device, load_images, load_shape
+from pipelines.data.loaders import DeviceLoader, TorchLoader, input_efficiency, make_loader
 from tests.pipelines import make_store
 
 # stored images are 64x96; loaded with shorter side 40 -> 40x60; model input 32
@@ -154,7 +145,7 @@ def test_fits_on_device():
 
 
 def test_make_loader_choice(store, monkeypatch, caplog):
-    caplog.set_level(logging.INFO, logger="pipelines.data")
+    caplog.set_level(logging.INFO, logger="pipelines.data.loaders")
     loader = make_loader(store, "train", "40X", CFG, device="cpu", train=True)
     assert isinstance(loader, DeviceLoader)
     assert "loader device" in caplog.text
@@ -174,7 +165,7 @@ def test_make_loader_choice(store, monkeypatch, caplog):
 
 
 def test_make_loader_prefers_dali_on_cuda_when_too_big(store, monkeypatch):
-    import pipelines.dali as dali_mod
+    import pipelines.data.dali as dali_mod
 
     monkeypatch.setattr(data_mod, "fits_on_device", lambda *a, **k: False)
     monkeypatch.setattr(dali_mod, "dali_available", lambda: None)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.checkpoint import load_model
+from pipelines.training.checkpoint import load_model
 from tests.pipelines.test_train import colour_store  # noqa: F401 - the fixture
 
 ROOT = Path(__file__).resolve().parents[2]

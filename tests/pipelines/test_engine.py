@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from pipelines.checkpoint import load_checkpoint
-from pipelines.engine import FitConfig, FitError, lr_factor, run_differences
+from pipelines.training.checkpoint import load_checkpoint
+from pipelines.training.engine import FitConfig, FitError, lr_factor, run_differences
 from tests.pipelines.toy_recipe import run
 
 
@@ -92,8 +92,8 @@ def test_a_run_finished_by_an_older_histo_bench_is_named(tmp_path):
 
 
 def test_a_best_candidate_left_by_a_kill_is_promoted_only_when_last_pt_names_it(tmp_path):
-    from pipelines.checkpoint import save_checkpoint
-    from pipelines.engine import PENDING_BEST, _settle_pending_best
+    from pipelines.training.checkpoint import save_checkpoint
+    from pipelines.training.engine import PENDING_BEST, _settle_pending_best
     from tests.pipelines.toy_recipe import ToyRecipe
 
     recipe = ToyRecipe()

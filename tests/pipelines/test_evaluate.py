@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipelines.evaluate import classification_metrics, confusion_matrix, full_metrics, patient_vote
+from pipelines.evaluation.metrics import classification_metrics, confusion_matrix, full_metrics, patient_vote
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 NAMES = [f"c{i}" for i in range(5)]

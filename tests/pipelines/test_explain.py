@@ -17,7 +17,7 @@ from ingest.breakhis import SYNTHETIC_MARKER, IngestConfig, ingest_breakhis
 from ingest.breakhis_names import CLASSES, relative_path
 from ingest.splits import SplitConfig
 from models.registry import MODELS, build_model
-from pipelines.cam import (
+from pipelines.explain.cam import (
     attention_rollout,
     cam_target_layer,
     capture_attentions,
@@ -27,8 +27,8 @@ from pipelines.cam import (
     saliency,
     uses_rollout,
 )
-from pipelines.explain import ExplainConfig, ExplainError, explain
-from pipelines.train import TrainConfig, train
+from pipelines.explain.run import ExplainConfig, ExplainError, explain
+from pipelines.training.classifier import TrainConfig, train
 from tests.pipelines import tiny_models  # noqa: F401  (registers tiny_cnn_test)
 
 # -- Grad-CAM ------------------------------------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def test_explain_errors(tiny_run, tmp_path):
 
 
 def test_explain_cli(tiny_run, tmp_path):
-    from benchmark.cli import app
+    from benchmark.cli.app import app
 
     store, ckpt = tiny_run
     runner = CliRunner()
@@ -230,10 +230,10 @@ def test_explain_cli(tiny_run, tmp_path):
 
 
 def test_explain_mil_lists_the_attention_heatmaps(tmp_path):
-    from ingest.synthetic_wsi import write_synthetic_slide
+    from ingest.synthetic.slide import write_synthetic_slide
     from ingest.tile_runner import run_tiling
     from ingest.tiling import TileConfig
-    from pipelines.mil import MILConfig, infer_mil, train_mil
+    from pipelines.training.mil import MILConfig, infer_mil, train_mil
 
     slides = [write_synthetic_slide(tmp_path / f"s{i}.tiff", width=1024, height=768, seed=i) for i in range(3)]
     run_tiling(slides, tmp_path / "tiles.zarr", TileConfig(magnifications=(10,), tile_size=64, tissue_threshold=0.3))

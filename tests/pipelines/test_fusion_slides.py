@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from ingest.synthetic_wsi import write_synthetic_slide
+from ingest.synthetic.slide import write_synthetic_slide
 from ingest.tile_runner import run_tiling
 from ingest.tiling import TileConfig
-from pipelines.checkpoint import load_checkpoint
-from pipelines.fusion_slides import SlideFusionConfig, train_slide_fusion
-from pipelines.slide_runs import MILError
+from pipelines.training.checkpoint import load_checkpoint
+from pipelines.training.slide_fusion import SlideFusionConfig, train_slide_fusion
+from pipelines.training.slide_runs import MILError
 from tests.pipelines.test_tracking import tb_scalars
 
 

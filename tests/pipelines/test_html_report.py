@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipelines.html_report import ReportError, build_html, discover, write_html
-from pipelines.markdown_html import markdown_to_html
+from benchmark.reports.html import ReportError, build_html, discover, write_html
+from benchmark.reports.markdown_html import markdown_to_html
 from pipelines.report import write_report
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -133,7 +133,7 @@ def test_nothing_to_report_is_a_clear_error(tmp_path):
 
 
 def test_report_command(run_dir, tmp_path):
-    from benchmark.cli import app
+    from benchmark.cli.app import app
 
     runner = CliRunner()
     res = runner.invoke(app, ["report", str(run_dir / "suite")])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ingest.splits import SPLIT_CODES, SplitError, train_subset
-from pipelines.train import TrainConfig, train
+from pipelines.training.classifier import TrainConfig, train
 from tests.pipelines.test_train import _config, colour_store  # noqa: F401 - the fixture
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pipelines.losses import LOSSES, classification_loss, focal_loss
+from pipelines.training.losses import LOSSES, classification_loss, focal_loss
 
 
 def test_focal_loss_matches_a_hand_computation():

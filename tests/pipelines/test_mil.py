@@ -10,12 +10,12 @@ import pytest
 import torch
 import zarr
 
-from ingest.synthetic_wsi import write_synthetic_slide
+from ingest.synthetic.slide import write_synthetic_slide
 from ingest.tile_runner import run_tiling
 from ingest.tiling import TileConfig
-from pipelines.features import extract_slide_features, features_key
-from pipelines.mil import FEATURE_EXTRACTORS, MILConfig, infer_mil, sample_bag, train_mil
-from pipelines.slide_runs import MILError, read_labels
+from pipelines.data.features import extract_slide_features, features_key
+from pipelines.training.mil import FEATURE_EXTRACTORS, MILConfig, infer_mil, sample_bag, train_mil
+from pipelines.training.slide_runs import MILError, read_labels
 from tests.pipelines.test_tracking import tb_scalars
 
 
@@ -45,7 +45,7 @@ def test_feature_caching_is_one_process_at_a_time_and_atomic(slide_store):
     it again (its ``model=object()`` would fail if it were used); no half-written array is left beside it."""
     import threading
 
-    from pipelines.features import _compute_and_cache, features_lock
+    from pipelines.data.features import _compute_and_cache, features_lock
 
     store = slide_store / "tiles.zarr"
     holder = features_lock(store, "s1")
@@ -192,7 +192,7 @@ def test_slide_level_folds_and_a_finished_run_is_not_retrained(slide_store, tmp_
     assert train_mil(MILConfig(**base, fold=0, out=str(tmp_path / "f0")))["test"] == summary_of(tmp_path / "f0")
     assert (tmp_path / "f0" / "best.pt").stat().st_mtime_ns == stamp
     # a finished run with other settings is refused, naming them; the old result stays
-    from pipelines.engine import FitError
+    from pipelines.training.engine import FitError
 
     with pytest.raises(FitError, match=r"other settings \(lr 0.0002 != 0.001\)"):
         train_mil(MILConfig(**base, fold=0, lr=1e-3, out=str(tmp_path / "f0")))

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from models.registry import build_model
-from pipelines.checkpoint import load_checkpoint
-from pipelines.engine import FitError
-from pipelines.pretrain import PretrainConfig, pair_index, pretrain, sample_pairs
+from pipelines.training.checkpoint import load_checkpoint
+from pipelines.training.engine import FitError
+from pipelines.training.mpcs import PretrainConfig, pair_index, pretrain, sample_pairs
 from tests.pipelines.test_tracking import tb_scalars
 from tests.pipelines.test_train import colour_store  # noqa: F401 - the fixture
 
@@ -60,7 +60,7 @@ def test_config_errors():
 
 def test_pretrain_on_a_fold_sees_only_its_train_patients_and_is_not_redone(colour_store, tmp_path):  # noqa: F811
     from ingest.store import ImageStore
-    from pipelines.cv import split_view
+    from pipelines.training.cv import split_view
 
     config = PretrainConfig(model="mpcs_efficientnet_b0", store=str(colour_store), pair="ordered", epochs=1,
                             batch_size=4, image_size=32, device="cpu", folds=2, fold=1, task="binary",

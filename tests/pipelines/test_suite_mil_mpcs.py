@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from benchmark.cli import app
+from benchmark.cli.app import app
 
 
 def _check_report(suite_dir):
@@ -48,8 +48,8 @@ def test_mil_slides_quick_on_the_demo_slides(tmp_path, monkeypatch):
 
 def test_mil_slides_rejects_unknown_models(tmp_path, monkeypatch):
     monkeypatch.setenv("HISTO_BENCH_HOME", str(tmp_path / "home"))
-    from pipelines.suites import StudyConfig
-    from pipelines.suites.mil_slides import _grid
+    from benchmark.suites import StudyConfig
+    from benchmark.suites.mil_slides import _grid
 
     assert _grid(StudyConfig(suite="mil-slides", models=("abmil_gated", "resnet50"))) == (("abmil_gated",),
                                                                                            ("resnet50",))
@@ -61,8 +61,8 @@ def test_mil_slides_rejects_unknown_models(tmp_path, monkeypatch):
 def tiny_demo_store(tmp_path_factory):
     """The demo generator at a CPU size: 8 classes x 4 patients x 4 magnifications x 4 images of 70x46 px."""
     from ingest.breakhis import IngestConfig, ingest_breakhis
-    from ingest.demo import write_demo_tree
-    from ingest.synthetic import SyntheticConfig
+    from ingest.synthetic.breakhis_tree import SyntheticConfig
+    from ingest.synthetic.demo import write_demo_tree
 
     root = tmp_path_factory.mktemp("mpcs")
     write_demo_tree(root / "tree", SyntheticConfig(patients_per_class=4, images_per_magnification=4, height=46,
@@ -101,8 +101,8 @@ def test_mpcs_quick(tiny_demo_store, tmp_path):
 
 
 def test_imagenet_baseline_needs_a_local_file(tmp_path):
-    from pipelines.suites import StudyConfig
-    from pipelines.suites.mpcs import _imagenet
+    from benchmark.suites import StudyConfig
+    from benchmark.suites.mpcs import _imagenet
 
     fields, why = _imagenet(StudyConfig(suite="mpcs"), "resnet50")
     assert fields is None and "--weights-dir" in why and "not faked" in why
@@ -115,10 +115,10 @@ def test_imagenet_baseline_needs_a_local_file(tmp_path):
 
 
 def test_mpcs_pretraining_failures_are_not_reported_as_skipped(tmp_path, monkeypatch):
-    import pipelines.pretrain as pretrain_mod
-    from pipelines.suites import StudyConfig
-    from pipelines.suites.base import SuiteContext
-    from pipelines.suites.mpcs import _pretrain
+    import pipelines.training.mpcs as pretrain_mod
+    from benchmark.suites import StudyConfig
+    from benchmark.suites.base import SuiteContext
+    from benchmark.suites.mpcs import _pretrain
 
     study = StudyConfig(suite="mpcs", store=str(tmp_path / "s.zarr"), out=str(tmp_path / "out"), device="cpu")
 
@@ -138,7 +138,7 @@ def test_mpcs_pretraining_failures_are_not_reported_as_skipped(tmp_path, monkeyp
 
 
 def test_mpcs_report_keeps_backbones_apart(tmp_path, monkeypatch):
-    import pipelines.suites.mpcs as mpcs
+    import benchmark.suites.mpcs as mpcs
 
     captured = {}
     monkeypatch.setattr(mpcs, "grouped_bars", lambda groups, series, *a, **k: captured.setdefault("series", series))

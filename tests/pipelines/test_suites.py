@@ -10,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from benchmark.cli import app
+from benchmark.cli.app import app
 from ingest.breakhis import IngestConfig, ingest_breakhis
-from ingest.demo import write_demo_tree
-from ingest.synthetic import SyntheticConfig
+from ingest.synthetic.breakhis_tree import SyntheticConfig
+from ingest.synthetic.demo import write_demo_tree
 from tests.pipelines.tiny_models import TinyCNN  # noqa: F401  (registers tiny_cnn_test)
 
 runner = CliRunner()
@@ -125,7 +125,7 @@ def test_transfer_suite_both_tasks(synthetic_store, tmp_path):
 
 
 def test_blur_and_erasing_are_per_sample_and_off_by_default():
-    from pipelines.augment import AugmentConfig, GpuAugment
+    from pipelines.data.augment import AugmentConfig, GpuAugment
 
     batch = torch.randint(0, 256, (6, 3, 40, 40), dtype=torch.uint8)
     plain = GpuAugment(AugmentConfig(), 32, seed=0)(batch)
@@ -145,7 +145,8 @@ def test_blur_and_erasing_are_per_sample_and_off_by_default():
 
 
 def test_weighted_sampler_balances_classes():
-    from pipelines.data import DeviceLoader, balanced_weights, epoch_order
+    from pipelines.data.base import balanced_weights, epoch_order
+    from pipelines.data.loaders import DeviceLoader
 
     labels = np.array([0] * 90 + [1] * 10)
     weights = balanced_weights(labels)
@@ -160,7 +161,7 @@ def test_weighted_sampler_balances_classes():
 
 
 def test_report_header_names_classes_missing_from_test_folds():
-    from pipelines.suites.report import header
+    from benchmark.suites.report import header
 
     lines = "\n".join(header({"tasks": ["subtype"], "classes": {"subtype": ["phyllodes_tumor"]},
                                "store": "s.zarr", "study": {"folds": 5},
@@ -169,10 +170,10 @@ def test_report_header_names_classes_missing_from_test_folds():
 
 
 def test_tsne_figures_are_redone_for_another_checkpoint(tmp_path, monkeypatch):
-    import pipelines.explain as explain_mod
-    from pipelines.suites import StudyConfig
-    from pipelines.suites.base import SuiteContext
-    from pipelines.suites.magnification_transfer import _tsne
+    import pipelines.explain.run as explain_mod
+    from benchmark.suites import StudyConfig
+    from benchmark.suites.base import SuiteContext
+    from benchmark.suites.magnification_transfer import _tsne
 
     study = StudyConfig(suite="magnification-transfer", out=str(tmp_path / "mt"), device="cpu")
     calls = []

@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 
 from ingest.breakhis_names import CLASSES
 from ingest.store import ImageStore
-from pipelines.checkpoint import load_model
-from pipelines.data import DataConfig, make_loader
-from pipelines.tasks import BINARY_CLASSES, map_predictions, task_labels
-from pipelines.train import TrainConfig, TrainingError, evaluate_split, train
+from pipelines.data.base import DataConfig
+from pipelines.data.loaders import make_loader
+from pipelines.data.tasks import BINARY_CLASSES, map_predictions, task_labels
+from pipelines.training.checkpoint import load_model
+from pipelines.training.classifier import TrainConfig, TrainingError, evaluate_split, train
 from tests.pipelines.test_train import _config, colour_store  # noqa: F401 - the fixture
 
 
@@ -27,8 +28,8 @@ def test_task_labels_and_loaders_carry_the_task(colour_store):  # noqa: F811
     assert np.array_equal(labels, store.malignant.astype(np.int64))
     assert np.array_equal(labels, np.isin(store.label, [4, 5, 6, 7]))  # the carcinomas are the malignant classes
     assert task_labels(store, "subtype")[1] == CLASSES
-    from pipelines.dali import dali_available
-    from pipelines.fusion_data import make_fusion_loader
+    from pipelines.data.dali import dali_available
+    from pipelines.data.fusion import make_fusion_loader
 
     loaders = ["device", "torch"] + (["dali"] if dali_available() is None else [])
     for loader in loaders:
@@ -62,7 +63,7 @@ def test_binary_run_trains_two_classes_reloads_and_evaluates(colour_store, tmp_p
     assert set(m.per_class) == {"benign", "malignant"} and np.array(m.confusion).shape == (2, 2)
     assert m.n_patients > 0 and m.patient_accuracy is not None
 
-    from benchmark.cli import app
+    from benchmark.cli.app import app
 
     res = CliRunner().invoke(app, ["evaluate", str(result.run_dir / "best.pt"), "--device", "cpu", "--mag", "100X"])
     assert res.exit_code == 0, res.output

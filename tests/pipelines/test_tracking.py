@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from ingest.store import ImageStore
-from pipelines import tracking
-from pipelines.tracking import RunLogger
-from pipelines.train import TrainingError, train
+from pipelines.training import tracking
+from pipelines.training.classifier import TrainingError, train
+from pipelines.training.tracking import RunLogger
 from tests.pipelines.test_train import _config, colour_store  # noqa: F401 - the fixture
 
 EPOCH_TAGS = {"epoch/train_loss", "epoch/lr", "epoch/epoch_seconds", "epoch/items_per_s", "epoch/val_macro_f1",
@@ -70,7 +70,7 @@ def test_missing_tensorboard_warns_once_and_goes_on(tmp_path, monkeypatch, caplo
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # makes the import fail
     tracking._summary_writer.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="pipelines.tracking"):
+        with caplog.at_level(logging.WARNING, logger="pipelines.training.tracking"):
             for name in ("a", "b"):
                 with RunLogger(tmp_path / name, config={"x": 1}) as logger:
                     logger.log_epoch({"epoch": 0, "train_loss": 1.0}, 0)
@@ -96,7 +96,7 @@ def test_wandb_asked_for_but_not_installed_is_a_clear_error(colour_store, tmp_pa
     with pytest.raises(RuntimeError, match="pip install wandb"):
         RunLogger(tmp_path / "x", wandb=True)
 
-    from benchmark.cli import app
+    from benchmark.cli.app import app
 
     res = CliRunner().invoke(app, ["train", "--model", "tiny_cnn_test", "--data", str(colour_store), "--device",
                                    "cpu", "--wandb", "--out", str(tmp_path / "cli")])
@@ -106,8 +106,8 @@ def test_wandb_asked_for_but_not_installed_is_a_clear_error(colour_store, tmp_pa
 def test_resume_ignores_logging_only_fields():
     from dataclasses import asdict
 
-    from pipelines.engine import run_differences
-    from pipelines.train import TrainConfig
+    from pipelines.training.classifier import TrainConfig
+    from pipelines.training.engine import run_differences
 
     base = asdict(TrainConfig())
     assert not run_differences({**base, "log_every": 10, "wandb": False}, {**base, "log_every": 1, "wandb": True})

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ingest.breakhis_names import CLASSES
-from pipelines.checkpoint import load_model
-from pipelines.engine import lr_factor
-from pipelines.train import TrainConfig, TrainingError, class_weights, train
+from pipelines.training.checkpoint import load_model
+from pipelines.training.classifier import TrainConfig, TrainingError, class_weights, train
+from pipelines.training.engine import lr_factor
 from tests.conftest import write_colour_store
 from tests.pipelines.tiny_models import TinyCNN
 
@@ -113,8 +113,8 @@ def test_schedule_and_class_weights():
 
 def test_fusion_model_trains_on_same_patient_magnification_pairs(colour_store, tmp_path):
     from ingest.store import ImageStore
-    from pipelines.data import DataConfig
-    from pipelines.fusion_data import make_fusion_loader
+    from pipelines.data.base import DataConfig
+    from pipelines.data.fusion import make_fusion_loader
 
     store = ImageStore(colour_store)
     loader = make_fusion_loader(store, "train", "100X,400X", DataConfig(image_size=32, load_size=40, batch_size=4),

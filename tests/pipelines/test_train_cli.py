@@ -19,8 +19,8 @@ import torch
 
 from ingest.tile_runner import run_tiling
 from ingest.tiling import TileConfig
-from pipelines.checkpoint import FORMAT, VERSION
-from pipelines.launch import LaunchError, plan_training
+from pipelines.training.checkpoint import FORMAT, VERSION
+from pipelines.training.launch import LaunchError, plan_training
 from tests.pipelines.test_train import colour_store  # noqa: F401 - the fixture
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ def write_colour_slide(path: Path, rgb: tuple[int, int, int], seed: int, width: 
     import numpy as np
     import tifffile
 
-    from ingest.synthetic_wsi import aperio_description
+    from ingest.synthetic.slide import aperio_description
 
     rng = np.random.default_rng(seed)
     img = np.full((height, width, 3), 240, np.uint8)
@@ -146,7 +146,7 @@ def test_killed_run_resumes_then_reruns_are_no_ops(kind, colour_store, slides, t
 def _invoke(*args):
     from typer.testing import CliRunner
 
-    from benchmark.cli import app
+    from benchmark.cli.app import app
 
     return CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
 
@@ -176,8 +176,8 @@ def test_every_recipe_under_torchrun_with_two_gloo_processes(kind, colour_store,
 def test_mil_and_slide_fusion_learn_the_slide_label(slides, tmp_path):
     """Chance is 0.5 macro-F1 (two balanced labels); both must reach 0.75 on the 4 held-out test slides (they reach
     1.0 here: the label is the slide's colour)."""
-    from pipelines.fusion_slides import SlideFusionConfig, train_slide_fusion
-    from pipelines.mil import MILConfig, train_mil
+    from pipelines.training.mil import MILConfig, train_mil
+    from pipelines.training.slide_fusion import SlideFusionConfig, train_slide_fusion
 
     store, labels = str(slides / "tiles.zarr"), str(slides / "labels.csv")
     split = (0.4, 0.2, 0.4)
@@ -224,7 +224,7 @@ def test_command_lines_that_name_no_recipe_are_refused(model, options, message, 
 def test_old_verbs_are_gone_from_help():
     from typer.testing import CliRunner
 
-    from benchmark.cli import app
+    from benchmark.cli.app import app
 
     res = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
     assert res.exit_code == 0
@@ -247,9 +247,9 @@ def test_an_interrupted_run_rerun_with_other_settings_starts_over(colour_store, 
 
 
 def test_predict_refuses_mixed_ensembles_and_options_that_do_not_apply(colour_store, slides, tmp_path):  # noqa: F811
-    from pipelines.mil import MILConfig, train_mil
-    from pipelines.predict import PredictError, run_predict
-    from pipelines.train import TrainConfig, train
+    from pipelines.evaluation.predict import PredictError, run_predict
+    from pipelines.training.classifier import TrainConfig, train
+    from pipelines.training.mil import MILConfig, train_mil
 
     runs = []
     for size in (32, 40):

@@ -11,8 +11,8 @@ import time
 
 import torch
 
-from pipelines.checkpoint import Checkpoint
-from pipelines.engine import FitConfig, Recipe, fit
+from pipelines.training.checkpoint import Checkpoint
+from pipelines.training.engine import FitConfig, Recipe, fit
 
 
 class ToyRecipe(Recipe):

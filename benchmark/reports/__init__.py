@@ -1,0 +1,1 @@
+"""Reports: the benchmark's results.md, training curves, Markdown -> HTML and the self-contained report.html."""

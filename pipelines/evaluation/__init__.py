@@ -1,0 +1,1 @@
+"""Metrics, scoring of every checkpoint kind, and predictions."""

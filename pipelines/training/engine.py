@@ -1,0 +1,425 @@
+"""One training engine under every recipe: the epoch loop, its bookkeeping and the run-directory contract.
+
+A recipe (:class:`Recipe`) supplies only what differs between trainers: the model, its batches, a step
+(batch -> loss, item count), an evaluation (-> validation metrics) and the checkpoint it writes. :func:`fit` does the
+rest, the same way for all of them:
+
+* device precision: bf16 / fp16 autocast (``--precision``; GradScaler for fp16), fp32 on CPUs;
+* AdamW with linear warm-up then cosine decay, gradient clipping, a finite-loss guard naming the step;
+* a per-step progress callback (the CLI's rich bar), step-level curves every ``log_every`` optimizer steps;
+* one row per epoch in ``metrics.jsonl`` with a shared core schema (``epoch``, ``train_loss``, ``lr``,
+  ``epoch_seconds``, ``items_per_s``, ``peak_gpu_mb``, then the validation metrics), mirrored to TensorBoard and
+  optionally W&B (:mod:`pipelines.training.tracking`);
+* early stopping on a named validation metric (``monitor``; None trains a fixed budget, the last epoch being best);
+* the run directory: ``config.json`` (resolved), ``metrics.jsonl``, ``tb/``, ``best.pt``, ``last.pt`` (both through
+  :mod:`pipelines.training.checkpoint`, written atomically) and ``complete``. One rule for every recipe: a complete run
+  with the same settings is not retrained; an interrupted one resumes from ``last.pt`` (rows of epochs past it are
+  dropped, so every epoch is logged exactly once); a finished run with other settings is refused, naming them.
+
+Why a small module of our own rather than Lightning Fabric: the loop is short, the device-resident loader and the
+DDP helpers (:mod:`pipelines.training.distributed`) already exist, and our checkpoint format and run contract would
+sit on
+top of Fabric's own conventions rather than replace them; one more dependency would buy little.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from histo_bench.device import PRECISIONS, autocast, autocast_dtype
+from histo_bench.files import atomic_write_json
+from pipelines.training.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from pipelines.training.distributed import DistContext, all_finite, broadcast_flag
+from pipelines.training.tracking import EpochClock, RunLogger
+
+log = logging.getLogger(__name__)
+
+#: (epoch, step, steps_per_epoch, running loss) for progress bars.
+StepProgress = Callable[[int, int, int, float], None]
+#: A new best model waits here until ``last.pt`` (which records it as the best) is written.
+PENDING_BEST = "best.pt.pending"
+#: Config fields that change how a run is logged, not what it computes: they never make two runs different.
+LOGGING_FIELDS = frozenset({"log_every", "wandb", "out", "device"})
+
+
+class FitError(RuntimeError):
+    """Training cannot go on (diverged loss, a finished run with other settings); the message says why."""
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How :func:`fit` trains (the recipe-independent settings).
+
+    Attributes:
+        epochs: maximum epochs (early stopping may end sooner).
+        lr: peak AdamW learning rate; weight_decay: AdamW weight decay.
+        warmup_epochs: linear warm-up length (in epochs, fractions allowed) before the cosine decay to 0.
+        grad_clip: max gradient norm (0 disables).
+        patience: epochs without a better ``monitor`` value before stopping.
+        precision: "auto" (bf16 autocast on CUDA when supported, else fp32), "fp32", "bf16" or "fp16".
+        log_every: optimizer steps between step-level curve points (0 = per epoch only).
+        wandb: also send the curves to Weights & Biases.
+        max_steps_per_epoch: cap on optimizer steps per epoch (demo and tests); None = every batch.
+        monitor: the validation metric that selects ``best.pt`` and drives early stopping (higher is better),
+            with ``tiebreak`` second; None trains the whole budget and the last epoch is the best.
+    """
+
+    epochs: int
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.0
+    grad_clip: float = 1.0
+    patience: int = 10
+    precision: str = "auto"
+    log_every: int = 10
+    wandb: bool = False
+    max_steps_per_epoch: int | None = None
+    monitor: str | None = "val_macro_f1"
+    tiebreak: str | None = "val_accuracy"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError("epochs must be >= 1")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0 or self.grad_clip < 0:
+            raise ValueError("lr must be > 0; weight_decay, warmup_epochs and grad_clip >= 0")
+        if self.patience < 1:
+            raise ValueError("patience must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ValueError("max_steps_per_epoch must be >= 1")
+
+
+class Recipe:
+    """What a trainer supplies to :func:`fit` (override the methods; attributes set by the subclass)."""
+
+    #: checkpoint kind (:data:`pipelines.training.checkpoint.KINDS`) and the unit of ``items_per_s``.
+    kind: str = ""
+    unit: str = "items"
+    #: the network whose state is saved (unwrapped), and the one to call (DDP-wrapped under torchrun).
+    model: torch.nn.Module
+    train_model: torch.nn.Module | None = None
+
+    def parameters(self) -> Iterable[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def steps_per_epoch(self) -> int:
+        raise NotImplementedError
+
+    def batches(self, epoch: int) -> Iterable[Any]:
+        """The training batches of ``epoch`` (a pure function of the seed and the epoch, so a resumed run sees
+        the batches the uninterrupted one would have)."""
+        raise NotImplementedError
+
+    def step(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
+        """(loss, items in the batch) for one training batch (called under autocast)."""
+        raise NotImplementedError
+
+    def train_mode(self, model: torch.nn.Module) -> None:
+        model.train()
+
+    def evaluate(self, epoch: int) -> dict[str, Any]:
+        """Validation columns of the epoch's row (``val_*``); {} when the recipe has none."""
+        return {}
+
+    def checkpoint(self, state: dict[str, Any], epoch: int, extra: dict[str, Any]) -> Checkpoint:
+        """The checkpoint of this recipe holding ``state`` (the engine passes the optimizer states too for
+        last.pt, and sets its ``config`` to the run's resolved config)."""
+        raise NotImplementedError
+
+
+@dataclass
+class FitResult:
+    """Where a run's outputs are and how it went."""
+
+    run_dir: Path
+    best_epoch: int
+    best: dict[str, Any]
+    epochs_run: int
+    resumed: bool = False
+    already_complete: bool = False
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def best_val(self) -> dict[str, Any]:
+        """The best epoch's validation metrics without the ``val_`` prefix (``macro_f1``, ``accuracy``...)."""
+        return {k.removeprefix("val_"): v for k, v in (self.best or {}).items()}
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def run_differences(saved: dict[str, Any], current: dict[str, Any], ignore: frozenset[str] = LOGGING_FIELDS
+                    ) -> list[str]:
+    """``"key saved != current"`` for every field (outside ``ignore``) where two resolved configs differ."""
+    current = json.loads(json.dumps(current, default=str))
+
+    def shown(value: Any) -> str:  # long values (patient lists) are cut, so the message stays one readable line
+        text = str(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    return [f"{k} {shown(saved.get(k))} != {shown(current.get(k))}" for k in sorted(saved.keys() | current.keys())
+            if k not in ignore and saved.get(k) != current.get(k)]
+
+
+def finished_run(run_dir: Path, resolved: dict[str, Any], ignore: frozenset[str] = LOGGING_FIELDS
+                 ) -> dict[str, Any] | None:
+    """The ``complete`` summary of ``run_dir`` when it holds a finished run of these settings; None when it holds
+    no finished run; a :class:`FitError` naming the differences when it holds one with other settings."""
+    if not (run_dir / "complete").exists():
+        return None
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+        summary = json.loads((run_dir / "complete").read_text())
+    except (OSError, ValueError) as exc:
+        raise FitError(f"{run_dir}: a finished run whose config.json / complete cannot be read ({exc}); delete it "
+                       "or use another --out") from exc
+    if "best" not in summary:
+        raise FitError(f"{run_dir}: a run finished by an older histo-bench (before the one checkpoint format); delete "
+                       "it or use another --out")
+    differences = run_differences(saved, resolved, ignore)
+    if differences:
+        raise FitError(f"{run_dir} holds a finished run with other settings ({', '.join(differences)}); use another "
+                       "--out or delete it")
+    return summary
+
+
+def drop_rows_from(metrics_path: Path, epoch: int) -> None:
+    """Drop the JSONL rows of epochs >= ``epoch`` (rewritten atomically): an epoch's row is appended before its
+    ``last.pt``, so a run interrupted in between would otherwise log that epoch twice once resumed."""
+    if not metrics_path.exists():
+        return
+
+    def before(line: str) -> bool:
+        try:
+            return json.loads(line)["epoch"] < epoch
+        except (ValueError, KeyError, TypeError):  # a row cut short by the interruption
+            return False
+
+    lines = metrics_path.read_text().splitlines()
+    kept = [line for line in lines if before(line)]
+    if len(kept) != len(lines):
+        from histo_bench.files import atomic_write_text
+
+        atomic_write_text(metrics_path, "".join(line + "\n" for line in kept))
+
+
+def _better(row: dict[str, Any], best: dict[str, Any] | None, config: FitConfig) -> bool:
+    if best is None or config.monitor is None:
+        return True
+
+    def number(value: Any) -> float:  # None (no value) and NaN rank below every value
+        return -math.inf if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+    def key(r: dict[str, Any]) -> tuple[float, float]:
+        return number(r.get(config.monitor)), number(r.get(config.tiebreak)) if config.tiebreak else 0.0
+
+    return key(row) > key(best)
+
+
+class _Loop:
+    """The optimizer, schedule and scaler of one :func:`fit` call, and how they are saved and restored."""
+
+    def __init__(self, recipe: Recipe, config: FitConfig, device: str, steps: int) -> None:
+        self.amp = autocast_dtype(config.precision, device)
+        self.optimizer = torch.optim.AdamW(list(recipe.parameters()), lr=config.lr, weight_decay=config.weight_decay)
+        total, warmup = steps * config.epochs, int(round(config.warmup_epochs * steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, warmup, total))
+        self.scaler = torch.amp.GradScaler(device=device.split(":")[0], enabled=self.amp == torch.float16)
+
+    def state(self, model: torch.nn.Module) -> dict[str, Any]:
+        state = {"model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                 "torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def restore(self, model: torch.nn.Module, state: dict[str, Any]) -> None:
+        model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+
+def _resume_point(run_dir: Path, recipe: Recipe, resolved: dict[str, Any], device: str, precision: str
+                  ) -> Checkpoint | None:
+    """``last.pt`` when it can be resumed (same kind, settings and effective precision), else None (said in one
+    line)."""
+    path = run_dir / "last.pt"
+    if not path.exists():
+        return None
+    try:
+        last = load_checkpoint(path, (recipe.kind,), device, "resuming this run")
+    except CheckpointError as exc:
+        log.warning("%s; starting over", exc)
+        return None
+    differences = run_differences(last.config, resolved)
+    if differences:
+        log.warning("%s was written with other settings (%s); starting over", path, ", ".join(differences))
+        return None
+    if last.extra.get("precision") != precision:
+        log.warning("%s was trained in %s, this machine would continue in %s; starting over", path,
+                    last.extra.get("precision"), precision)
+        return None
+    return last
+
+
+def fit(recipe: Recipe, config: FitConfig, run_dir: str | Path, resolved: dict[str, Any], *, device: str,
+        ctx: DistContext | None = None, progress: StepProgress | None = None) -> FitResult:
+    """Train ``recipe`` under ``config`` into ``run_dir`` (see the module doc); ``resolved`` is the run's full
+    config, written to ``config.json`` and compared on a rerun. Under DDP (``ctx``) only rank 0 evaluates, logs
+    and writes files; every rank runs the same number of steps."""
+    run_dir = Path(run_dir)
+    ctx = ctx or DistContext()
+    main = ctx.is_main
+    done = finished_run(run_dir, resolved)
+    if done is not None:
+        log.info("%s is complete; not retraining (delete it or use another --out)", run_dir)
+        return FitResult(run_dir, done["best_epoch"], done.get("best") or {}, done["epochs_run"],
+                         already_complete=True)
+    steps = recipe.steps_per_epoch()
+    if config.max_steps_per_epoch is not None:
+        steps = min(steps, config.max_steps_per_epoch)
+    if steps < 1:
+        raise FitError("no training batch: the train split holds fewer items than one batch")
+    loop = _Loop(recipe, config, device, steps)
+    model = recipe.train_model or recipe.model
+    start, best, best_epoch, stale, resumed = 0, None, -1, 0, False
+    # "auto" means fp32 on one machine and bf16 or fp16 on another: a run resumes only in the precision it began in
+    precision = str(loop.amp or "fp32")
+    last = _resume_point(run_dir, recipe, resolved, device, precision)
+    if last is not None:
+        loop.restore(recipe.model, last.state)
+        start, best = last.epoch + 1, last.extra.get("best")
+        best_epoch, stale, resumed = int(last.extra["best_epoch"]), int(last.extra["stale"]), True
+        _settle_pending_best(run_dir, best_epoch)
+        log.info("resuming %s from epoch %d", run_dir, start)
+    metrics_path = run_dir / "metrics.jsonl"
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resumed:
+            drop_rows_from(metrics_path, start)
+        else:
+            for stale_file in ("metrics.jsonl", "best.pt", "last.pt", PENDING_BEST):
+                (run_dir / stale_file).unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "tb", ignore_errors=True)
+        atomic_write_json(run_dir / "config.json", resolved)
+    rows: list[dict[str, Any]] = []
+    epoch = start - 1
+    with RunLogger(run_dir, config=resolved, wandb=config.wandb, enabled=main,
+                   resume_step=start * steps + 1 if resumed else None) as tracker:
+        for epoch in range(start, config.epochs):
+            if broadcast_flag(stale >= config.patience and config.monitor is not None, ctx):
+                epoch -= 1
+                break
+            row = _train_epoch(recipe, model, loop, config, epoch, steps, device, ctx, tracker, progress)
+            if not main:
+                continue
+            row.update(recipe.evaluate(epoch))
+            row = json.loads(json.dumps(row, default=float))  # numpy numbers as plain floats, in the file and best
+            if epoch == start and config.monitor is not None and config.monitor not in row:
+                raise FitError(f"the recipe's evaluation has no {config.monitor!r} (it gives {', '.join(row)})")
+            with metrics_path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            extra_row = {k: v for k, v in row.items() if k.startswith("val_")}
+            improved = _better(row, best, config)
+            if improved:
+                best, best_epoch, stale = extra_row, epoch, 0
+                # the new best goes beside best.pt until last.pt (which names it) is written: a kill in between
+                # never leaves a best.pt that last.pt and the rerun disagree with
+                _save(run_dir / PENDING_BEST, recipe, {"model": recipe.model.state_dict()}, epoch, {}, resolved)
+            else:
+                stale += 1
+            _save(run_dir / "last.pt", recipe, loop.state(recipe.model), epoch,
+                  {"best": best, "best_epoch": best_epoch, "stale": stale, "precision": precision}, resolved)
+            if improved:
+                os.replace(run_dir / PENDING_BEST, run_dir / "best.pt")
+            tracker.log_epoch(row, epoch)  # after last.pt: a resumed run never repeats a logged epoch
+            rows.append(row)
+            value = row.get(config.monitor) if config.monitor else None
+            shown = f", {config.monitor} {value:.3f}" if isinstance(value, int | float) else ""
+            log.info("epoch %d: loss %.4f%s, %.0f %s/s", epoch, row["train_loss"], shown, row["items_per_s"],
+                     recipe.unit)
+    if main:
+        atomic_write_json(run_dir / "complete", {"best_epoch": best_epoch, "best": best, "epochs_run": epoch + 1,
+                                                 "world_size": ctx.world_size, "resumed_at": resumed and start or None})
+    return FitResult(run_dir, best_epoch, best or {}, epoch + 1, resumed=resumed, rows=rows)
+
+
+def _settle_pending_best(run_dir: Path, best_epoch: int) -> None:
+    """A ``best.pt`` candidate left by a kill between it and ``last.pt``: promoted when ``last.pt`` names its epoch
+    as the best, else dropped (that epoch is trained again)."""
+    pending = run_dir / PENDING_BEST
+    if not pending.exists():
+        return
+    try:
+        epoch = load_checkpoint(pending).epoch
+    except CheckpointError:
+        epoch = None
+    if epoch == best_epoch:
+        os.replace(pending, run_dir / "best.pt")
+    else:
+        pending.unlink(missing_ok=True)
+
+
+def _save(path: Path, recipe: Recipe, state: dict[str, Any], epoch: int, extra: dict[str, Any],
+          resolved: dict[str, Any]) -> None:
+    ckpt = recipe.checkpoint(state, epoch, extra)
+    ckpt.config = resolved  # what a rerun compares against: always the run's resolved config
+    save_checkpoint(path, ckpt)
+
+
+def _train_epoch(recipe: Recipe, model, loop: _Loop, config: FitConfig, epoch: int, steps: int, device: str,
+                 ctx: DistContext, tracker: RunLogger, progress: StepProgress | None) -> dict[str, Any]:
+    """One epoch of optimizer steps; returns the row's core columns."""
+    recipe.train_mode(model)
+    clock = EpochClock(device)
+    seen, loss_sum = 0, 0.0
+    for step, batch in enumerate(recipe.batches(epoch)):
+        if step >= steps:
+            break
+        with autocast(device, loop.amp):
+            loss, n = recipe.step(model, batch)
+        if not all_finite(loss, ctx):
+            value = loss.item() if not torch.isfinite(loss) else "non-finite on another rank"
+            raise FitError(f"loss became {value} at epoch {epoch} step {step}; lower --lr, or use --precision fp32")
+        loop.optimizer.zero_grad(set_to_none=True)
+        loop.scaler.scale(loss).backward()
+        if config.grad_clip > 0:
+            loop.scaler.unscale_(loop.optimizer)
+            torch.nn.utils.clip_grad_norm_(recipe.model.parameters(), config.grad_clip)
+        loop.scaler.step(loop.optimizer)
+        loop.scaler.update()
+        loop.scheduler.step()
+        seen += n
+        loss_sum += loss.item() * n
+        if progress and ctx.is_main:
+            progress(epoch, step + 1, steps, loss_sum / seen)
+        if config.log_every and (done := epoch * steps + step + 1) % config.log_every == 0:
+            tracker.log_step({"train_loss": loss.item(), "lr": loop.lr}, done)
+    perf = clock.stats(seen * ctx.world_size, "items")
+    return {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "lr": loop.lr, **perf,
+            "world_size": ctx.world_size}
