@@ -16,6 +16,7 @@ from typing import Any
 
 from benchmark.backends import BACKENDS, BENCH_PRECISIONS
 from benchmark.harness import SweepPoint, TimingConfig, one_line, sweep
+from histo_bench.errors import HistoBenchError
 from pipelines.data.tasks import check_task
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ CPU_BATCH_SIZES: tuple[int, ...] = (1, 8, 32)
 BenchProgress = Callable[[str, str, SweepPoint | None], None]
 
 
-class BenchError(RuntimeError):
+class BenchError(HistoBenchError, RuntimeError):
     """The benchmark cannot run (no such checkpoint or store, a model family it does not handle...)."""
 
 

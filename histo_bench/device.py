@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 
+from histo_bench.errors import HistoBenchError
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-class DeviceError(RuntimeError):
+class DeviceError(HistoBenchError, RuntimeError):
     """A device that was asked for but is not here."""
 
 

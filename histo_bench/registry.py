@@ -5,7 +5,7 @@
     @READERS.register("tifffile")
     class TifffileReader: ...
 
-    READERS.get("tifffile")      # the class; an unknown name raises KeyError listing the valid names
+    READERS.get("tifffile")      # the class; an unknown name raises UnknownNameError listing the valid names
     READERS.names("*slide*")     # registered names matching a glob pattern, in registration order
 """
 
@@ -14,6 +14,8 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 from typing import Generic, TypeVar
+
+from histo_bench.errors import UnknownNameError
 
 T = TypeVar("T")
 
@@ -38,7 +40,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise KeyError(f"unknown {self.kind} {name!r}; valid names: {', '.join(self._items) or '(none)'}") \
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid names: {', '.join(self._items) or '(none)'}") \
                 from None
 
     def names(self, pattern: str = "*") -> list[str]:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from histo_bench.errors import HistoBenchError
 from ingest import __version__
 from ingest.breakhis_names import (
     BENIGN,
@@ -55,7 +56,7 @@ SYNTHETIC_MARKER = "SYNTHETIC_DATA.json"
 Progress = Callable[[int, int], None]
 
 
-class IngestError(RuntimeError):
+class IngestError(HistoBenchError, RuntimeError):
     """The ingest cannot run at all (missing root, no images, unwritable output); the message says why."""
 
 

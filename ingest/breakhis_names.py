@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePath
 
+from histo_bench.errors import HistoBenchError
+
 #: The eight classes, benign first, in the order used for integer labels everywhere.
 CLASSES: tuple[str, ...] = (
     "adenosis",
@@ -46,7 +48,7 @@ _NAME = re.compile(
 )
 
 
-class BreakHisNameError(ValueError):
+class BreakHisNameError(HistoBenchError, ValueError):
     """A file name or folder that does not follow the BreakHis grammar (message says why)."""
 
 

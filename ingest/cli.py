@@ -12,15 +12,13 @@ from typing import Annotated, Optional
 
 import typer
 
+from histo_bench.command_group import HandledGroup, print_error
 from histo_bench.console import console, progress_bar, setup_logging, stdout
+from histo_bench.errors import EXIT_ERROR, EXIT_SKIPPED
 from ingest.synthetic.demo import DEMO_IMAGES_PER_MAGNIFICATION, DEMO_PATIENTS_PER_CLASS
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+app = typer.Typer(cls=HandledGroup, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Turn BreakHis folders and whole-slide images into compressed, sharded zarr stores.")
-
-EXIT_ERROR = 1
-EXIT_SKIPPED = 3
-
 
 @app.callback()
 def _main(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging.")] = 0,
@@ -29,7 +27,7 @@ def _main(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, he
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    print_error(message)
     raise typer.Exit(EXIT_ERROR)
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from histo_bench.errors import HistoBenchError
+
 #: Off-size images within this fraction of the store size are padded / cropped (no resampling); BreakHis has a few
 #: 700x456 images among the 700x460 ones.
 FIT_TOLERANCE = 0.02
@@ -21,7 +23,7 @@ ASPECT_TOLERANCE = 0.10
 MAX_PIXELS = 64_000_000
 
 
-class DecodeError(ValueError):
+class DecodeError(HistoBenchError, ValueError):
     """A file that cannot become an RGB uint8 image of the store size; the message is the reason."""
 
 

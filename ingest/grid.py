@@ -14,12 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from histo_bench.errors import HistoBenchError
+
 log = logging.getLogger(__name__)
 
 MPP_TIMES_MAG = 10.0
 
 
-class ScaleError(ValueError):
+class ScaleError(HistoBenchError, ValueError):
     """A magnification that cannot be resolved for a slide (missing metadata, upsampling); one line, says why."""
 
 

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from histo_bench.errors import HistoBenchError
+
 log = logging.getLogger(__name__)
 
 #: A lock whose holder lives on another host is stale once its heartbeat is older than this (seconds).
@@ -44,7 +46,7 @@ BREAKER_STALE_SECONDS = 30.0
 UNREADABLE_GRACE_SECONDS = 10.0
 
 
-class LockBusy(RuntimeError):
+class LockBusy(HistoBenchError, RuntimeError):
     """The lock is held by a live process; ``owner`` says which."""
 
     def __init__(self, path: Path, owner: LockOwner | None) -> None:

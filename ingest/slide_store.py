@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from histo_bench.errors import HistoBenchError
 from histo_bench.files import discard_dir
 from ingest.locks import WorkLock, create_exclusive
 from ingest.output_guard import refusal, store_format
@@ -40,7 +41,7 @@ FORMAT_VERSION = 1
 PARTIAL = ".partial"
 
 
-class SlideStoreError(RuntimeError):
+class SlideStoreError(HistoBenchError, RuntimeError):
     """A slide store that cannot be created, read, or is of another format."""
 
 

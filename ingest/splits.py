@@ -13,12 +13,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from histo_bench.errors import HistoBenchError
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: Integer code stored per image; images of patients left out by fixed-count splits are ``unused``.
 SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1, "test": 2, "unused": -1}
 
 
-class SplitError(ValueError):
+class SplitError(HistoBenchError, ValueError):
     """Splits that cannot be made, or a split assignment that lets a patient cross splits."""
 
 

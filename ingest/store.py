@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from histo_bench.errors import HistoBenchError
 from histo_bench.files import discard_dir, replace_dir
 from ingest.breakhis_names import resolve_magnifications
 from ingest.locks import WorkLock
@@ -49,7 +50,7 @@ _META_CHUNK = 8192
 READ_THREADS = min(8, (os.cpu_count() or 1) * 2)
 
 
-class StoreError(RuntimeError):
+class StoreError(HistoBenchError, RuntimeError):
     """A store that is missing, incomplete, of another format, or cannot be written."""
 
 

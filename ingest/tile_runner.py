@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from histo_bench.errors import HistoBenchError
 from ingest.slide_store import init_store
 from ingest.tiling import SlideResult, TileConfig, slide_id_for, tile_slide
 from ingest.workers import mp_context, process_pool
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 SCHEDULER_TIMEOUT = "10s"
 
 
-class TileRunError(RuntimeError):
+class TileRunError(HistoBenchError, RuntimeError):
     """The run cannot start (no slides, unwritable store, unreachable scheduler); the message says why."""
 
 

@@ -15,10 +15,12 @@ from types import ModuleType
 
 import numpy as np
 
+from histo_bench.errors import HistoBenchError
+
 log = logging.getLogger(__name__)
 
 
-class MaskError(ValueError):
+class MaskError(HistoBenchError, ValueError):
     """A user tissue mask that cannot be read or used; the message names the file and says why (one line)."""
 
 

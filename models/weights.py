@@ -18,12 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from histo_bench.errors import HistoBenchError
+
 log = logging.getLogger(__name__)
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 
 
-class WeightsError(RuntimeError):
+class WeightsError(HistoBenchError, RuntimeError):
     """Weights that cannot be had or used: one line that says which file or model and what to do."""
 
 

@@ -19,6 +19,7 @@ import importlib.util
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
+from histo_bench.errors import HistoBenchError
 from histo_bench.registry import Registry
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ BENCH_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 Infer = Callable[["torch.Tensor"], "torch.Tensor"]
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(HistoBenchError, RuntimeError):
     """Raised by ``prepare`` when a backend turns out not to work here; the message is the reason."""
 
 

@@ -20,9 +20,10 @@ from benchmark.cli.train import (
     predict_command,
     train_command,
 )
+from histo_bench.command_group import HandledGroup
 from histo_bench.console import console, setup_logging, stdout
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+app = typer.Typer(cls=HandledGroup, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Train, compile and benchmark histopathology classifiers on histo-bench stores.")
 
 

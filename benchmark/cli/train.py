@@ -11,14 +11,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from histo_bench.console import console, stdout
-
-EXIT_ERROR = 1
+from histo_bench.command_group import print_error
+from histo_bench.console import stdout
+from histo_bench.errors import EXIT_ERROR
 
 
 def fail(message: str) -> None:
     """Print a one-line error and exit with status 1 (every histo-bench command fails this way)."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    print_error(message)
     raise typer.Exit(EXIT_ERROR)
 
 

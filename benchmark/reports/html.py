@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.reports.markdown_html import markdown_to_html
+from histo_bench.errors import HistoBenchError
 from histo_bench.files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ _THUMBNAIL_SIDE = 560  # slide heatmaps are shown 280 px wide: embed them at twi
 _IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
 
-class ReportError(ValueError):
+class ReportError(HistoBenchError, ValueError):
     """Nothing to report in the directory, or it does not exist."""
 
 

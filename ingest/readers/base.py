@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from histo_bench.errors import HistoBenchError
 from histo_bench.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ READERS: Registry[type[SlideReader]] = Registry("slide reader")
 _THUMB_STRIP = 2048
 
 
-class ReaderError(RuntimeError):
+class ReaderError(HistoBenchError, RuntimeError):
     """A slide that a reader cannot open or read; the message names the file and the reason."""
 
 

@@ -23,13 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from histo_bench.errors import HistoBenchError
 from histo_bench.files import atomic_write_text
 from pipelines.training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)
 
 
-class PredictError(ValueError):
+class PredictError(HistoBenchError, ValueError):
     """Checkpoints that cannot be used together, or a store they cannot read; the message names which."""
 
 

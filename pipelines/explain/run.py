@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from histo_bench.errors import HistoBenchError
 from histo_bench.files import atomic_write_json
 from pipelines.explain.figures import OUTCOMES, Example
 from pipelines.training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
@@ -42,7 +43,7 @@ FORMAT = "histo-bench/explain"
 Progress = Callable[[int, int], None]
 
 
-class ExplainError(ValueError):
+class ExplainError(HistoBenchError, ValueError):
     """The checkpoint or data cannot be explained (missing, another family, mismatched classes)."""
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from histo_bench.errors import HistoBenchError
 from histo_bench.files import atomic_write
 
 FORMAT = "histo-bench/checkpoint"
@@ -43,7 +44,7 @@ KINDS = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(HistoBenchError, ValueError):
     """A checkpoint that cannot be used: missing, unreadable, of an older format, or of another kind."""
 
 

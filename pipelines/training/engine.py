@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from histo_bench.device import PRECISIONS, autocast, autocast_dtype
+from histo_bench.errors import HistoBenchError
 from histo_bench.files import atomic_write_json
 from pipelines.training.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from pipelines.training.distributed import DistContext, all_finite, broadcast_flag
@@ -52,7 +53,7 @@ PENDING_BEST = "best.pt.pending"
 LOGGING_FIELDS = frozenset({"log_every", "wandb", "out", "device"})
 
 
-class FitError(RuntimeError):
+class FitError(HistoBenchError, RuntimeError):
     """Training cannot go on (diverged loss, a finished run with other settings); the message says why."""
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from histo_bench.errors import HistoBenchError
+
 #: The options every recipe shares: command-line name (as a Python identifier) -> config field.
 _COMMON = {"epochs": "epochs", "lr": "lr", "weight_decay": "weight_decay", "precision": "precision",
            "device": "device", "seed": "seed", "max_steps": "max_steps_per_epoch", "folds": "folds", "fold": "fold",
@@ -48,7 +50,7 @@ _WHAT = {"classifier": "an image classifier", "fusion": "the multi-magnification
          "mpcs": "MPCS self-supervised pretraining"}
 
 
-class LaunchError(ValueError):
+class LaunchError(HistoBenchError, ValueError):
     """A ``train`` command line that names no runnable recipe (unknown model, wrong store, an option that does not
     apply); the message says which and what would work."""
 

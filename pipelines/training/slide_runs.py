@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from histo_bench.errors import HistoBenchError
 from ingest.splits import SPLIT_CODES, SplitConfig, patient_split
 
 log = logging.getLogger(__name__)
 
 
-class MILError(ValueError):
+class MILError(HistoBenchError, ValueError):
     """Bad labels, slides without tiles, or nothing to train on; the message names what."""
 
 

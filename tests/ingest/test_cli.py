@@ -3,8 +3,9 @@ import sys
 
 from typer.testing import CliRunner
 
+from histo_bench.errors import EXIT_ERROR, EXIT_SKIPPED
 from ingest.breakhis_names import relative_path
-from ingest.cli import EXIT_ERROR, EXIT_SKIPPED, app
+from ingest.cli import app
 from tests.ingest.bad_files import write_truncated_png
 
 runner = CliRunner()

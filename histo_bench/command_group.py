@@ -1,0 +1,30 @@
+"""The one CLI error handler: a typer group that turns a :class:`~histo_bench.errors.HistoBenchError` raised by any
+command into one line on stderr and the error's exit code. Any other exception propagates with its traceback
+(rich's, from typer): a bug is never shortened to ``error: 'x'``.
+
+    app = typer.Typer(cls=HandledGroup, ...)
+"""
+
+from __future__ import annotations
+
+import click
+from typer.core import TyperGroup
+
+from histo_bench.console import console
+from histo_bench.errors import HistoBenchError
+
+
+def print_error(message: str) -> None:
+    """The one form of an error line."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+
+
+class HandledGroup(TyperGroup):
+    """A typer group whose commands' expected errors end as one line (see the module docstring)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except HistoBenchError as exc:
+            print_error(str(exc))
+            raise click.exceptions.Exit(exc.exit_code) from None
