@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from histo_bench.errors import HistoBenchError
+from histo_bench.optional import require
 from ingest.slide_store import init_store
 from ingest.tiling import SlideResult, TileConfig, slide_id_for, tile_slide
 from ingest.workers import mp_context, process_pool
@@ -200,11 +201,8 @@ def _result_or_failure(fut, path: Path) -> SlideResult:
 
 
 def _run_dask(slides, store, config, scheduler, overlay_dir, events) -> list[SlideResult]:
-    try:
-        from distributed import Client
-        from distributed import as_completed as dask_as_completed
-    except ImportError as exc:
-        raise TileRunError("--scheduler needs dask distributed (pip install 'histo-bench[cluster]')") from exc
+    distributed = require("distributed", "'histo-bench[cluster]'  # --scheduler: an existing Dask cluster")
+    Client, dask_as_completed = distributed.Client, distributed.as_completed
     try:
         client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
     except OSError as exc:

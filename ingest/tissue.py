@@ -15,7 +15,8 @@ from types import ModuleType
 
 import numpy as np
 
-from histo_bench.errors import HistoBenchError
+from histo_bench.errors import ConfigError, HistoBenchError
+from histo_bench.optional import require
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +71,10 @@ def _backend(device: str) -> tuple[ModuleType, ModuleType, str]:
     if device == "auto":
         device = "cuda" if gpu_available() else "cpu"
     if device == "cuda":
-        try:
-            import cupy
-            import cupyx.scipy.ndimage as ndi
-        except ImportError as exc:
-            raise RuntimeError("GPU tissue detection needs cupy (pip install 'histo-bench[gpu]')") from exc
-        return cupy, ndi, "cuda"
+        cupy = require("cupy", "'histo-bench[gpu]'  # GPU tissue detection")
+        return cupy, require("cupyx.scipy.ndimage", "'histo-bench[gpu]'"), "cuda"
     if device != "cpu":
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     import scipy.ndimage as ndi
 
     return np, ndi, "cpu"

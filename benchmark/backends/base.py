@@ -15,7 +15,6 @@ timed inference (export, engine build, graph capture), and so is the first call 
 from __future__ import annotations
 
 import copy
-import importlib.util
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
@@ -79,14 +78,6 @@ BACKENDS: Registry[type[Backend]] = Registry("benchmark backend")
 def register_backend(cls: type[Backend]) -> type[Backend]:
     """Class decorator: register ``cls`` under ``cls.name``."""
     return BACKENDS.register(cls.name)(cls)
-
-
-def has_module(name: str) -> bool:
-    """Whether ``name`` is importable, found without importing it."""
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def needs_cuda(device: str) -> str | None:

@@ -12,7 +12,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from benchmark.backends.base import Backend, BackendUnavailable, has_module, inference_copy, register_backend
+from benchmark.backends.base import Backend, BackendUnavailable, inference_copy, register_backend
+from histo_bench.optional import has_module
 
 
 @register_backend

@@ -8,14 +8,8 @@ runs where ``pip install 'histo-bench[tensorrt]'`` works. Engine build time is t
 
 from __future__ import annotations
 
-from benchmark.backends.base import (
-    Backend,
-    BackendUnavailable,
-    has_module,
-    inference_copy,
-    needs_cuda,
-    register_backend,
-)
+from benchmark.backends.base import Backend, BackendUnavailable, inference_copy, needs_cuda, register_backend
+from histo_bench.optional import has_module
 
 
 @register_backend

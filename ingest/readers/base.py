@@ -8,7 +8,6 @@ say why they are unusable through :meth:`SlideReader.unavailable` without import
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -39,14 +38,6 @@ class Level:
     width: int
     height: int
     downsample: float
-
-
-def missing_modules(modules: Sequence[str], install: str) -> str | None:
-    """None when every module can be imported, else what is missing and how to install it (no import)."""
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        return f"{', '.join(missing)} not installed (pip install {install})"
-    return None
 
 
 class SlideReader(ABC):

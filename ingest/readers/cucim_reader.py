@@ -9,16 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.readers.base import (
-    READERS,
-    Level,
-    ReaderError,
-    SlideReader,
-    missing_modules,
-    one_line,
-    positive_float,
-    to_rgb,
-)
+from histo_bench.optional import missing_modules
+from ingest.readers.base import READERS, Level, ReaderError, SlideReader, one_line, positive_float, to_rgb
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ fresh loader) sees the same images in the same order with different random crops
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from histo_bench.optional import has_module
 from pipelines.data.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
 from pipelines.data.base import Batch, DataConfig, _EpochMixin, _n_batches, _open, epoch_order, epoch_seed
 from pipelines.data.tasks import task_labels
@@ -37,7 +37,7 @@ INSTALL_HINT = "pip install 'histo-bench[gpu]'"
 
 def dali_available() -> str | None:
     """None when DALI can be imported, else why not (with the install hint)."""
-    if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None:
+    if not has_module("nvidia.dali"):
         return f"NVIDIA DALI is not installed ({INSTALL_HINT})"
     try:
         import nvidia.dali  # noqa: F401

@@ -15,7 +15,6 @@ The loop and that contract are the one engine's (:mod:`pipelines.training.engine
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 
 from histo_bench.device import PRECISIONS, DeviceError, autocast_dtype, resolve_device
 from histo_bench.files import atomic_write_json
+from histo_bench.seeding import seed_everything
 from ingest.breakhis_names import resolve_magnifications
 from pipelines.data.tasks import check_scorable, check_task, map_predictions, task_classes, task_labels
 from pipelines.evaluation.metrics import Metrics, full_metrics, predict
@@ -164,14 +164,6 @@ class TrainConfig:
 
 #: What :func:`train` returns: the engine's result (``best_val`` holds the validation metrics).
 TrainResult = FitResult
-
-
-def seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:

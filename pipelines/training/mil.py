@@ -203,9 +203,9 @@ def train_mil(config: MILConfig, progress=None) -> dict:
     refuse
     other settings; under ``torchrun`` each rank trains on its own share of the slides), then evaluate on test;
     writes splits.json and, last, summary.json. ``progress(epoch, step, steps, loss)`` is the engine's."""
+    from histo_bench.seeding import seed_everything
     from ingest.slide_store import SlideStore
     from models.registry import build_model
-    from pipelines.training.classifier import seed_everything
 
     config = settle_slide_config(config)
     out = config.run_dir

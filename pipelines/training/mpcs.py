@@ -179,11 +179,12 @@ def pretrain(config: PretrainConfig, progress=None) -> Path:
     from safetensors.torch import save_file
 
     from histo_bench.device import resolve_device
+    from histo_bench.seeding import seed_everything
     from ingest.store import ImageStore
     from models.mpcs import FIXED_PAIR
     from models.registry import build_model
     from pipelines.data.base import load_images
-    from pipelines.training.classifier import default_store, seed_everything
+    from pipelines.training.classifier import default_store
     from pipelines.training.cv import split_view
 
     store_path = Path(config.store) if config.store else default_store()

@@ -182,9 +182,9 @@ def train_slide_fusion(config: SlideFusionConfig, progress=None) -> dict:
     (:func:`pipelines.training.engine.fit`,
     selecting on slide-level validation macro-F1; under ``torchrun`` each rank trains on its own share of the
     tiles); writes splits.json, the run contract's files and, last, summary.json."""
+    from histo_bench.seeding import seed_everything
     from ingest.slide_store import SlideStore
     from models.registry import build_model
-    from pipelines.training.classifier import seed_everything
 
     config = settle_slide_config(config)
     out = config.run_dir

@@ -129,8 +129,9 @@ def test_a_fold_run_trains_on_its_fold_and_records_it(store, tmp_path):
 
 
 def test_frozen_parameters_do_not_change(store, tmp_path):
+    from histo_bench.seeding import seed_everything
     from pipelines.training.checkpoint import load_model
-    from pipelines.training.classifier import TrainConfig, seed_everything, train
+    from pipelines.training.classifier import TrainConfig, train
     from pipelines.training.unfreeze import trainable_prefixes
 
     config = TrainConfig(model="resnet50", store=str(store.path), train_magnification="100X", epochs=1,
