@@ -46,11 +46,12 @@ demo: install
 	$(BIN)/histo-ingest tile $(DEMO_DIR)/slides --out $(DEMO_DIR)/tiles.zarr --mag 20 --mag 5 --multiscale
 	$(BIN)/histo-bench train --model abmil_gated --data $(DEMO_DIR)/tiles.zarr \
 		--labels $(DEMO_DIR)/slides/labels.csv --extractor resnet34 --epochs 15 --out $(DEMO_DIR)/mil
-	$(BIN)/histo-bench predict $(DEMO_DIR)/mil/best.pt --data $(DEMO_DIR)/tiles.zarr --out $(DEMO_DIR)/mil/predictions
+	$(BIN)/histo-bench predict --checkpoint $(DEMO_DIR)/mil/best.pt --data $(DEMO_DIR)/tiles.zarr \
+		--out $(DEMO_DIR)/mil/predictions
 	$(BIN)/histo-bench train --model fusion_effnet_b0 --data $(DEMO_DIR)/tiles.zarr \
 		--labels $(DEMO_DIR)/slides/labels.csv --epochs 1 --max-tiles 8 --out $(DEMO_DIR)/fusion-slides
-	$(BIN)/histo-bench suite --model resnet18 --task binary --data $(DEMO_DIR)/breakhis.zarr --epochs 12 --lr 2e-3 \
-		--image-size 64 --batch-size 16 --device cpu --out $(DEMO_DIR)/suite
+	$(BIN)/histo-bench suite magnification-transfer --model resnet18 --task binary --data $(DEMO_DIR)/breakhis.zarr \
+		--epochs 12 --lr 2e-3 --image-size 64 --batch-size 16 --device cpu --out $(DEMO_DIR)/suite
 	$(BIN)/histo-bench run --model resnet18 --checkpoint $(DEMO_DIR)/suite/resnet18/mixed/best.pt \
 		--data $(DEMO_DIR)/breakhis.zarr --device cpu --batch-sizes 1,8 --max-time 1 --mag 100X --mag 400X \
 		--out $(DEMO_DIR)/bench

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from histo_bench.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -36,9 +38,9 @@ class TimingConfig:
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.min_iters < 3:
-            raise ValueError("warmup must be >= 0 and min_iters >= 3 (p99 of fewer calls means nothing)")
+            raise ConfigError("warmup must be >= 0 and min_iters >= 3 (p99 of fewer calls means nothing)")
         if not 0 <= self.min_time_s <= self.max_time_s:
-            raise ValueError("need 0 <= min_time_s <= max_time_s")
+            raise ConfigError("need 0 <= min_time_s <= max_time_s")
 
     @classmethod
     def for_device(cls, device: str, **overrides: Any) -> TimingConfig:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.environment import gpu_names, package_version
+from histo_bench.errors import ConfigError
 from histo_bench.files import atomic_write_text
 
 #: Every row has exactly these keys, in this order.
@@ -125,14 +126,14 @@ def load_rows(path: str | Path) -> list[dict[str, Any]]:
     if path.is_dir():
         path = path / "results.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no benchmark results here (run `histo-bench run` first)")
+        raise ConfigError(f"{path}: no benchmark results here (run `histo-bench run` first)")
     rows = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not a JSON row ({exc.msg})") from None
+                raise ConfigError(f"{path}:{n}: not a JSON row ({exc.msg})") from None
     return rows
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from benchmark.backends import BACKENDS, BENCH_PRECISIONS
 from benchmark.harness import SweepPoint, TimingConfig, one_line, sweep
-from histo_bench.errors import HistoBenchError
+from histo_bench.errors import ConfigError, HistoBenchError
 from pipelines.data.tasks import check_task
 
 log = logging.getLogger(__name__)
@@ -78,14 +78,14 @@ class BenchConfig:
             BACKENDS.get(name)  # KeyError listing the valid names
         bad = [p for p in self.precisions if p not in BENCH_PRECISIONS]
         if bad:
-            raise ValueError(f"unknown precision {bad[0]!r}: use {', '.join(BENCH_PRECISIONS)}")
+            raise ConfigError(f"unknown precision {bad[0]!r}: use {', '.join(BENCH_PRECISIONS)}")
         if any(b < 1 for b in self.batch_sizes):
-            raise ValueError("batch sizes must be >= 1")
+            raise ConfigError("batch sizes must be >= 1")
         check_task(self.task)
         if self.train_epochs < 1:
-            raise ValueError("train_epochs must be >= 1")
+            raise ConfigError("train_epochs must be >= 1")
         if self.max_eval_images is not None and self.max_eval_images < 1:
-            raise ValueError("max_eval_images must be >= 1")
+            raise ConfigError("max_eval_images must be >= 1")
 
 
 def train_checkpoint(config: BenchConfig, device: str) -> Path:
@@ -128,46 +128,27 @@ def run_benchmark(config: BenchConfig, progress: BenchProgress | None = None) ->
 
     from benchmark.accuracy import load_eval_sets, run_logits
     from benchmark.backends.eager import Eager
-    from benchmark.compute import flops_per_image, matmul_rate
     from benchmark.reports.benchmark_report import write_report
-    from benchmark.results import env_tag, environment, make_row, save_rows
+    from benchmark.results import env_tag, environment, save_rows
     from histo_bench.device import DeviceError, resolve_device
-    from ingest.report_tables import origin_line
-    from ingest.store import ImageStore, StoreError
+    from histo_bench.provenance import data_sentence
     from models.registry import count_params
     from pipelines.data.base import DataConfig
-    from pipelines.training.checkpoint import CheckpointError, load_checkpoint
 
     try:
         device = resolve_device(config.device)
     except DeviceError as exc:
         raise BenchError(str(exc)) from exc
-    ckpt = Path(config.checkpoint) if config.checkpoint else train_checkpoint(config, device)
-    try:
-        loaded = load_checkpoint(ckpt, ("classifier",), device, "`histo-bench run` (it benchmarks image classifiers)")
-    except CheckpointError as exc:
-        raise BenchError(str(exc)) from exc
-    if loaded.model != config.model:
-        raise BenchError(f"{ckpt} holds {loaded.model}, not {config.model} (pass --model {loaded.model})")
+    ckpt, loaded = _load_classifier(config, device)
     model, train_cfg, classes = loaded.build(device), loaded.config, list(loaded.classes)
-    store_path = config.data or train_cfg["store"]
-    try:
-        store = ImageStore(store_path)
-    except (StoreError, FileNotFoundError) as exc:
-        raise BenchError(f"{store_path}: {exc}") from exc
+    store = _open_store(config.data or train_cfg["store"])
     image_size = config.image_size or train_cfg["image_size"]
     env = environment(device)
     tag = env_tag(env)
     out_dir = Path(config.out) / config.model / tag
     timing = TimingConfig.for_device(device, warmup=config.warmup, min_iters=config.min_iters,
                                      min_time_s=config.min_time_s, max_time_s=config.max_time_s)
-    flops = flops_per_image(model, image_size)
-    rate = matmul_rate(device)
-    env["matmul_tflops"] = rate / 1e12
-    env["matmul_dtype"] = "bf16" if device.startswith("cuda") else "fp32"
-    ceiling = rate / flops if flops else None
-    log.info("%s: %.2f GFLOPs/image at %d px; matmul %.1f TFLOP/s -> ceiling %.0f images/s", config.model,
-             flops / 1e9, image_size, rate / 1e12, ceiling or 0)
+    flops, ceiling = _ceiling(model, config.model, image_size, device, env)
     data_config = DataConfig(image_size=image_size, load_size=max(train_cfg["load_size"], image_size),
                              batch_size=64, loader="torch", num_workers=0, task=train_cfg.get("task", "subtype"))
     mags = list(config.magnifications or store.attrs["magnifications"])
@@ -177,44 +158,121 @@ def run_benchmark(config: BenchConfig, progress: BenchProgress | None = None) ->
     reference = {s.magnification: run_logits(eager_fp32, s.images, 32, device) for s in sets}
     common = dict(model=config.model, task=train_cfg.get("task", "subtype"), device=device, image_size=image_size,
                   params_m=count_params(model) / 1e6, gflops_per_image=flops / 1e9, ceiling_ips=ceiling,
-                  checkpoint=str(ckpt), data=f"{origin_line(store)}; store {store.path}", env_tag=tag, env=env)
+                  checkpoint=str(ckpt), data=data_sentence(store.attrs.get("origin"), store=str(store.path)),
+                  env_tag=tag, env=env)
     sizes = list(config.batch_sizes or (CUDA_BATCH_SIZES if device.startswith("cuda") else CPU_BATCH_SIZES))
+    sweeps = _Sweeps(model, device, image_size, sizes, timing, sets, classes, reference, ceiling, common, progress)
     rows: list[dict[str, Any]] = []
     for name, precision, backend, reason in _variants(config, device, model):
         if reason:
-            log.info("%s %s skipped: %s", name, precision, reason)
-            rows.append(make_row(**common, backend=name, precision=precision, status="skipped", reason=reason))
-            if progress:
-                progress(name, precision, None)
-            continue
-
-        def on_point(point, name=name, precision=precision):
-            if progress:
-                progress(name, precision, point)
-
-        runner = type(backend)()  # a fresh instance whose caches (exports, graphs, sessions) die with this variant
-        points = sweep(lambda x, b=runner, p=precision: b.prepare(model, x, p),
-                       lambda bs: torch.randn(bs, 3, image_size, image_size, device=device), sizes, device, timing,
-                       on_point)
-        acc = _accuracy(points, sets, classes, reference, device)
-        note = acc.pop("reason", "")
-        for point in points:
-            fields = {**point.timing, **(acc if point.status == "ok" else {})}
-            if point.status == "ok" and ceiling:
-                fields["ceiling_fraction"] = fields["throughput_ips"] / ceiling
-            rows.append(make_row(**common, **fields, backend=name, precision=precision, batch_size=point.batch_size,
-                                 status=point.status, reason=point.reason or (note if point.status == "ok" else ""),
-                                 prepare_s=point.prepare_s))
-            point.infer = None
-        del runner, points  # release compiled graphs / captured memory before the next backend
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
+            rows.append(sweeps.skipped(name, precision, reason))
+        else:
+            rows += sweeps.measure(name, precision, backend)
     _recheck_eager(rows, eager_fp32, image_size, device, timing)
     save_rows(rows, out_dir)
     (out_dir / "config.json").write_text(json.dumps({**asdict(config), "device": device,
                                                                    "checkpoint": str(ckpt)}, indent=1))
     write_report(rows, out_dir)
     return out_dir, rows
+
+
+def _load_classifier(config: BenchConfig, device: str) -> tuple[Path, Any]:
+    """(checkpoint path, loaded checkpoint) of the image classifier to benchmark: ``config.checkpoint``, or one
+    trained first; a :class:`BenchError` when it cannot be read or holds another model."""
+    from pipelines.training.checkpoint import CheckpointError, load_checkpoint
+
+    ckpt = Path(config.checkpoint) if config.checkpoint else train_checkpoint(config, device)
+    try:
+        loaded = load_checkpoint(ckpt, ("classifier",), device, "`histo-bench run` (it benchmarks image classifiers)")
+    except CheckpointError as exc:
+        raise BenchError(str(exc)) from exc
+    if loaded.model != config.model:
+        raise BenchError(f"{ckpt} holds {loaded.model}, not {config.model} (pass --model {loaded.model})")
+    return ckpt, loaded
+
+
+def _open_store(path: str | Path):
+    """The image store for the accuracy columns; a :class:`BenchError` saying why when it cannot be opened."""
+    from ingest.store import ImageStore, StoreError
+
+    try:
+        return ImageStore(path)
+    except (StoreError, FileNotFoundError) as exc:
+        raise BenchError(f"{path}: {exc}") from exc
+
+
+def _ceiling(model, name: str, image_size: int, device: str, env: dict[str, Any]) -> tuple[float, float | None]:
+    """(FLOPs per image, the matmul-bound throughput ceiling in images/s or None); the measured matmul rate goes
+    into ``env``."""
+    from benchmark.compute import flops_per_image, matmul_rate
+
+    flops = flops_per_image(model, image_size)
+    rate = matmul_rate(device)
+    env["matmul_tflops"] = rate / 1e12
+    env["matmul_dtype"] = "bf16" if device.startswith("cuda") else "fp32"
+    ceiling = rate / flops if flops else None
+    log.info("%s: %.2f GFLOPs/image at %d px; matmul %.1f TFLOP/s -> ceiling %.0f images/s", name,
+             flops / 1e9, image_size, rate / 1e12, ceiling or 0)
+    return flops, ceiling
+
+
+@dataclass
+class _Sweeps:
+    """What every (backend, precision) of one run shares, and how one becomes its result rows."""
+
+    model: Any
+    device: str
+    image_size: int
+    sizes: list[int]
+    timing: TimingConfig
+    sets: list
+    classes: list[str]
+    reference: dict
+    ceiling: float | None
+    common: dict[str, Any]
+    progress: BenchProgress | None
+
+    def skipped(self, name: str, precision: str, reason: str) -> dict[str, Any]:
+        """The one row of a variant that does not run here, saying why."""
+        from benchmark.results import make_row
+
+        log.info("%s %s skipped: %s", name, precision, reason)
+        row = make_row(**self.common, backend=name, precision=precision, status="skipped", reason=reason)
+        if self.progress:
+            self.progress(name, precision, None)
+        return row
+
+    def measure(self, name: str, precision: str, backend) -> list[dict[str, Any]]:
+        """One row per batch size: the timing sweep, then accuracy through the callable the sweep kept."""
+        import torch
+
+        from benchmark.results import make_row
+
+        def on_point(point):
+            if self.progress:
+                self.progress(name, precision, point)
+
+        model, image_size, device, ceiling = self.model, self.image_size, self.device, self.ceiling
+        runner = type(backend)()  # a fresh instance whose caches (exports, graphs, sessions) die with this variant
+        points = sweep(lambda x, b=runner, p=precision: b.prepare(model, x, p),
+                       lambda bs: torch.randn(bs, 3, image_size, image_size, device=device), self.sizes, device,
+                       self.timing, on_point)
+        acc = _accuracy(points, self.sets, self.classes, self.reference, device)
+        note = acc.pop("reason", "")
+        rows = []
+        for point in points:
+            fields = {**point.timing, **(acc if point.status == "ok" else {})}
+            if point.status == "ok" and ceiling:
+                fields["ceiling_fraction"] = fields["throughput_ips"] / ceiling
+            rows.append(make_row(**self.common, **fields, backend=name, precision=precision,
+                                 batch_size=point.batch_size, status=point.status,
+                                 reason=point.reason or (note if point.status == "ok" else ""),
+                                 prepare_s=point.prepare_s))
+            point.infer = None
+        del runner, points  # release compiled graphs / captured memory before the next backend
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        return rows
 
 
 def _recheck_eager(rows: list[dict[str, Any]], eager_fp32, image_size: int, device: str,

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.environment import describe
+from histo_bench.markdown import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +127,10 @@ def to_markdown(result: dict) -> str:
     """A table of the result, for the README and bench_results/."""
     lines = [f"Tiling, {result['data']}; {result['magnification']:g}x, {result['tile_size']} px tiles, "
              f"{result['machine']['cpus']} CPU cores, GPU: {', '.join(result['machine']['gpus']) or 'none'}.",
-             "", "| method | reader | tiles | seconds | tiles/s | vs naive |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
-    for r in result["rows"]:
-        lines.append(f"| {r['method']} | {r['reader']} | {r['tiles']} | {r['seconds']:.1f} | {r['tiles_per_s']:.0f} "
-                     f"| {r['vs_naive']:.1f}x |")
+             "", markdown_table(["method", "reader", "tiles", "seconds", "tiles/s", "vs naive"],
+                                [[r["method"], r["reader"], r["tiles"], f"{r['seconds']:.1f}",
+                                  f"{r['tiles_per_s']:.0f}", f"{r['vs_naive']:.1f}x"] for r in result["rows"]],
+                                "llrrrr")]
     stages = [r for r in result["rows"] if r["stages"]]
     if stages:
         lines += ["", "Seconds per stage: " + "; ".join(

@@ -7,7 +7,7 @@ command into one line on stderr and the error's exit code. Any other exception p
 
 from __future__ import annotations
 
-import click
+import typer
 from typer.core import TyperGroup
 
 from histo_bench.console import console
@@ -22,9 +22,9 @@ def print_error(message: str) -> None:
 class HandledGroup(TyperGroup):
     """A typer group whose commands' expected errors end as one line (see the module docstring)."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except HistoBenchError as exc:
             print_error(str(exc))
-            raise click.exceptions.Exit(exc.exit_code) from None
+            raise typer.Exit(exc.exit_code) from None  # typer's own Exit: click's is not caught there

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from histo_bench.errors import HistoBenchError
+from histo_bench.errors import ConfigError, HistoBenchError
 from ingest import __version__
 from ingest.breakhis_names import (
     BENIGN,
@@ -35,16 +35,8 @@ from ingest.breakhis_names import (
 from ingest.decode import DecodeError, decode_file, read_size
 from ingest.output_guard import refusal, store_format
 from ingest.splits import SplitConfig, patient_split
-from ingest.store import (
-    FORMAT,
-    ImageMeta,
-    ImageStoreWriter,
-    StoreError,
-    is_complete,
-    partial_path,
-    partial_refusal,
-    store_lock,
-)
+from ingest.store import FORMAT, StoreError, is_complete, partial_path
+from ingest.store_writer import ImageMeta, ImageStoreWriter, partial_refusal, store_lock
 from ingest.workers import process_pool
 
 log = logging.getLogger(__name__)
@@ -113,13 +105,13 @@ class IngestConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "magnifications", resolve_magnifications(self.magnifications))
         if self.size is not None and (len(self.size) != 2 or min(self.size) < 8):
-            raise ValueError(f"size must be (height, width) of at least 8 px, got {self.size}")
+            raise ConfigError(f"size must be (height, width) of at least 8 px, got {self.size}")
         if self.workers < 0:
-            raise ValueError("workers must be >= 0")
+            raise ConfigError("workers must be >= 0")
         if not 1 <= self.shard_size <= 4096:
-            raise ValueError("shard_size must be in 1..4096")
+            raise ConfigError("shard_size must be in 1..4096")
         if not 1 <= self.clevel <= 9:
-            raise ValueError("clevel must be in 1..9")
+            raise ConfigError("clevel must be in 1..9")
 
     @property
     def n_workers(self) -> int:

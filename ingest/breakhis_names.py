@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePath
 
-from histo_bench.errors import HistoBenchError
+from histo_bench.errors import ConfigError, HistoBenchError
 
 #: The eight classes, benign first, in the order used for integer labels everywhere.
 CLASSES: tuple[str, ...] = (
@@ -123,7 +123,7 @@ def resolve_magnifications(selection: str | tuple[str, ...] | list[str] | None) 
             continue
         mag = key.upper() if key.upper().endswith("X") else f"{key}X"
         if mag not in MAGNIFICATIONS:
-            raise ValueError(f"unknown magnification {item!r}: use one of {', '.join(MAGNIFICATIONS)}, "
+            raise ConfigError(f"unknown magnification {item!r}: use one of {', '.join(MAGNIFICATIONS)}, "
                              f"'mixed' or 'all'")
         out.append(mag)
     return tuple(dict.fromkeys(out))

@@ -12,7 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from histo_bench.command_group import HandledGroup, print_error
+from histo_bench.command_group import HandledGroup
+from histo_bench.command_options import config_from, fail, field_help
 from histo_bench.console import console, progress_bar, setup_logging, stdout
 from histo_bench.errors import EXIT_ERROR, EXIT_SKIPPED
 from ingest.synthetic.demo import DEMO_IMAGES_PER_MAGNIFICATION, DEMO_PATIENTS_PER_CLASS
@@ -26,11 +27,6 @@ def _main(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, he
     setup_logging(verbose, quiet)
 
 
-def _fail(message: str) -> None:
-    print_error(message)
-    raise typer.Exit(EXIT_ERROR)
-
-
 def _parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
     """``"700x460"`` (width x height, as image sizes are usually written) -> (height, width)."""
     if text is None:
@@ -38,34 +34,36 @@ def _parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        _fail(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 700x460 or 224x224")
+        fail(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 700x460 or 224x224")
     return h, w
+
+
+#: ``demo``'s options -> :class:`ingest.synthetic.breakhis_tree.SyntheticConfig` fields; defaults: the demo dataset's
+#: size (:func:`ingest.synthetic.demo.demo_config`).
+DEMO_FIELDS = {"patients_per_class": "patients_per_class", "images": "images_per_magnification", "seed": "seed"}
+_SYNTHETIC = "ingest.synthetic.breakhis_tree:SyntheticConfig"
 
 
 @app.command()
 def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the BreaKHis_v1 tree.")],
-         patients_per_class: Annotated[int, typer.Option(help="Patients per class.")] = DEMO_PATIENTS_PER_CLASS,
-         images: Annotated[int, typer.Option(help="Images per patient per magnification.")
+         patients_per_class: Annotated[int, typer.Option(help=field_help(_SYNTHETIC, "patients_per_class"))
+                                       ] = DEMO_PATIENTS_PER_CLASS,
+         images: Annotated[int, typer.Option(help=field_help(_SYNTHETIC, "images_per_magnification"))
                            ] = DEMO_IMAGES_PER_MAGNIFICATION,
-         seed: Annotated[int, typer.Option(help="Generator seed (same seed, same pixels).")] = 0,
+         seed: Annotated[int, typer.Option(help=field_help(_SYNTHETIC, "seed"))] = 0,
          workers: Annotated[int, typer.Option(help="Generator processes.")] = 2,
          grid: Annotated[Optional[Path], typer.Option(
              help="Also write a class x magnification overview PNG here.")] = None,
          slides: Annotated[Optional[Path], typer.Option(
              help="Also write synthetic pyramidal slides (40x, 0.25 µm/px) into this folder.")] = None) -> None:
     """Generate the synthetic BreakHis demo dataset (8 classes, 4 magnifications, real folder layout)."""
+    given = dict(locals())  # first: the command line's options, nothing else
     from ingest.synthetic.breakhis_tree import SyntheticConfig, make_grid
     from ingest.synthetic.demo import write_demo_slides, write_demo_tree
 
-    try:
-        config = SyntheticConfig(patients_per_class=patients_per_class, images_per_magnification=images, seed=seed)
-    except ValueError as exc:
-        _fail(str(exc))
-    try:
-        with progress_bar("generating") as progress:
-            root = write_demo_tree(out, config, progress=progress, workers=workers)
-    except ValueError as exc:  # a tree generated with other settings is there
-        _fail(str(exc))
+    config = config_from(SyntheticConfig, DEMO_FIELDS, given)
+    with progress_bar("generating") as progress:
+        root = write_demo_tree(out, config, progress=progress, workers=workers)
     console.print(f"synthetic BreakHis tree written to [bold]{root}[/]")
     if grid is not None:
         console.print(f"overview grid written to [bold]{make_grid(grid, seed=seed, tile_width=200)}[/]")
@@ -74,23 +72,32 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Where to write t
         console.print(f"{len(paths)} synthetic slides written to [bold]{slides}[/]")
 
 
+#: ``breakhis``'s options -> :class:`ingest.breakhis.IngestConfig` fields (their help is the field's).
+BREAKHIS_FIELDS = {"root": "root", "out": "out", "size": "size", "mag": "magnifications", "workers": "workers",
+                   "shard_size": "shard_size", "overwrite": "overwrite"}
+_INGEST = "ingest.breakhis:IngestConfig"
+
+
 @app.command()
 def breakhis(
-    root: Annotated[Optional[Path], typer.Argument(
-        help="BreakHis tree or flat folder of BreakHis-named images. Default: the embedded demo data.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Store to write (.zarr).")] = None,
-    size: Annotated[Optional[str], typer.Option(help="Resize to WIDTHxHEIGHT (default: native resolution).")] = None,
-    mag: Annotated[Optional[list[str]], typer.Option(
-        "--mag", help="Magnification(s) to ingest: 40X 100X 200X 400X, 'mixed' or 'all' (repeatable).")] = None,
+    root: Annotated[Optional[Path], typer.Argument(help=field_help(_INGEST, "root", "Default: the embedded demo "
+                                                                                     "data."))] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help=field_help(_INGEST, "out", "Required with "
+                                                                                             "ROOT."))] = None,
+    size: Annotated[Optional[str], typer.Option(help=field_help(_INGEST, "size", "Given as WIDTHxHEIGHT, e.g. "
+                                                                                 "700x460."))] = None,
+    mag: Annotated[Optional[list[str]], typer.Option("--mag", help=field_help(
+        _INGEST, "magnifications", "40X 100X 200X 400X, 'mixed' or 'all' (the default); repeatable."))] = None,
     split: Annotated[str, typer.Option(
         help="Patient-level split: fractions '0.7,0.15,0.15' or images per class '140/30/30'.")] = "0.7,0.15,0.15",
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
-    workers: Annotated[int, typer.Option(help="Decoder processes (0 = one per core).")] = 0,
-    shard_size: Annotated[int, typer.Option(help="Images per shard file.")] = 32,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing complete store.")] = False,
+    workers: Annotated[int, typer.Option(help=field_help(_INGEST, "workers"))] = 0,
+    shard_size: Annotated[int, typer.Option(help=field_help(_INGEST, "shard_size"))] = 32,
+    overwrite: Annotated[bool, typer.Option(help=field_help(_INGEST, "overwrite"))] = False,
 ) -> None:
     """Ingest a BreakHis tree into a zarr store with patient-level splits, then print its summary."""
-    from ingest.breakhis import IngestConfig, IngestError, ingest_breakhis
+    given = dict(locals())  # first: the command line's options, nothing else
+    from ingest.breakhis import IngestConfig, ingest_breakhis
     from ingest.splits import SplitConfig, SplitError
     from ingest.synthetic.demo import data_home, demo_tree
 
@@ -99,23 +106,16 @@ def breakhis(
             root = demo_tree(progress=progress)
         out = out or data_home() / "demo" / "breakhis.zarr"
     if out is None:
-        _fail("--out is required when a ROOT is given (e.g. --out data/breakhis.zarr)")
+        fail("--out is required when a ROOT is given (e.g. --out data/breakhis.zarr)")
     out = Path(os.path.abspath(out))  # `--out .` names the current folder
     try:
         split_config = SplitConfig.parse(split, seed)
-    except SplitError as exc:
-        _fail(f"--split {split!r}: {exc}")
-    try:
-        config = IngestConfig(root=str(root), out=str(out), size=_parse_size(size),
-                              magnifications=tuple(mag) if mag else ("all",), split=split_config,
-                              workers=workers, shard_size=shard_size, overwrite=overwrite)
-    except ValueError as exc:
-        _fail(str(exc))
-    try:
-        with progress_bar("ingesting") as progress:
-            summary = ingest_breakhis(config, progress=progress)
-    except IngestError as exc:
-        _fail(str(exc))
+    except SplitError as exc:  # the message does not know the option's name
+        fail(f"--split {split!r}: {exc}")
+    config = config_from(IngestConfig, {**BREAKHIS_FIELDS, "split": "split"}, given, root=root, out=out,
+                         size=_parse_size(size), split=split_config)
+    with progress_bar("ingesting") as progress:
+        summary = ingest_breakhis(config, progress=progress)
     if summary.already_complete:
         console.print(f"{out} is already complete; nothing to do (pass --overwrite to rebuild it)")
     else:
@@ -132,35 +132,41 @@ def breakhis(
         raise typer.Exit(EXIT_SKIPPED)
 
 
+#: ``tile``'s options -> :class:`ingest.tiling.TileConfig` fields (their help is the field's).
+TILE_FIELDS = {"mag": "magnifications", "mpp": "mpps", "tile_size": "tile_size", "tissue_threshold": "tissue_threshold",
+               "base_mag": "base_magnification", "base_mpp": "base_mpp", "reader": "reader", "multiscale": "multiscale",
+               "masks": "masks", "read_workers": "read_workers"}
+_TILE = "ingest.tiling:TileConfig"
+
+
 @app.command()
 def tile(
     slides: Annotated[Optional[Path], typer.Argument(
         help="A slide file or a folder of slides (SVS, pyramidal TIFF, NDPI...). Default: the demo slides.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Slide store to write (.zarr); resumable.")] = None,
-    mag: Annotated[Optional[list[float]], typer.Option(
-        "--mag", help="Target magnification(s), e.g. --mag 20 --mag 5 (default 20).")] = None,
-    mpp: Annotated[Optional[list[float]], typer.Option("--mpp", help="Target µm per pixel (repeatable).")] = None,
-    tile_size: Annotated[int, typer.Option(help="Tile side in pixels.")] = 224,
-    tissue_threshold: Annotated[float, typer.Option(help="Minimum tissue fraction to keep a tile.")] = 0.5,
-    base_mag: Annotated[Optional[float], typer.Option(
-        help="Objective power of level 0 (overrides the slide's metadata).")] = None,
-    base_mpp: Annotated[Optional[float], typer.Option(
-        help="µm per pixel of level 0 (overrides the slide's metadata).")] = None,
-    reader: Annotated[str, typer.Option(help="auto, cucim, openslide or tifffile.")] = "auto",
-    multiscale: Annotated[bool, typer.Option(help="Also write concentric 1x/2x/4x/8x fields of view.")] = False,
-    masks: Annotated[Optional[Path], typer.Option(
-        help="Folder of tissue masks <slide name>.png (any size, nonzero = tissue) used instead of automatic "
-             "detection; slides without one are detected automatically.")] = None,
+    mag: Annotated[Optional[list[float]], typer.Option("--mag", help=field_help(
+        _TILE, "magnifications", "Repeatable: --mag 20 --mag 5 (default 20 unless --mpp is given)."))] = None,
+    mpp: Annotated[Optional[list[float]], typer.Option("--mpp", help=field_help(_TILE, "mpps", "Repeatable."))
+                   ] = None,
+    tile_size: Annotated[int, typer.Option(help=field_help(_TILE, "tile_size"))] = 224,
+    tissue_threshold: Annotated[float, typer.Option(help=field_help(_TILE, "tissue_threshold"))] = 0.5,
+    base_mag: Annotated[Optional[float], typer.Option(help=field_help(_TILE, "base_magnification"))] = None,
+    base_mpp: Annotated[Optional[float], typer.Option(help=field_help(_TILE, "base_mpp"))] = None,
+    reader: Annotated[str, typer.Option(help=field_help(_TILE, "reader", "Readers: cucim, openslide, tifffile."))
+                      ] = "auto",
+    multiscale: Annotated[bool, typer.Option(help=field_help(_TILE, "multiscale", "Fields 1x/2x/4x/8x."))] = False,
+    masks: Annotated[Optional[Path], typer.Option(help=field_help(_TILE, "masks"))] = None,
     workers: Annotated[int, typer.Option(help="Slides in parallel (local processes).")] = 2,
-    read_workers: Annotated[int, typer.Option(help="Reader threads per batch (cuCIM num_workers).")] = 2,
+    read_workers: Annotated[int, typer.Option(help=field_help(_TILE, "read_workers"))] = 2,
     scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address (tcp://HOST:PORT).")] = None,
 ) -> None:
     """Tile whole-slide images: tissue detection, tiles at each magnification, a zarr slide store + overlays."""
+    given = dict(locals())  # first: the command line's options, nothing else
     import ingest.readers  # noqa: F401 - registers the readers
     from histo_bench.console import slide_progress
     from ingest.readers.base import READERS
     from ingest.report_tables import tiling_tables
-    from ingest.tile_runner import TileEvents, TileRunError, run_tiling
+    from ingest.tile_runner import TileEvents, run_tiling
     from ingest.tiling import SLIDE_EXTENSIONS, TileConfig, find_slides
 
     if slides is None:
@@ -169,30 +175,21 @@ def tile(
         slides = demo_slides()
         out = out or data_home() / "demo" / "tiles.zarr"
     if out is None:
-        _fail("--out is required when SLIDES are given (e.g. --out data/tiles.zarr)")
+        fail("--out is required when SLIDES are given (e.g. --out data/tiles.zarr)")
     out = Path(os.path.abspath(out))  # `--out .` names the current folder
     if masks is not None and not masks.is_dir():
-        _fail(f"--masks {masks}: no such folder")
+        fail(f"--masks {masks}: no such folder")
     if reader != "auto" and reader not in READERS:
-        _fail(f"--reader {reader!r}: use auto or one of {', '.join(READERS.names())}")
-    try:
-        config = TileConfig(magnifications=tuple(mag or ()) if (mag or mpp) else (20.0,), mpps=tuple(mpp or ()),
-                            tile_size=tile_size, tissue_threshold=tissue_threshold, base_magnification=base_mag,
-                            base_mpp=base_mpp, reader=reader, multiscale=multiscale, read_workers=read_workers,
-                            masks=str(masks) if masks else None)
-        paths = find_slides(slides)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(f"--reader {reader!r}: use auto or one of {', '.join(READERS.names())}")
+    config = config_from(TileConfig, TILE_FIELDS, given, mag=tuple(mag or ()) if (mag or mpp) else None)
+    paths = find_slides(slides)
     if not paths:
-        _fail(f"{slides}: no slide files found (looked for {', '.join(sorted(SLIDE_EXTENSIONS))})")
+        fail(f"{slides}: no slide files found (looked for {', '.join(sorted(SLIDE_EXTENSIONS))})")
     overlay_dir = out.with_name(out.name + ".overlays")
     with slide_progress(len(paths)) as (started, step, finished):
         events = TileEvents(slide_started=started, slide_progress=step, slide_finished=finished)
-        try:
-            summary = run_tiling(paths, out, config, workers=workers, scheduler=scheduler, overlay_dir=overlay_dir,
-                                 events=events)
-        except TileRunError as exc:
-            _fail(str(exc))
+        summary = run_tiling(paths, out, config, workers=workers, scheduler=scheduler, overlay_dir=overlay_dir,
+                             events=events)
     for renderable in tiling_tables(summary, overlay_dir):
         stdout.print(renderable)
     failed = summary.count("failed")
@@ -213,16 +210,13 @@ def _print_info(path: Path, patients: bool = False) -> None:
     from ingest.report_tables import patient_table, slide_store_tables, store_tables
     from ingest.slide_store import FORMAT as SLIDE_FORMAT
     from ingest.slide_store import SlideStore
-    from ingest.store import ImageStore, StoreError
+    from ingest.store import ImageStore
 
-    try:
-        if store_format(path) == SLIDE_FORMAT:
-            renderables = slide_store_tables(SlideStore(path))
-        else:
-            image_store = ImageStore(path)
-            renderables = store_tables(image_store) + ([patient_table(image_store)] if patients else [])
-    except (StoreError, RuntimeError) as exc:
-        _fail(str(exc))
+    if store_format(path) == SLIDE_FORMAT:
+        renderables = slide_store_tables(SlideStore(path))
+    else:
+        image_store = ImageStore(path)
+        renderables = store_tables(image_store) + ([patient_table(image_store)] if patients else [])
     for renderable in renderables:
         stdout.print(renderable)
 

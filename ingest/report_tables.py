@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from histo_bench.provenance import data_sentence
 from ingest.splits import SPLIT_CODES
 from ingest.store import ImageStore
 
 
-def origin_text(origin: dict) -> str:
-    """What a store's ``origin`` attribute says about its data: synthetic demo data or the user's own."""
-    if origin.get("kind") == "synthetic":
-        return "SYNTHETIC (histo-bench generator; not real tissue, numbers on it say nothing clinical)"
-    return f"user-provided, ingested from {origin.get('root', '?')}" if origin else "not recorded"
-
-
 def origin_line(store: ImageStore) -> str:
-    """One line saying which data the store holds: synthetic demo data or the user's own."""
-    return f"data: {origin_text(store.attrs.get('origin', {}))}"
+    """One line saying which data the store holds: synthetic demo data or the user's own
+    (:func:`histo_bench.provenance.data_sentence` without the store and its counts, which callers add)."""
+    return data_sentence(store.attrs.get("origin"))
 
 
 def store_tables(store: ImageStore) -> list:
@@ -37,7 +33,7 @@ def store_tables(store: ImageStore) -> list:
     for split_name, table_counts in counts["table"].items():
         n_pat = counts["patients_per_split"].get(split_name, 0)
         table = Table(title=f"{split_name}: {n_pat} patients", title_justify="left", show_footer=True)
-        table.add_column("class", footer="total")
+        table.add_column("class", footer="total", no_wrap=True, overflow="fold")  # identifiers: never cut
         totals = {m: sum(row[m] for row in table_counts.values()) for m in mags}
         for m in mags:
             table.add_column(m, justify="right", footer=str(totals[m]))
@@ -63,7 +59,8 @@ def patient_table(store: ImageStore) -> Table:
     split_names = {code: name for name, code in SPLIT_CODES.items()}
     table = Table(title=f"{len(set(store.patient.tolist()))} patients", title_justify="left")
     for col in ("patient", "class", "split", *mags, "all"):
-        table.add_column(col, justify="right" if col in mags or col == "all" else "left")
+        table.add_column(col, justify="right" if col in mags or col == "all" else "left", no_wrap=col == "patient",
+                         overflow="fold")
     for patient in sorted(set(store.patient.tolist())):
         rows = store.patient == patient
         per_mag = Counter(store.magnification[rows].tolist())
@@ -76,9 +73,11 @@ def patient_table(store: ImageStore) -> Table:
 def tiling_tables(summary, overlay_dir) -> list:
     """Per-slide outcome, tiles per scale and per-stage time after ``histo-ingest tile``."""
     scales = sorted({k for r in summary.results for k in r.tiles})
-    table = Table(title=f"{summary.store}: {len(summary.results)} slide(s)", title_justify="left")
+    title = f"{summary.store}: {len(summary.results)} slide(s)"
+    table = Table(title=title, title_justify="left", min_width=cell_len(title))  # the store path on one line
     for col in ("slide", "status", "reader", "mpp", "mag", *scales, "seconds"):
-        table.add_column(col, justify="left" if col in ("slide", "status", "reader") else "right")
+        table.add_column(col, justify="left" if col in ("slide", "status", "reader") else "right",
+                         no_wrap=col == "slide", overflow="fold")
     for r in summary.results:
         status = {"failed": "[red]failed[/]", "empty": "[yellow]no tissue[/]"}.get(r.status, r.status)
         table.add_row(r.slide_id, status, r.reader or "-", f"{r.mpp:.3g}" if r.mpp else "-",
@@ -103,9 +102,11 @@ def slide_store_tables(store) -> list:
     ids = store.slide_ids()
     infos = [store.slide(s) for s in ids]
     scales = sorted({k for i in infos for k in i.tiles})
-    table = Table(title=f"{store.path}: {len(ids)} slide(s)", title_justify="left")
+    title = f"{store.path}: {len(ids)} slide(s)"
+    table = Table(title=title, title_justify="left", min_width=cell_len(title))  # the store path on one line
     for col in ("slide", "reader", "mpp", "mag", "size", *scales, "tissue %", "seconds"):
-        table.add_column(col, justify="left" if col in ("slide", "reader") else "right")
+        table.add_column(col, justify="left" if col in ("slide", "reader") else "right", no_wrap=col == "slide",
+                         overflow="fold")
     for info in infos:
         a = info.attrs
         table.add_row(info.slide_id, a.get("reader", "-"), f"{a['mpp']:.3g}" if a.get("mpp") else "-",

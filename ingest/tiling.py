@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from histo_bench.errors import ConfigError
 from ingest.grid import BaseResolution, Scale, ScaleError, concentric_boxes, grid
 from ingest.readers.base import ReaderError, SlideReader, open_slide
 from ingest.slide_store import SlideStoreError, SlideWriter, check_slide_id, init_store, slide_lock, slide_status
@@ -75,13 +76,13 @@ class TileConfig:
 
     def __post_init__(self) -> None:
         if not self.magnifications and not self.mpps:
-            raise ValueError("give at least one --mag or --mpp")
+            raise ConfigError("give at least one --mag or --mpp")
         if self.tile_size < 16:
-            raise ValueError("tile_size must be >= 16")
+            raise ConfigError("tile_size must be >= 16")
         if not 0.0 <= self.tissue_threshold <= 1.0:
-            raise ValueError("tissue_threshold must be in [0, 1]")
+            raise ConfigError("tissue_threshold must be in [0, 1]")
         if self.batch_size < 1 or self.read_workers < 1 or self.shard_size < 1:
-            raise ValueError("batch_size, read_workers and shard_size must be >= 1")
+            raise ConfigError("batch_size, read_workers and shard_size must be >= 1")
 
 
 @dataclass
@@ -129,7 +130,7 @@ def find_slides(root: str | Path) -> list[Path]:
     if root.is_file():
         return [root]
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such file or directory")
+        raise ConfigError(f"{root}: no such file or directory")
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS
                   and not p.name.startswith("."))
 

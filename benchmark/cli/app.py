@@ -1,4 +1,8 @@
-"""``histo-bench``: models, training and benchmarks. Thin typer commands over the library.
+"""``histo-bench``: the app, and the commands that measure: ``run``, ``compare``, ``loader-bench``, ``tile-bench``,
+``env``. Models, training and inference are in :mod:`benchmark.cli.train`; studies and reports in
+:mod:`benchmark.cli.studies`. Thin typer commands over the library, in one grammar
+(``tests/benchmark/test_cli_grammar.py``): ``--data`` names a store read, ``--out`` what is written, ``--checkpoint``
+a ``best.pt``, ``--mag`` a magnification, and ``--device`` defaults to auto.
 
 ``--help`` imports nothing heavy: torch and friends are imported inside the commands that need them.
 """
@@ -12,15 +16,9 @@ from typing import Annotated, Optional
 import typer
 
 from benchmark.cli.studies import explain_command, report_command, suite_command
-from benchmark.cli.train import (
-    evaluate_command,
-    fail,
-    loader_bench_command,
-    models_command,
-    predict_command,
-    train_command,
-)
+from benchmark.cli.train import evaluate_command, models_command, predict_command, train_command
 from histo_bench.command_group import HandledGroup
+from histo_bench.command_options import config_from, fail, field_help
 from histo_bench.console import console, setup_logging, stdout
 
 app = typer.Typer(cls=HandledGroup, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -37,7 +35,6 @@ app.command("models")(models_command)
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
 app.command("predict")(predict_command)
-app.command("loader-bench")(loader_bench_command)
 app.command("suite")(suite_command)
 app.command("report")(report_command)
 app.command("explain")(explain_command)
@@ -46,9 +43,8 @@ app.command("explain")(explain_command)
 @app.command()
 def env(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False) -> None:
     """Show the machine: Python, GPUs, and which optional libraries (torch, DALI, cuCIM, TensorRT...) are here."""
-    from rich.table import Table
-
     from benchmark.environment import OPTIONAL_PACKAGES, describe
+    from histo_bench.console import rich_table
 
     info = describe()
     if as_json:
@@ -56,10 +52,9 @@ def env(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead
         return
     stdout.print(f"Python {info['python']} on {info['platform']}; "
                  f"GPU: {', '.join(info['gpus']) or 'none found (nvidia-smi)'}", highlight=False)
-    table = Table("package", "version", "used for")
-    for name, version in {**info["core"], **info["optional"]}.items():
-        table.add_row(name, version or "[dim]not installed[/]", OPTIONAL_PACKAGES.get(name, "core"))
-    stdout.print(table)
+    stdout.print(rich_table(("package", "version", "used for"),
+                            ((name, version or "[dim]not installed[/]", OPTIONAL_PACKAGES.get(name, "core"))
+                             for name, version in {**info["core"], **info["optional"]}.items())))
 
 
 @app.command("tile-bench")
@@ -81,54 +76,118 @@ def tile_bench(
     stdout.print(f"saved to {path}")
 
 
-def _csv(value: str | None, cast=str) -> tuple:
-    return tuple(cast(v.strip()) for v in value.split(",") if v.strip()) if value else ()
+@app.command("loader-bench")
+def loader_bench(
+    model: Annotated[str, typer.Option(help="Image classifier whose training step is fed.")] = "deit_small",
+    data: Annotated[Optional[Path], typer.Option(help="Image store (default: the embedded demo store).")] = None,
+    loader: Annotated[Optional[list[str]], typer.Option(
+        "--loader", help="device, dali, torch (repeatable; default device).")] = None,
+    mag: Annotated[str, typer.Option("--mag", help="Magnification of the images loaded: 100X, 400X, mixed, ...")
+                   ] = "100X",
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
+    image_size: Annotated[int, typer.Option(help="Network input side.")] = 224,
+    steps: Annotated[int, typer.Option(help="Timed training steps per measurement.")] = 20,
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    out: Annotated[Path, typer.Option(help="Where the JSON result goes.")] = Path("bench_results/loader"),
+) -> None:
+    """Input-pipeline efficiency: training images/s fed by a loader / images/s on tensors already on the device."""
+    import json
+    import time
+
+    import torch
+
+    from benchmark.environment import describe
+    from histo_bench.device import autocast, autocast_dtype, resolve_device
+    from ingest.store import ImageStore
+    from models.registry import build_model
+    from pipelines.data.base import DataConfig
+    from pipelines.data.loaders import input_efficiency, make_loader
+    from pipelines.training.classifier import default_store
+
+    dev = resolve_device(device)
+    amp = autocast_dtype(precision, dev)
+    store = ImageStore(data or default_store())
+    net = build_model(model, len(store.classes)).to(dev)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+
+    def step(x, y):
+        with autocast(dev, amp):
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    rows = []
+    for name in loader or ["device"]:
+        config = DataConfig(image_size=image_size, load_size=round(image_size * 8 / 7), batch_size=batch_size,
+                            loader=name)
+        result = input_efficiency(make_loader(store, "train", mag, config, device=dev, train=True), step,
+                                  n_batches=steps)
+        rows.append({"loader": name, **{k: round(v, 3) for k, v in result.items()}})
+        stdout.print(f"{name}: {result['loader_images_per_s']:.1f} images/s vs {result['synthetic_images_per_s']:.1f}"
+                     f" on device-resident tensors: efficiency {result['efficiency']:.2f}", highlight=False)
+    out.mkdir(parents=True, exist_ok=True)
+    env = describe()
+    path = out / f"{model}_{'gpu' if env['gpus'] else 'cpu'}.json"
+    path.write_text(json.dumps({"model": model, "device": dev, "precision": str(amp), "batch_size": batch_size,
+                                "image_size": image_size, "store": str(store.path),
+                                "origin": store.attrs.get("origin", {}), "environment": env,
+                                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows}, indent=1))
+    stdout.print(f"saved to {path}")
+
+
+def _csv(option: str, value: str | None, cast=str) -> tuple:
+    try:
+        return tuple(cast(v.strip()) for v in value.split(",") if v.strip()) if value else ()
+    except ValueError:
+        fail(f"--{option.replace('_', '-')} {value!r}: expected a comma list of {cast.__name__} values")
+
+
+#: ``run``'s options -> :class:`benchmark.run.BenchConfig` fields (their help is the field's; a test checks them).
+RUN_FIELDS = {"model": "model", "checkpoint": "checkpoint", "data": "data", "backends": "backends",
+              "precisions": "precisions", "batch_sizes": "batch_sizes", "device": "device", "image_size": "image_size",
+              "mag": "magnifications", "max_eval_images": "max_eval_images", "task": "task",
+              "train_epochs": "train_epochs", "min_time": "min_time_s", "max_time": "max_time_s", "out": "out"}
+_BENCH = "benchmark.run:BenchConfig"
 
 
 @app.command("run")
 def run(
-    model: Annotated[str, typer.Option(help="Registered classifier (`histo-bench models`).")] = "swin_tiny",
-    checkpoint: Annotated[Optional[Path], typer.Option(help="best.pt from `histo-bench train` (default: train "
-                                                            "one first, demo-sized on CPU).")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="Image store for the accuracy columns (default: the "
-                                                      "checkpoint's store / the embedded demo store).")] = None,
-    backends: Annotated[Optional[str], typer.Option(help="Comma list (default: all; unavailable ones are "
-                                                         "reported as skipped with the reason).")] = None,
-    precisions: Annotated[Optional[str], typer.Option(help="Comma list of fp32,bf16,fp16 (default: each "
-                                                           "backend's defaults for the device).")] = None,
-    batch_sizes: Annotated[Optional[str], typer.Option(help="Comma list (default 1,8,32,128,256 on CUDA, "
-                                                            "1,8,32 on CPU).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    image_size: Annotated[Optional[int], typer.Option(help="Input side (default: the checkpoint's).")] = None,
-    mag: Annotated[Optional[list[str]], typer.Option("--mag", help="Test magnification(s) for accuracy "
-                                                                   "(default: all in the store).")] = None,
-    max_eval_images: Annotated[Optional[int], typer.Option(help="Cap on test images per magnification.")] = None,
-    task: Annotated[str, typer.Option(help="subtype or binary, for a checkpoint trained first (a given "
-                                           "checkpoint brings its own).")] = "subtype",
-    train_epochs: Annotated[int, typer.Option(help="Epochs when a checkpoint is trained first.")] = 2,
-    min_time: Annotated[Optional[float], typer.Option(help="Seconds to time each point at least.")] = None,
-    max_time: Annotated[Optional[float], typer.Option(help="Seconds to time each point at most.")] = None,
-    out: Annotated[Path, typer.Option(help="Results root (<out>/<model>/<environment>/).")] = Path("bench_results"),
+    model: Annotated[str, typer.Option(help=field_help(_BENCH, "model", "See `histo-bench models`."))] = "swin_tiny",
+    checkpoint: Annotated[Optional[Path], typer.Option(help=field_help(_BENCH, "checkpoint"))] = None,
+    data: Annotated[Optional[Path], typer.Option(help=field_help(_BENCH, "data"))] = None,
+    backends: Annotated[Optional[str], typer.Option(help=field_help(_BENCH, "backends", "A comma list."))] = None,
+    precisions: Annotated[Optional[str], typer.Option(help=field_help(_BENCH, "precisions", "A comma list of "
+                                                                      "fp32, bf16, fp16."))] = None,
+    batch_sizes: Annotated[Optional[str], typer.Option(help=field_help(_BENCH, "batch_sizes", "A comma list."))
+                           ] = None,
+    device: Annotated[str, typer.Option(help=field_help(_BENCH, "device"))] = "auto",
+    image_size: Annotated[Optional[int], typer.Option(help=field_help(_BENCH, "image_size"))] = None,
+    mag: Annotated[Optional[list[str]], typer.Option("--mag", help=field_help(_BENCH, "magnifications",
+                                                                              "Repeatable."))] = None,
+    max_eval_images: Annotated[Optional[int], typer.Option(help=field_help(_BENCH, "max_eval_images"))] = None,
+    task: Annotated[str, typer.Option(help=field_help(_BENCH, "task"))] = "subtype",
+    train_epochs: Annotated[int, typer.Option(help=field_help(_BENCH, "train_epochs"))] = 2,
+    min_time: Annotated[Optional[float], typer.Option(help=field_help(_BENCH, "min_time_s", "Seconds to time each "
+                                                                                            "point at least."))] = None,
+    max_time: Annotated[Optional[float], typer.Option(help=field_help(_BENCH, "max_time_s", "Seconds to time each "
+                                                                                            "point at most."))] = None,
+    out: Annotated[Path, typer.Option(help=field_help(_BENCH, "out"))] = Path("bench_results"),
 ) -> None:
     """Compile a checkpoint with every backend, sweep batch sizes; latency p50/p90/p99, throughput, peak VRAM and
     macro-F1 per magnification through each backend -> JSONL, CSV, Markdown and plots."""
-    from benchmark.run import BenchConfig, BenchError, run_benchmark
-    from pipelines.training.classifier import TrainingError
+    given = dict(locals())  # first: the command line's options, nothing else
+    from benchmark.run import BenchConfig, run_benchmark
 
-    try:
-        config = BenchConfig(model=model, checkpoint=str(checkpoint) if checkpoint else None,
-                             data=str(data) if data else None, backends=_csv(backends), precisions=_csv(precisions),
-                             batch_sizes=_csv(batch_sizes, int), device=device, image_size=image_size,
-                             magnifications=tuple(mag or ()), max_eval_images=max_eval_images,
-                             task=task, train_epochs=train_epochs, min_time_s=min_time,
-                             max_time_s=max(max_time, min_time or 0) if max_time else None, out=str(out))
-    except (ValueError, KeyError) as exc:
-        fail(str(exc).strip("'\""))
+    config = config_from(BenchConfig, RUN_FIELDS, given, backends=_csv("backends", backends),
+                         precisions=_csv("precisions", precisions), batch_sizes=_csv("batch_sizes", batch_sizes, int),
+                         max_time=max(max_time, min_time or 0) if max_time else None)
 
     def progress(backend: str, precision: str, point) -> None:
-        if point is None:
-            console.print(f"[dim]{backend} {precision}: skipped[/]", highlight=False)
-        elif point.status == "ok":
+        if point is None:  # skipped: the library's INFO line says so, with the reason
+            return
+        if point.status == "ok":
             t = point.timing
             console.print(f"{backend} {precision} batch {point.batch_size}: p50 {t['latency_p50_ms']:.2f} ms, "
                           f"{t['throughput_ips']:.1f} img/s", highlight=False)
@@ -136,12 +195,11 @@ def run(
             console.print(f"[yellow]{backend} {precision} batch {point.batch_size}: {point.status}: "
                           f"{point.reason}[/]", highlight=False)
 
-    try:
-        out_dir, _ = run_benchmark(config, progress)
-    except (BenchError, TrainingError) as exc:
-        fail(str(exc))
-    stdout.print((out_dir / "results.md").read_text(), markup=False, highlight=False, soft_wrap=True)
-    stdout.print(f"results: {out_dir}")
+    out_dir, _ = run_benchmark(config, progress)
+    from histo_bench.console import print_markdown
+
+    print_markdown((out_dir / "results.md").read_text())  # the file stays Markdown; its tables print as tables
+    stdout.print(f"results: {out_dir}", highlight=False, soft_wrap=True)
 
 
 @app.command("compare")
@@ -151,26 +209,21 @@ def compare(
 ) -> None:
     """Two result sets side by side: throughput and p50 latency of each point measured in both, B/A ratios, F1
     changes."""
-    from rich.table import Table
-
     from benchmark.results import compare_rows, load_rows
+    from histo_bench.console import rich_table
 
-    try:
-        rows = compare_rows(load_rows(a), load_rows(b))
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+    rows = compare_rows(load_rows(a), load_rows(b))
     if not rows:
         fail(f"{a} and {b} share no measured (model, backend, precision, batch size)")
-    table = Table(title=f"A = {a}\nB = {b}", title_justify="left")
-    for col in ("model", "backend", "precision", "batch", "img/s A", "img/s B", "B/A", "p50 ms A", "p50 ms B",
-                "B/A ", "macro-F1 B-A"):
-        table.add_column(col, justify="left" if col in ("model", "backend", "precision") else "right")
-    for r in rows:
-        f1 = ", ".join(f"{m} {d:+.3f}" for m, d in r["f1_delta"].items()) or "-"
-        table.add_row(r["model"], r["backend"], r["precision"], str(r["batch_size"]), f"{r['throughput_a']:.1f}",
-                      f"{r['throughput_b']:.1f}", f"{r['throughput_ratio']:.2f}x", f"{r['p50_a']:.2f}",
-                      f"{r['p50_b']:.2f}", f"{r['latency_ratio']:.2f}x", f1)
-    stdout.print(table)
+    headers = ("model", "backend", "precision", "batch", "img/s A", "img/s B", "B/A", "p50 ms A", "p50 ms B", "B/A ",
+               "macro-F1 B-A")
+    stdout.print(rich_table(headers, ((r["model"], r["backend"], r["precision"], r["batch_size"],
+                                       f"{r['throughput_a']:.1f}", f"{r['throughput_b']:.1f}",
+                                       f"{r['throughput_ratio']:.2f}x", f"{r['p50_a']:.2f}", f"{r['p50_b']:.2f}",
+                                       f"{r['latency_ratio']:.2f}x",
+                                       ", ".join(f"{m} {d:+.3f}" for m, d in r["f1_delta"].items()) or "-")
+                                      for r in rows),
+                            ids=3, justify=["left"] * 3 + ["right"] * 8, title=f"A = {a}\nB = {b}"))
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""``histo-bench`` commands for models, training and evaluation (registered by ``benchmark.cli.app``).
+"""``histo-bench`` commands for models, training, evaluation and inference: ``models``, ``train``, ``evaluate``,
+``predict`` (registered by ``benchmark.cli.app``).
 
 Thin: parse, build a config, call the library. Nothing heavy is imported until a command runs.
 """
@@ -11,30 +12,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from histo_bench.command_group import print_error
+from histo_bench.command_options import fail
 from histo_bench.console import stdout
-from histo_bench.errors import EXIT_ERROR
-
-
-def fail(message: str) -> None:
-    """Print a one-line error and exit with status 1 (every histo-bench command fails this way)."""
-    print_error(message)
-    raise typer.Exit(EXIT_ERROR)
 
 
 def models_command(pattern: Annotated[str, typer.Argument(help="Glob over model names.")] = "*") -> None:
     """List the registered models with parameter count and input spec."""
-    from rich.table import Table
-
+    from histo_bench.console import rich_table
     from models.registry import model_table
 
-    table = Table("model", "family", "parameters", "input", "description")
-    for row in model_table():
-        if not Path(row["name"]).match(pattern):
-            continue
-        table.add_row(row["name"], row["family"], f"{row['params'] / 1e6:.1f} M", row["input_spec"],
-                      row.get("description", ""))
-    stdout.print(table)
+    rows = [(row["name"], row["family"], f"{row['params'] / 1e6:.1f} M", row["input_spec"], row.get("description", ""))
+            for row in model_table() if Path(row["name"]).match(pattern)]
+    stdout.print(rich_table(("model", "family", "parameters", "input", "description"), rows))
 
 
 def train_command(
@@ -46,8 +35,9 @@ def train_command(
                                                         "column).")] = None,
     scale: Annotated[Optional[str], typer.Option(help="Slide store: tile scale, e.g. 20x (default: its first).")
                      ] = None,
-    train_mag: Annotated[Optional[str], typer.Option("--train-mag", help="Image store: 100X (default), 400X, mixed "
-                                                                         "(100X+400X), or e.g. 40X.")] = None,
+    mag: Annotated[Optional[str], typer.Option("--mag", help="Image store: the magnification trained on, 100X "
+                                                             "(default), 400X, mixed (100X+400X), e.g. 40X, or a comma "
+                                                             "list for fusion_effnet_b0.")] = None,
     task: Annotated[Optional[str], typer.Option(help="Image store: subtype (the store's classes, default) or binary "
                                                      "(benign vs malignant).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs (early stopping may end sooner; default: "
@@ -58,7 +48,7 @@ def train_command(
     patience: Annotated[Optional[int], typer.Option(help="Early-stopping patience (epochs).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Network input side (default 224).")] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto (default), fp32, bf16 or fp16.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto (default), cpu, cuda or cuda:N.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     loader: Annotated[Optional[str], typer.Option(help="Image store: auto, device, dali or torch.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for everything (default 0).")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Cap on steps per epoch (quick runs).")] = None,
@@ -93,22 +83,16 @@ def train_command(
     under torchrun every recipe trains with DDP."""
     arguments = dict(locals())  # first: the command line's options, nothing else
     from histo_bench.console import progress_bar
-    from pipelines.training.launch import LaunchError, plan_training, run_training
+    from pipelines.training.launch import plan_training, run_training
 
     given = {name: str(value) if isinstance(value, Path) else value for name, value in arguments.items()
              if name != "model" and value is not None}
-    try:
-        plan = plan_training(model, given)
-    except (LaunchError, ValueError) as exc:
-        fail(str(exc))
+    plan = plan_training(model, given)
     with progress_bar(f"training {model}") as bar:
         def step(epoch: int, done: int, total: int, loss: float) -> None:
             bar(epoch * total + done, plan.config.epochs * total)
 
-        try:
-            outcome = run_training(plan, progress=step)
-        except (RuntimeError, ValueError, KeyError) as exc:  # FitError, MILError, CVError, DeviceError ...
-            fail(str(exc).strip("'\""))
+        outcome = run_training(plan, progress=step)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun rank 0 reports the run
     note = " (already complete)" if outcome.already_complete else (" (resumed)" if outcome.resumed else "")
@@ -116,7 +100,7 @@ def train_command(
 
 
 def evaluate_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A best.pt written by `histo-bench train` (any kind).")],
+    checkpoint: Annotated[Path, typer.Option(help="A best.pt written by `histo-bench train` (any kind).")],
     data: Annotated[Optional[Path], typer.Option(help="Store (default: the checkpoint's).")] = None,
     split: Annotated[str, typer.Option(help="train, val or test (slides: also all).")] = "test",
     mag: Annotated[Optional[list[str]], typer.Option("--mag", help="Image store: magnification(s) to test "
@@ -130,14 +114,11 @@ def evaluate_command(
 
     Classifiers and image fusion per magnification (macro-F1, accuracy, patient accuracy), MIL and slide fusion per
     slide on the run's slide split, MPCS encoders by a linear probe."""
-    from histo_bench.device import DeviceError, resolve_device
-    from pipelines.training.checkpoint import CheckpointError, load_checkpoint
+    from histo_bench.device import resolve_device
+    from pipelines.training.checkpoint import load_checkpoint
 
-    try:
-        dev = resolve_device(device)
-        ckpt = load_checkpoint(checkpoint, None, dev, "evaluate")
-    except (CheckpointError, DeviceError) as exc:
-        fail(str(exc))
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(checkpoint, None, dev, "evaluate")
     if data is not None and not data.exists():
         fail(f"{data}: no such store")
     slides = ckpt.kind in ("mil", "slide_fusion")
@@ -145,22 +126,17 @@ def evaluate_command(
                                                  ("--labels", labels, slides)) if value and not applies]
     if foreign:
         fail(f"{', '.join(foreign)} does not apply to a {ckpt.kind} checkpoint")
-    try:
-        if slides:
-            _evaluate_slides(ckpt, data, labels, split, dev)
-        else:
-            _evaluate_images(ckpt, data, split, mag, task, dev)
-    except (ValueError, RuntimeError, KeyError) as exc:  # MILError, store errors: one line naming the file
-        fail(str(exc).strip("'\""))
+    if slides:
+        _evaluate_slides(ckpt, data, labels, split, dev)
+    else:
+        _evaluate_images(ckpt, data, split, mag, task, dev)
 
 
 def _metrics_table(title: str, first: str):
-    from rich.table import Table
+    from histo_bench.console import rich_table
 
-    table = Table(title=title, title_justify="left")
-    for col in (first, "n", "macro-F1", "chance", "accuracy", "balanced acc", "patient acc"):
-        table.add_column(col, justify="right")
-    return table
+    return rich_table((first, "n", "macro-F1", "chance", "accuracy", "balanced acc", "patient acc"), (),
+                      justify=["right"] * 7, title=title)
 
 
 def _add_row(table, name: str, metrics, n_classes: int) -> None:
@@ -221,8 +197,9 @@ def _evaluate_images(ckpt, data: Path | None, split: str, mag: list[str] | None,
 
 
 def predict_command(
-    checkpoint: Annotated[list[Path], typer.Argument(help="One or more best.pt of one kind (an ensemble averages "
-                                                          "their class probabilities).")],
+    checkpoint: Annotated[list[Path], typer.Option("--checkpoint", help="A best.pt; repeat it for an ensemble of one "
+                                                                        "kind (it averages their class "
+                                                                        "probabilities).")],
     data: Annotated[Optional[Path], typer.Option(help="Store (default: the checkpoint's).")] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/predictions"),
     split: Annotated[Optional[str], typer.Option(help="Image store: train, val or test (default: every image).")
@@ -237,75 +214,12 @@ def predict_command(
 
     Per image (classifiers, fusion) or per slide (MIL, slide fusion; MIL adds attention heatmaps); MPCS encoders
     write embeddings.npy + embeddings.csv."""
-    from histo_bench.device import DeviceError, resolve_device
-    from pipelines.evaluation.predict import PredictError, run_predict
+    from histo_bench.device import resolve_device
+    from pipelines.evaluation.predict import run_predict
 
     if data is not None and not data.exists():
         fail(f"{data}: no such store")
-    try:
-        path = run_predict(checkpoint, data, out, split=split, scale=scale, labels=labels,
-                           device=resolve_device(device))
-    except (PredictError, DeviceError, ValueError, RuntimeError, KeyError) as exc:
-        fail(str(exc).strip("'\""))
+    path = run_predict(checkpoint, data, out, split=split, scale=scale, labels=labels, device=resolve_device(device))
     attention = out / "attention"
     stdout.print(f"predictions: {path}" + (f"\nattention heatmaps: {attention}" if attention.is_dir() else ""),
                  highlight=False, soft_wrap=True)
-
-
-def loader_bench_command(
-    model: Annotated[str, typer.Option(help="Image classifier whose training step is fed.")] = "deit_small",
-    data: Annotated[Optional[Path], typer.Option(help="Image store (default: the embedded demo store).")] = None,
-    loader: Annotated[Optional[list[str]], typer.Option(
-        "--loader", help="device, dali, torch (repeatable; default device).")] = None,
-    train_mag: Annotated[str, typer.Option("--train-mag", help="Images to load.")] = "100X",
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
-    image_size: Annotated[int, typer.Option(help="Network input side.")] = 224,
-    steps: Annotated[int, typer.Option(help="Timed training steps per measurement.")] = 20,
-    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    out: Annotated[Path, typer.Option(help="Where the JSON result goes.")] = Path("bench_results/loader"),
-) -> None:
-    """Input-pipeline efficiency: training images/s fed by a loader / images/s on tensors already on the device."""
-    import json
-    import time
-
-    import torch
-
-    from benchmark.environment import describe
-    from histo_bench.device import autocast, autocast_dtype, resolve_device
-    from ingest.store import ImageStore
-    from models.registry import build_model
-    from pipelines.data.base import DataConfig
-    from pipelines.data.loaders import input_efficiency, make_loader
-    from pipelines.training.classifier import default_store
-
-    dev = resolve_device(device)
-    amp = autocast_dtype(precision, dev)
-    store = ImageStore(data or default_store())
-    net = build_model(model, len(store.classes)).to(dev)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-
-    def step(x, y):
-        with autocast(dev, amp):
-            loss = torch.nn.functional.cross_entropy(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    rows = []
-    for name in loader or ["device"]:
-        config = DataConfig(image_size=image_size, load_size=round(image_size * 8 / 7), batch_size=batch_size,
-                            loader=name)
-        result = input_efficiency(make_loader(store, "train", train_mag, config, device=dev, train=True), step,
-                                  n_batches=steps)
-        rows.append({"loader": name, **{k: round(v, 3) for k, v in result.items()}})
-        stdout.print(f"{name}: {result['loader_images_per_s']:.1f} images/s vs {result['synthetic_images_per_s']:.1f}"
-                     f" on device-resident tensors: efficiency {result['efficiency']:.2f}", highlight=False)
-    out.mkdir(parents=True, exist_ok=True)
-    env = describe()
-    path = out / f"{model}_{'gpu' if env['gpus'] else 'cpu'}.json"
-    path.write_text(json.dumps({"model": model, "device": dev, "precision": str(amp), "batch_size": batch_size,
-                                "image_size": image_size, "store": str(store.path),
-                                "origin": store.attrs.get("origin", {}), "environment": env,
-                                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows}, indent=1))
-    stdout.print(f"saved to {path}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from histo_bench.markdown import markdown_table
+
 PLOTS: tuple[str, ...] = ("throughput_vs_batch.png", "latency_vs_batch.png", "latency_throughput.png",
                           "peak_vram.png")
 
@@ -69,10 +71,8 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         f"{env['matmul_dtype']} matmul rate {env['matmul_tflops']:.2f} TFLOP/s, so the compute ceiling is "
         f"{_fmt(first['ceiling_ips'], '.0f')} images/s (every FLOP at matmul speed; an optimistic bound).", "",
         "## Efficiency (best batch size per backend)", "",
-        "| backend | precision | best throughput (img/s) | at batch | batch-1 latency p50 (ms) | peak VRAM (MB) | "
-        "% of ceiling | " + " | ".join(f"macro-F1 {m}" for m in mags) + " | max abs logit diff vs eager fp32 |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(mags) + " ---: |",
     ]
+    best_rows = []
     for backend, precision in _variants(rows):
         ok = _ok(rows, backend, precision)
         if not ok:
@@ -81,36 +81,43 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         one = next((r for r in ok if r["batch_size"] == 1), None)
         f1 = [_fmt(best["macro_f1"].get(m), ".3f") for m in mags]
         frac = f"{100 * best['ceiling_fraction']:.1f}%" if best["ceiling_fraction"] is not None else "-"
-        lines.append(f"| {backend} | {precision} | {best['throughput_ips']:.1f} | {best['batch_size']} | "
-                     f"{_fmt(one and one['latency_p50_ms'], '.2f')} | {_fmt(best['peak_mem_mb'], '.0f')} | {frac} | "
-                     + " | ".join(f1) + f" | {_fmt(best['max_abs_logit_diff'], '.2e')} |")
-    lines += ["", *stability(rows)]
+        best_rows.append([backend, precision, f"{best['throughput_ips']:.1f}", best["batch_size"],
+                          _fmt(one and one["latency_p50_ms"], ".2f"), _fmt(best["peak_mem_mb"], ".0f"), frac, *f1,
+                          _fmt(best["max_abs_logit_diff"], ".2e")])
+    lines += [markdown_table(["backend", "precision", "best throughput (img/s)", "at batch",
+                              "batch-1 latency p50 (ms)", "peak VRAM (MB)", "% of ceiling",
+                              *(f"macro-F1 {m}" for m in mags), "max abs logit diff vs eager fp32"],
+                             best_rows, "ll" + "r" * (6 + len(mags))), "", *stability(rows)]
     n_img = {m: next((r["n_test_images"][m] for r in rows if m in (r["n_test_images"] or {})), 0) for m in mags}
     n_pat = {m: next((r["n_test_patients"][m] for r in rows if m in (r["n_test_patients"] or {})), 0) for m in mags}
     lines += ["", "Macro-F1 on each magnification's test split, computed through the backend itself ("
               + ", ".join(f"{m}: {n_img[m]} images / {n_pat[m]} patients" for m in mags) + ").", "",
               "## Full sweep", "",
               "Latency is per batch; throughput = batch size / mean latency. `first call` includes compilation / "
-              "capture; `prepare` is export / engine build.", "",
-              "| backend | precision | batch | p50 ms | p90 ms | p99 ms | mean ms | img/s | peak VRAM MB | "
-              "NVML delta MB | prepare s | first call s | iters | note |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for r in rows:
-        if r["batch_size"] is None:
-            continue
-        note = (r["reason"] or "") if r["status"] == "ok" else f"{r['status'].upper()}: {r['reason']}"
-        lines.append(f"| {r['backend']} | {r['precision']} | {r['batch_size']} | {_fmt(r['latency_p50_ms'], '.2f')} | "
-                     f"{_fmt(r['latency_p90_ms'], '.2f')} | {_fmt(r['latency_p99_ms'], '.2f')} | "
-                     f"{_fmt(r['latency_mean_ms'], '.2f')} | {_fmt(r['throughput_ips'])} | "
-                     f"{_fmt(r['peak_mem_mb'], '.0f')} | {_fmt(r['nvml_mem_delta_mb'], '.0f')} | "
-                     f"{_fmt(r['prepare_s'], '.2f')} | {_fmt(r['first_call_s'], '.2f')} | {_fmt(r['n_iters'], 'd')} | "
-                     f"{note} |")
+              "capture; `prepare` is export / engine build.", "", _sweep_table(rows)]
     skipped = [r for r in rows if r["batch_size"] is None]
     if skipped:
         lines += ["", "## Skipped backends", ""]
         lines += [f"- **{r['backend']}** ({r['precision']}): {r['reason']}" for r in skipped]
     lines += ["", "Plots: " + ", ".join(f"[{p}]({p})" for p in PLOTS), ""]
     return "\n".join(lines)
+
+
+def _sweep_table(rows: list[dict[str, Any]]) -> str:
+    """Every measured (backend, precision, batch size) row; skipped backends have no batch size and are left out."""
+    body = []
+    for r in rows:
+        if r["batch_size"] is None:
+            continue
+        note = (r["reason"] or "") if r["status"] == "ok" else f"{r['status'].upper()}: {r['reason']}"
+        body.append([r["backend"], r["precision"], r["batch_size"], _fmt(r["latency_p50_ms"], ".2f"),
+                     _fmt(r["latency_p90_ms"], ".2f"), _fmt(r["latency_p99_ms"], ".2f"),
+                     _fmt(r["latency_mean_ms"], ".2f"), _fmt(r["throughput_ips"]), _fmt(r["peak_mem_mb"], ".0f"),
+                     _fmt(r["nvml_mem_delta_mb"], ".0f"), _fmt(r["prepare_s"], ".2f"), _fmt(r["first_call_s"], ".2f"),
+                     _fmt(r["n_iters"], "d"), note])
+    return markdown_table(["backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "img/s",
+                           "peak VRAM MB", "NVML delta MB", "prepare s", "first call s", "iters", "note"], body,
+                          "ll" + "r" * 11 + "l")
 
 
 def _batch_axis(ax, rows) -> None:

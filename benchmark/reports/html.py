@@ -12,7 +12,8 @@ commands write, by name, and builds the sections in this order:
 6. predictions: every slide ``predictions.csv`` (``histo-bench predict`` on MIL / slide fusion) and the attention
    heatmaps beside it.
 
-A directory holding none of these raises :class:`ReportError`.
+A directory holding none of these raises :class:`ReportError`, and so does a suite folder written before
+``benchmark.suites`` (a ``results.json`` without ``format`` and no ``report.md``): its renderer is gone.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 from benchmark.reports.markdown_html import markdown_to_html
 from histo_bench.errors import HistoBenchError
 from histo_bench.files import atomic_write_text
+from histo_bench.provenance import SYNTHETIC_NOTE, data_sentence, is_synthetic
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,15 @@ _IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"
 
 class ReportError(HistoBenchError, ValueError):
     """Nothing to report in the directory, or it does not exist."""
+
+
+class LegacySuiteError(ReportError):
+    """A suite folder in the layout written before ``benchmark.suites``, which this version no longer renders."""
+
+    def __init__(self, suite_dir: str | Path) -> None:
+        super().__init__(f"{suite_dir}: results.json is from a suite run before 'histo-bench suite NAME' (it has no "
+                         "'format'); this version no longer renders that layout: rerun the study with "
+                         "'histo-bench suite magnification-transfer'")
 
 
 @dataclass
@@ -166,8 +177,6 @@ def _table(header: list[str], rows: list[list[Any]], numeric_from: int = 1) -> s
 # -- data ----------------------------------------------------------------------------------------------------------
 
 def _data_rows(found: Found, page: _Page) -> tuple[list[list[Any]], bool]:
-    from ingest.report_tables import origin_text
-
     rows: dict[str, tuple[str, str, list[str]]] = {}
     synthetic = False
     for path in found.splits:
@@ -178,14 +187,14 @@ def _data_rows(found: Found, page: _Page) -> tuple[list[list[Any]], bool]:
         if "store" not in s:
             continue
         origin = s.get("origin", {})
-        synthetic |= origin.get("kind") == "synthetic"
+        synthetic |= is_synthetic(origin)
         counts = "; ".join(f"{k}: {len(s[k]['patients'])} patients / {len(s[k]['indices'])} images"
                            for k in ("train", "val", "test") if isinstance(s.get(k), dict))
-        _seen(rows, s["store"], origin_text(origin), counts, page.rel(path.parent))
+        _seen(rows, s["store"], data_sentence(origin), counts, page.rel(path.parent))
     for path in found.suites:
         r = json.loads((path / "results.json").read_text())
-        synthetic |= r.get("origin", {}).get("kind") == "synthetic"
-        _seen(rows, r.get("store", "?"), origin_text(r.get("origin", {})), "", page.rel(path))
+        synthetic |= is_synthetic(r.get("origin"))
+        _seen(rows, r.get("store", "?"), data_sentence(r.get("origin")), "", page.rel(path))
     for path in found.explains:
         e = json.loads(path.read_text())
         d = e.get("data", {})
@@ -224,14 +233,12 @@ def _suites(found: Found, page: _Page) -> str:
     parts = []
     for suite in found.suites:
         md = suite / "report.md"
-        if md.exists():
-            text = md.read_text()
-        else:
-            from pipelines.report import data_line, tables
-
-            results = json.loads((suite / "results.json").read_text())
-            text = f"# Cross-magnification ({suite.name})\n\n{data_line(results)}\n\n{tables(results)}"
-        body = page.markdown(text, suite)
+        if not md.exists():
+            if "format" not in json.loads((suite / "results.json").read_text()):
+                raise LegacySuiteError(suite)
+            raise ReportError(f"{suite}: results.json without its report.md; 'histo-bench report {suite}' rebuilds "
+                              "it")
+        body = page.markdown(md.read_text(), suite)
         extra = "".join(page.figure(p, p.stem.replace("_", " ")) for p in sorted(suite.glob("*.png")))
         parts.append(f"<div class='run'><p class='path'>{html.escape(page.rel(suite))}</p>{body}{extra}</div>")
     return "".join(parts)
@@ -352,8 +359,8 @@ def build_html(run_dir: str | Path) -> str:
                           "a benchmark into it first")
     page = _Page(run_dir)
     rows, synthetic = _data_rows(found, page)
-    banner = ("<div class='banner'>SYNTHETIC DATA: these runs used histo-bench's generated H&amp;E-like images; "
-              "the numbers show that the pipeline works and nothing clinical.</div>" if synthetic else
+    banner = (f"<div class='banner'>SYNTHETIC DATA: these runs used {html.escape(SYNTHETIC_NOTE)}.</div>"
+              if synthetic else
               "<div class='banner real'>Data: user-provided stores (see Data).</div>" if rows else "")
     page.add("data", "Data", _table(["store", "origin", "splits (patients / images)", "recorded in"], rows,
                                     numeric_from=99) if rows else "<p>No store recorded in these runs.</p>")

@@ -10,9 +10,7 @@ from benchmark.suites import (  # noqa: F401  (register the suites)
     transfer,
 )
 from benchmark.suites.base import (
-    QUICK,
     SUITES,
-    StudyConfig,
     SuiteContext,
     SuiteSpec,
     is_suite_results,
@@ -22,6 +20,7 @@ from benchmark.suites.base import (
     run_suite,
 )
 from benchmark.suites.report import write_suite_report
+from benchmark.suites.study import QUICK, StudyConfig
 from benchmark.suites.tables import aggregate, format_cell, mean_std_matrix, mean_std_table, paired, summarize
 
 __all__ = ["QUICK", "SUITES", "StudyConfig", "SuiteContext", "SuiteSpec", "aggregate", "format_cell",

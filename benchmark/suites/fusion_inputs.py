@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.suites.base import StudyConfig, SuiteContext, register_suite
+from benchmark.suites.base import SuiteContext, register_suite
 from benchmark.suites.figures import lines
 from benchmark.suites.report import write_suite_report
+from benchmark.suites.study import StudyConfig
 from benchmark.suites.tables import mean_std_table, summarize
+from histo_bench.markdown import markdown_table
 
 NAME = "fusion-inputs"
 MODEL = "fusion_effnet_b0"
@@ -39,8 +41,9 @@ def _report(suite_dir: Path, results: dict[str, Any]) -> Path:
 
     cells = results["cells"]
     sections = [
-        "## Inputs\n\n| inputs (K) | magnifications |\n| ---: | --- |\n"
-        + "\n".join(f"| {k} | {' + '.join(m)} |" for k, m in INPUT_SETS.items() if any(c["k"] == k for c in cells))
+        "## Inputs\n\n"
+        + markdown_table(["inputs (K)", "magnifications"],
+                         [[k, " + ".join(m)] for k, m in INPUT_SETS.items() if any(c["k"] == k for c in cells)], "rl")
         + f"\n\nModel `{MODEL}`; per-input augmentation: crop, flips, rot90, colour jitter, Gaussian blur (p "
           f"{AUGMENT['blur']}) and random erasing (p {AUGMENT['erasing']}), drawn independently for every input; "
           "a class-weighted sampler *and* inverse-frequency loss weights (both, as in the paper; this double-weights "

@@ -19,10 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.suites.base import StudyConfig, SuiteContext, register_suite
+from benchmark.suites.base import SuiteContext, register_suite
 from benchmark.suites.figures import grouped_bars, heatmaps
 from benchmark.suites.report import write_suite_report
+from benchmark.suites.study import StudyConfig
 from benchmark.suites.tables import mean_grid, mean_std_matrix, mean_std_table, paired, summarize
+from histo_bench.markdown import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -121,14 +123,12 @@ def _fmt(v: float | None) -> str:
 def _efficiency_section(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
-    out = ["## Efficiency", "", "| model | parameters | GFLOPs / image | image size | eager inference images/s "
-           "(batch) | latency p50 ms | training images/s (mean over runs) | device |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for r in rows:
-        train_ips = f"{r['train_images_per_s']:.1f}" if r.get("train_images_per_s") else "-"
-        out.append(f"| {r['model']} | {r['params'] / 1e6:.1f} M | {r['gflops_per_image']:.2f} | {r['image_size']} | "
-                   f"{r['images_per_s']:.1f} ({r['batch_size']}) | {r['latency_p50_ms']:.1f} | {train_ips} | "
-                   f"{r['device']} |")
+    headers = ["model", "parameters", "GFLOPs / image", "image size", "eager inference images/s (batch)",
+               "latency p50 ms", "training images/s (mean over runs)", "device"]
+    body = [[r["model"], f"{r['params'] / 1e6:.1f} M", f"{r['gflops_per_image']:.2f}", r["image_size"],
+             f"{r['images_per_s']:.1f} ({r['batch_size']})", f"{r['latency_p50_ms']:.1f}",
+             f"{r['train_images_per_s']:.1f}" if r.get("train_images_per_s") else "-", r["device"]] for r in rows]
+    out = ["## Efficiency", "", markdown_table(headers, body, "lrrrrrrl")]
     out += ["", "Inference: fp32 eager forward passes timed after warm-up (median latency); FLOPs counted by torch's "
             "FlopCounterMode (multiply-add = 2). One measurement on the study's device, not repeated over seeds; "
             "`histo-bench run` benchmarks compiled backends and batch sizes."]

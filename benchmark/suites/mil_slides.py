@@ -30,11 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.suites.base import SUITES, StudyConfig, SuiteContext, register_suite, weights_file
+from benchmark.suites.base import SUITES, SuiteContext, register_suite
 from benchmark.suites.figures import grouped_bars
 from benchmark.suites.report import write_suite_report
+from benchmark.suites.study import StudyConfig, weights_file
 from benchmark.suites.tables import format_cell, mean_std_table, summarize
+from histo_bench.errors import ConfigError
 from histo_bench.files import atomic_write_json
+from histo_bench.markdown import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ def find_labels(store: Path) -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    raise ValueError(f"{store}: no labels.csv (slide_id,label) found; looked in "
+    raise ConfigError(f"{store}: no labels.csv (slide_id,label) found; looked in "
                      f"{', '.join(str(c) for c in dict.fromkeys(candidates))}")
 
 
@@ -79,7 +82,7 @@ def _data(study: StudyConfig) -> tuple[Path, Path, str, str]:
         store = Path(study.store)
         ids = SlideStore(store).slide_ids()
         if not ids:
-            raise ValueError(f"{store}: the slide store holds no slides")
+            raise ConfigError(f"{store}: the slide store holds no slides")
         scale = next(iter(SlideStore(store).slide(ids[0]).attrs["scales"]))
         return store, find_labels(store), scale, "user"
     store, labels, scale = demo_slide_store(quick=study.quick)
@@ -104,26 +107,11 @@ def _origin(store: Path, kind: str) -> dict[str, Any]:
     return {"kind": "user", "root": str(store), "synthetic_slides": synthetic, "unknown_slides": unknown, **common}
 
 
-def _data_line(origin: dict[str, Any], n_slides: int, n_patients: int, store: Path) -> str:
-    if origin["kind"] == "synthetic":
-        return (f"**Data: SYNTHETIC** - {n_slides} synthetic pyramidal slides ({n_patients} patients) from "
-                "histo-bench's generator (tissue islands of generated H&E-like fields), not real tissue: the "
-                f"numbers show that the pipeline works and say nothing clinical. Slide store `{store}`; tissue: "
-                f"{origin['tissue']}.")
-    note = ""
-    if origin.get("synthetic_slides"):
-        note += f" SYNTHETIC slides among them: {', '.join(origin['synthetic_slides'])}."
-    if origin.get("unknown_slides"):
-        note += f" Source not checkable (moved or not TIFF): {len(origin['unknown_slides'])} slide(s)."
-    return (f"**Data:** user-provided slide store `{store}` ({n_slides} slides, {n_patients} patients); tissue: "
-            f"{origin['tissue']}.{note}")
-
-
 def _grid(study: StudyConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(attention models, extractors) from ``--model`` (either kind, or none for the defaults)."""
     unknown = [m for m in study.models if m not in ATTENTION and m not in EXTRACTORS]
     if unknown:
-        raise ValueError(f"--model {', '.join(unknown)}: mil-slides takes attention models ({', '.join(ATTENTION)}) "
+        raise ConfigError(f"--model {', '.join(unknown)}: mil-slides takes attention models ({', '.join(ATTENTION)}) "
                          f"and/or tile extractors ({', '.join(EXTRACTORS)})")
     models = tuple(m for m in study.models if m in ATTENTION) or tuple(ATTENTION)
     extractors = tuple(m for m in study.models if m in EXTRACTORS) or (QUICK_EXTRACTORS if study.quick
@@ -152,7 +140,7 @@ def _folds(study: StudyConfig, labels: dict[str, str], patients: dict[str, str])
         per_label.setdefault(lab, set()).add(patients[s])
     fewest = min(len(p) for p in per_label.values())
     if fewest < 2:
-        raise ValueError(f"a label has {fewest} patient(s); slide-level cross-validation needs 2 or more per label")
+        raise ConfigError(f"a label has {fewest} patient(s); slide-level cross-validation needs 2 or more per label")
     return min(DEFAULT_FOLDS, fewest)
 
 
@@ -233,8 +221,7 @@ def _predictions_table(path: Path) -> str:
     if not rows:
         return "(no slide had tiles at this scale)"
     cols = list(rows[0])
-    return "\n".join(["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
-                     + ["| " + " | ".join(r[c] for c in cols) + " |" for r in rows])
+    return markdown_table(cols, [[r[c] for c in cols] for r in rows])
 
 
 @register_suite(NAME, "attention MIL on slides: simple vs gated attention x ResNet-50 / ResNet-34 / ViT features x "
@@ -292,8 +279,7 @@ def run(study: StudyConfig, ctx: SuiteContext) -> dict[str, Any]:
     n_patients = len(set(patients.values()))
     results = {"format": "histo-bench/suite", "suite": NAME, "description": SUITES.get(NAME).description,
                "study": asdict(study), "store": str(store), "labels": str(labels_csv), "scale": scale,
-               "origin": origin, "data_line": _data_line(origin, len(labels), n_patients, store),
-               "store_counts": {}, "slide_counts": {"slides": len(labels), "patients": n_patients},
+               "origin": origin, "store_counts": {}, "slide_counts": {"slides": len(labels), "patients": n_patients},
                "protocol": _protocol(study), "command": study.command(), "tasks": [task],
                "classes": {task: classes}, "settings": settings, "models": list(models),
                "extractors": list(extractors), "losses": list(LOSSES), "device": device,

@@ -25,10 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.suites.base import StudyConfig, SuiteContext, register_suite, weights_file
+from benchmark.suites.base import SuiteContext, register_suite
 from benchmark.suites.figures import grouped_bars
 from benchmark.suites.report import write_suite_report
+from benchmark.suites.study import StudyConfig, weights_file
 from benchmark.suites.tables import mean_std_table, summarize
+from histo_bench.errors import ConfigError
+from histo_bench.markdown import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +107,7 @@ def _report(suite_dir: Path, results: dict[str, Any]) -> Path:
     cells = results["cells"]
     pre = results.get("pretraining", [])
     done = [p for p in pre if "final_loss" in p]
-    pre_lines = ["| pair strategy | final NT-Xent | pretraining patients |", "| --- | ---: | ---: |"]
+    pre_rows = []
     for pair in dict.fromkeys(p["pair"] for p in pre):
         mine = [p for p in done if p["pair"] == pair]
         losses = [p["final_loss"] for p in mine if p["final_loss"] is not None]
@@ -112,7 +115,8 @@ def _report(suite_dir: Path, results: dict[str, Any]) -> Path:
         loss = (f"{np.mean(losses):.3f} ± {np.std(losses, ddof=1):.3f} (n={len(losses)})" if len(losses) > 1 else
                 f"{losses[0]:.3f} ± n/a (n=1)" if losses else f"skipped: {why}")
         patients = ", ".join(str(p["patients"]) for p in mine) or "-"
-        pre_lines.append(f"| {pair} | {loss} | {patients} |")
+        pre_rows.append([pair, loss, patients])
+    pre_table = markdown_table(["pair strategy", "final NT-Xent", "pretraining patients"], pre_rows, "lrr")
     budget = ", ".join(f"{k} {v}" for k, v in results.get("finetune_settings", {}).items()) or "the trainer's defaults"
     sections = [
         "## Protocol\n\n"
@@ -122,7 +126,7 @@ def _report(suite_dir: Path, results: dict[str, Any]) -> Path:
         + (f", at most {results['pretrain_settings']['max_steps_per_epoch']} steps each"
            if results["pretrain_settings"].get("max_steps_per_epoch") else "")
         + ", NT-Xent on same-patient magnification pairs (ordered: adjacent magnifications; fixed: 200X+400X; "
-        "random: any two).\n\n" + "\n".join(pre_lines) + "\n\n"
+        "random: any two).\n\n" + pre_table + "\n\n"
         f"**Same budget for every initialisation** in fine-tuning and linear evaluation: {budget}. Fine-tune = every "
         "parameter trains (`unfreeze=full`); linear = the encoder is frozen, only the linear head trains "
         "(`unfreeze=head`). Labels 20% = a seeded, class-stratified fifth of the train patients (val / test "
@@ -176,7 +180,7 @@ def run(study: StudyConfig, ctx: SuiteContext) -> dict[str, Any]:
     models = study.models_or(QUICK_MODELS if study.quick else DEFAULT_MODELS)
     wrong = [m for m in models if m not in MODELS or MODELS.get(m).family != "mpcs"]
     if wrong:
-        raise ValueError(f"--model {', '.join(wrong)}: the mpcs suite takes MPCS models "
+        raise ConfigError(f"--model {', '.join(wrong)}: the mpcs suite takes MPCS models "
                          f"({', '.join(MODELS.names('mpcs_*'))})")
     tasks = study.tasks_or(("binary",))
     mags = MAGNIFICATIONS[study.quick]

@@ -1,10 +1,11 @@
 """A suite's ``report.md`` + self-contained ``report.html``, from its ``results.json`` and the suite's sections.
 
-The header every suite report starts with says which data the numbers come from (SYNTHETIC, loudly, for the
-generated demo data; else the user's store and where it was ingested from) and how many patients / images it holds,
-the task(s), the protocol (folds x seeds), quick mode, how to read a cell, and the command that reproduces it. The
-HTML page (:mod:`benchmark.reports.html`) embeds the report, its figures, every run's training curves and any
-``explain`` output under the suite directory.
+The header every suite report starts with says which data the numbers come from
+(:func:`histo_bench.provenance.data_sentence`: SYNTHETIC, loudly, for the generated demo data; else the user's store
+and where it was ingested from) and how many patients / images (slides) it holds, the task(s), the protocol (folds
+x seeds), quick mode, how to read a cell, and the command that reproduces it. The HTML page
+(:mod:`benchmark.reports.html`) embeds the report, its figures, every run's training curves and any ``explain``
+output under the suite directory.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.suites.tables import CELL_NOTE
+from histo_bench.provenance import data_sentence
 
 log = logging.getLogger(__name__)
 
@@ -23,18 +25,11 @@ Figure = tuple[str | Path, str]
 
 
 def data_line(results: dict[str, Any]) -> str:
-    """The data sentence of a report header (a suite that knows better, e.g. on slides, stores ``data_line``)."""
-    if results.get("data_line"):
-        return results["data_line"]
-    origin = results.get("origin", {})
-    counts = results.get("store_counts", {})
-    size = f"{counts['images']} images of {counts['patients']} patients" if counts else "size not recorded"
-    if origin.get("kind") == "synthetic":
-        return ("**Data: SYNTHETIC** - histo-bench's generated H&E-like images in the BreakHis layout, not real "
-                f"tissue: the numbers show that the pipeline works and say nothing clinical. Store `{results['store']}`"
-                f" ({size}).")
-    return (f"**Data:** user-provided store `{results['store']}` ({size}), ingested from "
-            f"`{origin.get('root', '?')}`.")
+    """The data sentence of a report header, from ``results.json``'s ``origin``, ``store`` and ``store_counts``
+    (image stores: ``images``, ``patients``) or ``slide_counts`` (slide stores: ``slides``, ``patients``)."""
+    counts = {**(results.get("store_counts") or {}), **(results.get("slide_counts") or {})}
+    return data_sentence(results.get("origin"), store=results.get("store", "?"), images=counts.get("images"),
+                         patients=counts.get("patients"), slides=counts.get("slides"), markdown=True)
 
 
 def header(results: dict[str, Any]) -> list[str]:

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from histo_bench.markdown import markdown_table
+
 #: What the cells mean, for captions under the tables.
 CELL_NOTE = ("Cells: mean ± std over folds x seeds (sample std; '± n/a' for a single run); n = runs, p / i = "
              "distinct test patients / images behind the cell.")
@@ -74,10 +76,6 @@ def format_cell(summary: dict[str, Any] | None, digits: int = 3, signed: bool = 
             f"{summary['n_images']} i)")
 
 
-def _header(columns: Sequence[str], n_label: int) -> list[str]:
-    return ["| " + " | ".join(columns) + " |", "|" + " --- |" * n_label + " ---: |" * (len(columns) - n_label)]
-
-
 def mean_std_table(rows: Sequence[dict[str, Any]], group_by: Sequence[str], metrics: Sequence[str], *,
                    labels: dict[str, str] | None = None, digits: int = 3, signed: Sequence[str] = ()) -> str:
     """A Markdown table: one line per group of ``group_by``, one ``mean ± std (n=...)`` column per metric.
@@ -88,11 +86,10 @@ def mean_std_table(rows: Sequence[dict[str, Any]], group_by: Sequence[str], metr
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(_key(r, group_by), []).append(r)
-    out = _header([labels.get(c, c) for c in (*group_by, *metrics)], len(group_by))
-    for key, members in groups.items():
-        cells = [format_cell(summarize(members, m), digits, m in signed) for m in metrics]
-        out.append("| " + " | ".join([*(str(k) for k in key), *cells]) + " |")
-    return "\n".join(out)
+    body = [[*key, *(format_cell(summarize(members, m), digits, m in signed) for m in metrics)]
+            for key, members in groups.items()]
+    return markdown_table([labels.get(c, c) for c in (*group_by, *metrics)], body,
+                          "l" * len(group_by) + "r" * len(metrics))
 
 
 def mean_std_matrix(rows: Sequence[dict[str, Any]], row_key: str, col_key: str, metric: str, *,
@@ -101,12 +98,9 @@ def mean_std_matrix(rows: Sequence[dict[str, Any]], row_key: str, col_key: str, 
     """A Markdown matrix (e.g. train x test magnification) of ``mean ± std (n=...)`` cells of ``metric``."""
     r_vals = list(rows_order or dict.fromkeys(r.get(row_key) for r in rows))
     c_vals = list(cols_order or dict.fromkeys(r.get(col_key) for r in rows))
-    out = _header([corner or f"{row_key} \\ {col_key}", *map(str, c_vals)], 1)
-    for rv in r_vals:
-        cells = [format_cell(summarize([r for r in rows if r.get(row_key) == rv and r.get(col_key) == cv], metric),
-                             digits) for cv in c_vals]
-        out.append(f"| {rv} | " + " | ".join(cells) + " |")
-    return "\n".join(out)
+    body = [[rv, *(format_cell(summarize([r for r in rows if r.get(row_key) == rv and r.get(col_key) == cv], metric),
+                               digits) for cv in c_vals)] for rv in r_vals]
+    return markdown_table([corner or f"{row_key} \\ {col_key}", *c_vals], body, "l" + "r" * len(c_vals))
 
 
 def mean_grid(rows: Sequence[dict[str, Any]], row_key: str, col_key: str, metric: str, rows_order: Sequence[Any],

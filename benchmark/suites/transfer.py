@@ -23,10 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.suites.base import StudyConfig, SuiteContext, register_suite
+from benchmark.suites.base import SuiteContext, register_suite
 from benchmark.suites.figures import grouped_bars
 from benchmark.suites.report import write_suite_report
+from benchmark.suites.study import StudyConfig
 from benchmark.suites.tables import format_cell, mean_std_table, summarize
+from histo_bench.markdown import markdown_table
 
 NAME = "transfer"
 DEFAULT_MODELS: tuple[str, ...] = ("resnet50", "densenet121", "convnextv2_tiny")
@@ -65,15 +67,16 @@ def _report(suite_dir: Path, results: dict[str, Any]) -> Path:
         grid_rows = [s for s in search if s["task"] == task]
         if grid_rows:
             lrs = sorted(dict.fromkeys(s["lr"] for s in grid_rows))
-            head = "| model | schedule | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | chosen |"
-            lines = [head, "| --- | --- |" + " ---: |" * len(lrs) + " ---: |"]
+            body = []
             for key in dict.fromkeys((s["model"], s["unfreeze"]) for s in grid_rows):
                 mine = [s for s in grid_rows if (s["model"], s["unfreeze"]) == key]
                 vals = [format_cell(summarize([s for s in mine if s["lr"] == lr], "val_macro_f1")) for lr in lrs]
                 chosen = next((s["lr"] for s in mine if s.get("chosen")), None)
-                lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(vals) + f" | {chosen:g} |")
+                body.append([*key, *vals, f"{chosen:g}"])
+            table = markdown_table(["model", "schedule", *(f"lr {lr:g}" for lr in lrs), "chosen"], body,
+                                   "ll" + "r" * (len(lrs) + 1))
             sections.append(f"## Learning-rate grid (validation macro-F1, first fold and seed), {what}\n\n"
-                            + "\n".join(lines) + "\n\nn here: the selection run (one per cell); p / i = validation "
+                            + table + "\n\nn here: the selection run (one per cell); p / i = validation "
                             "patients / images.")
         rows = [c for c in cells if c["task"] == task]
         sections.append(f"## Test scores per model and schedule (chosen learning rate), {what}\n\n"

@@ -4,7 +4,12 @@ decoded with many CPU threads (or nvJPEG on the GPU), with a native batched ``re
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import tempfile
+import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +23,82 @@ log = logging.getLogger(__name__)
 _UNIT_UM = {"micrometer": 1.0, "micron": 1.0, "um": 1.0, "µm": 1.0, "nanometer": 1e-3, "nm": 1e-3,
             "millimeter": 1e3, "mm": 1e3, "centimeter": 1e4, "cm": 1e4, "inch": 25400.0, "in": 25400.0}
 
+#: What cuFile (GPUDirect Storage) prints (on stdout) when it cannot start: no CUDA driver on this machine.
+_CUFILE_NOISE = ("libcuda.so", "missing cuda symbols", "cuFile initialization failed")
+_import_lock = threading.Lock()
 
+
+def keep_cufile_log_out_of_cwd() -> None:
+    """Send cuFile's log to /dev/null unless the user chose where it goes (``CUFILE_LOGFILE_PATH``, or a
+    ``cufile.json`` through ``CUFILE_ENV_PATH_JSON``). Call before cucim is imported.
+
+    cuCIM starts cuFile when it is imported in a process where libcufile is already loaded (torch loads it); on a
+    machine without a CUDA driver that start fails, and cuFile writes why into ``cufile.log`` in the current
+    folder, which is where the user happens to be."""
+    if "CUFILE_LOGFILE_PATH" not in os.environ and "CUFILE_ENV_PATH_JSON" not in os.environ:
+        os.environ["CUFILE_LOGFILE_PATH"] = os.devnull
+
+
+def _import_cuimage():
+    """``cucim.CuImage``, imported without leaving ``cufile.log`` behind and without the lines a failed cuFile start
+    prints on stdout (which may be piped into something); anything else written meanwhile is passed on."""
+    with _import_lock:
+        keep_cufile_log_out_of_cwd()
+        if "cucim" in sys.modules:  # imported already: nothing more to quieten
+            from cucim import CuImage
+
+            return CuImage
+        with _without_cufile_noise():
+            from cucim import CuImage
+    return CuImage
+
+
+_opened_one = False
+
+
+def _open_cuimage(cuimage, path: str):
+    """``cuimage(path)``; the process's first successful open is quietened like the import (cuCIM tries to start
+    cuFile again there)."""
+    global _opened_one
+    if _opened_one:
+        return cuimage(path)
+    with _import_lock:
+        with _without_cufile_noise():
+            img = cuimage(path)
+        _opened_one = True
+    return img
+
+
+@contextmanager
+def _without_cufile_noise() -> Iterator[None]:
+    """Capture file descriptors 1 and 2 (what C libraries write to) for the block, then pass on every captured line
+    except cuFile's failed-start lines."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        saved = {fd: os.dup(fd) for fd in (1, 2)}
+    except OSError:  # no stdout / stderr to quieten (a closed descriptor)
+        yield
+        return
+    captured = {fd: tempfile.TemporaryFile() for fd in (1, 2)}
+    try:
+        for fd, file in captured.items():
+            os.dup2(file.fileno(), fd)
+        yield
+    finally:
+        libc.fflush(None)  # C stdio's buffers, while they still go to the captures
+        for fd, file in captured.items():
+            os.dup2(saved[fd], fd)
+            os.close(saved[fd])
+            file.seek(0)
+            lines = file.read().decode(errors="replace").splitlines(keepends=True)
+            file.close()
+            kept = "".join(line for line in lines if not any(n in line for n in _CUFILE_NOISE))
+            if kept:
+                os.write(fd, kept.encode())
 
 
 @READERS.register("cucim")
@@ -48,11 +128,11 @@ class CuCIMReader(SlideReader):
             raise ReaderError(f"{self.path}: {why}")
         self.device = device
         try:
-            from cucim import CuImage
+            CuImage = _import_cuimage()
         except Exception as exc:  # e.g. a CUDA runtime mismatch
             raise ReaderError(f"{self.path}: cannot import cucim: {one_line(exc)}") from None
         try:
-            self._img = CuImage(str(self.path))
+            self._img = _open_cuimage(CuImage, str(self.path))
         except Exception as exc:  # ValueError "Cannot load ..." for non-TIFF / unsupported files
             raise ReaderError(f"{self.path}: cuCIM cannot open it: {one_line(exc)}") from None
         try:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from histo_bench.errors import ConfigError
 from ingest.breakhis_names import CLASSES, MAGNIFICATIONS, relative_path
 from ingest.synthetic.he_render import render_field
 
@@ -55,15 +56,15 @@ class SyntheticConfig:
         for name in ("patients_per_class", "images_per_magnification", "height", "width", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer):
-                raise ValueError(f"SyntheticConfig.{name} must be an int, got {value!r}")
+                raise ConfigError(f"SyntheticConfig.{name} must be an int, got {value!r}")
         if not 1 <= self.patients_per_class <= _MAX_PATIENTS:
-            raise ValueError(f"patients_per_class must be in 1..{_MAX_PATIENTS}, got {self.patients_per_class}")
+            raise ConfigError(f"patients_per_class must be in 1..{_MAX_PATIENTS}, got {self.patients_per_class}")
         if not 1 <= self.images_per_magnification <= 999:
-            raise ValueError(f"images_per_magnification must be in 1..999, got {self.images_per_magnification}")
+            raise ConfigError(f"images_per_magnification must be in 1..999, got {self.images_per_magnification}")
         if not (16 <= self.height <= 4096 and 16 <= self.width <= 4096):
-            raise ValueError(f"height/width must be in 16..4096, got {self.height}x{self.width}")
+            raise ConfigError(f"height/width must be in 16..4096, got {self.height}x{self.width}")
         if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
         _check_subset("magnifications", self.magnifications, MAGNIFICATIONS)
         _check_subset("classes", self.classes, CLASSES)
 
@@ -77,12 +78,12 @@ class SyntheticConfig:
 def _check_subset(name: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> None:
     """Raise ValueError unless ``values`` is a non-empty duplicate-free tuple drawn from ``allowed``."""
     if isinstance(values, str) or not isinstance(values, tuple | list) or not values:
-        raise ValueError(f"SyntheticConfig.{name} must be a non-empty tuple, got {values!r}")
+        raise ConfigError(f"SyntheticConfig.{name} must be a non-empty tuple, got {values!r}")
     unknown = [v for v in values if v not in allowed]
     if unknown:
-        raise ValueError(f"SyntheticConfig.{name}: unknown {unknown} (allowed: {', '.join(allowed)})")
+        raise ConfigError(f"SyntheticConfig.{name}: unknown {unknown} (allowed: {', '.join(allowed)})")
     if len(set(values)) != len(values):
-        raise ValueError(f"SyntheticConfig.{name} has duplicates: {values!r}")
+        raise ConfigError(f"SyntheticConfig.{name} has duplicates: {values!r}")
 
 
 def patients_for(class_name: str, config: SyntheticConfig) -> list[str]:
@@ -162,7 +163,7 @@ def generate_tree(out_dir: str | Path, config: SyntheticConfig = SyntheticConfig
     is called after each image. ``workers > 1`` renders in a process pool.
     """
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise ConfigError(f"workers must be >= 1, got {workers}")
     out = Path(out_dir)
     jobs = [(*j, config.seed, config.height, config.width) for j in _jobs(out, config)]
     total = len(jobs)

@@ -11,6 +11,7 @@ import logging
 import os
 from pathlib import Path
 
+from histo_bench.errors import ConfigError
 from histo_bench.files import discard_dir
 from ingest.breakhis_names import MAGNIFICATIONS
 
@@ -47,7 +48,7 @@ def write_demo_tree(out: str | Path, config=None, progress=None, workers: int = 
     made = _made_with(out)
     if made is not None and made != settings:
         changed = ", ".join(f"{k} {made.get(k)} != {v}" for k, v in settings.items() if made.get(k) != v)
-        raise ValueError(f"{out}: holds a synthetic tree generated with other settings ({changed}); delete it or "
+        raise ConfigError(f"{out}: holds a synthetic tree generated with other settings ({changed}); delete it or "
                          "use another --out")
     paths = generate_tree(out, config, progress=progress, workers=workers)
     marker = {"generator": "histo-bench ingest.synthetic.breakhis_tree", "config": settings, "images": len(paths)}

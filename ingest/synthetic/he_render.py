@@ -5,19 +5,20 @@ Tissue is composed as hematoxylin / eosin *concentration* maps (float32) and tur
 Beer-Lambert law, ``RGB = 255 * exp(-(H * h_vec + E * e_vec))``, using Ruifrok-like stain vectors that
 vary per patient. Lengths are specified in "physical units" ``u`` (one pixel at 40X); at magnification
 ``m`` one unit spans ``m / 40`` pixels, so the field of view shrinks as ``1 / m`` and nuclei grow from
-~3 px (40X) to ~30-45 px (400X). Everything is vectorised: nuclei are stamped as an ``(N, K, K)`` stack
-scattered with :func:`numpy.bincount`; gland/nest shapes are elliptical depth fields evaluated in their
-bounding boxes; smooth noise is a small random grid upsampled with Pillow.
+~3 px (40X) to ~30-45 px (400X). This module holds the scene: stroma and glass, the class-specific structures
+(glands, nests, files, papillae) with their nuclei, and the stain optics. Everything is vectorised through the
+raster primitives of :mod:`ingest.synthetic.he_primitives` (nuclei stamped as ``(N, K, K)`` stacks, elliptical
+depth fields, smooth noise, blur and upsampling).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
+
+from ingest.synthetic.he_primitives import blur121, depth_field, log_vignette, smooth_noise, stamp_nuclei, upsample2x
 
 #: Pixels per physical unit for each magnification (40X is the reference).
 SCALE: dict[str, float] = {"40X": 1.0, "100X": 2.5, "200X": 5.0, "400X": 10.0}
@@ -73,139 +74,6 @@ class _Scene:
         if anchor:
             p[0] = self.rng.uniform((0.2 * self.w, 0.2 * self.h), (0.8 * self.w, 0.8 * self.h))
         return p
-
-
-def smooth_noise(rng: np.random.Generator, h: int, w: int, scale_px: float) -> np.ndarray:
-    """Unit-variance-ish smooth noise with feature size ~``scale_px`` (random grid upsampled bicubically)."""
-    if scale_px <= 1.5:
-        return rng.standard_normal((h, w), dtype=np.float32)
-    gh, gw = max(2, int(h / scale_px) + 2), max(2, int(w / scale_px) + 2)
-    small = rng.standard_normal((gh, gw), dtype=np.float32)
-    big = np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
-    return big * (1.0 / max(float(big[::7, ::7].std()), 1e-3))
-
-
-def depth_field(h: int, w: int, ell: np.ndarray, floor: float = -1e4, outside: float = 3.0) -> np.ndarray:
-    """Max over ellipses ``(cx, cy, a, b, theta)`` (pixels) of the approximate inward depth ``(1 - rho) * b``.
-
-    Positive inside an ellipse (about the distance to its border in pixels), negative outside; evaluated
-    only in a bounding box grown by ``outside`` pixels (farther away the value is ``floor``).
-    """
-    ell = np.asarray(ell, np.float32).reshape(-1, 5)
-    reach = np.maximum(ell[:, 2], ell[:, 3]) + outside + 2
-    ell, reach = ell[(ell[:, 0] > -reach) & (ell[:, 0] < w + reach) & (ell[:, 1] > -reach) & (ell[:, 1] < h + reach)], \
-        reach[(ell[:, 0] > -reach) & (ell[:, 0] < w + reach) & (ell[:, 1] > -reach) & (ell[:, 1] < h + reach)]
-    pad = 100  # >= 2 * the largest vectorised half-width, so every stack index is on the canvas
-    out = np.full((h + 2 * pad, w + 2 * pad), floor, dtype=np.float32)
-    small = 2 * np.ceil(reach) + 1 <= pad // 2
-    for cx, cy, a, b, t in ell[~small]:  # the few large ellipses: loop over their clipped bounding boxes
-        r = max(a, b) + outside + 2
-        x0, x1, y0, y1 = max(0, int(cx - r)), min(w, int(cx + r) + 1), max(0, int(cy - r)), min(h, int(cy + r) + 1)
-        if x0 >= x1 or y0 >= y1:
-            continue
-        xs = np.arange(x0, x1, dtype=np.float32) - cx
-        ys = (np.arange(y0, y1, dtype=np.float32) - cy)[:, None]
-        c, s = math.cos(t), math.sin(t)
-        u = (xs * c + ys * s) * (1.0 / a)
-        v = (ys * c - xs * s) * (1.0 / b)
-        d = (1.0 - np.sqrt(u * u + v * v)) * min(a, b)
-        view = out[y0 + pad:y1 + pad, x0 + pad:x1 + pad]
-        np.maximum(view, d, out=view)
-    if small.any():  # many small ellipses: (G, K, K) stacks scattered with np.maximum.at, grouped by size
-        sm, kk = ell[small], (2 * np.ceil(reach[small]) + 1).astype(np.int64)
-        kk = np.minimum(((kk + 3) // 4) * 4 + 1, pad // 2 + 1)
-        for k in map(int, np.unique(kk)):  # Python int: an np.int64 would promote float32 maths to float64
-            e = sm[kk == k]
-            off = np.arange(k, dtype=np.float32) - k // 2
-            ix, iy = np.floor(e[:, 0]).astype(np.int64), np.floor(e[:, 1]).astype(np.int64)
-            dx = off[None, None, :] - (e[:, 0] - ix).astype(np.float32)[:, None, None]
-            dy = off[None, :, None] - (e[:, 1] - iy).astype(np.float32)[:, None, None]
-            c, s = np.cos(e[:, 4])[:, None, None], np.sin(e[:, 4])[:, None, None]
-            u = (dx * c + dy * s) / e[:, 2, None, None]
-            v = (dy * c - dx * s) / e[:, 3, None, None]
-            d = (1.0 - np.sqrt(u * u + v * v)) * np.minimum(e[:, 2], e[:, 3])[:, None, None]
-            ioff = off.astype(np.int64)[:, None] * out.shape[1] + off.astype(np.int64)[None, :]
-            idx = ((iy + pad) * out.shape[1] + ix + pad)[:, None, None] + ioff[None]
-            np.maximum.at(out.reshape(-1), idx.ravel(), d.ravel())
-    return out[pad:pad + h, pad:pad + w]
-
-
-def stamp_nuclei(h: int, w: int, x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, phi: np.ndarray,
-                 dark: np.ndarray, irr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Hematoxylin map of ``N`` irregular elliptical nuclei (semi-axes ``a``, ``b`` px) summed into an ``(h, w)`` map.
-
-    Nuclei are grouped by size so each group is stamped as an ``(n, K, K)`` stack with a fitting ``K``,
-    accumulated with :func:`numpy.bincount` into a padded canvas (no per-pixel bounds checks).
-    """
-    x, y, a, b, phi, dark, irr = (np.asarray(v, np.float32) for v in (x, y, a, b, phi, dark, irr))
-    e2 = irr * rng.uniform(0.5, 1.5, len(x)).astype(np.float32)
-    psi = rng.uniform(0, np.pi, len(x)).astype(np.float32)
-    kneed = np.ceil(2 * np.maximum(a, b) * (1.0 + irr) + 2).astype(np.int64)
-    buckets = np.array([*range(4, 25), 28, 32, 37, 43, 49, 57, 65, 75, 86, 100, 115, 133, 153, 177, 205])
-    kb = buckets[np.minimum(np.searchsorted(buckets, kneed), len(buckets) - 1)]
-    m = int(kb.max()) + 1 if len(kb) else 1  # padding so no stamp index leaves the canvas
-    hp, wp = h + 2 * m, w + 2 * m
-    ix, iy = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
-    inside = (ix >= -(kb // 2)) & (ix < w + kb // 2) & (iy >= -(kb // 2)) & (iy < h + kb // 2)
-    idx_parts, val_parts = [], []
-    for k in map(int, np.unique(kb[inside])):  # Python int keeps the float32 maths float32
-        sel = np.flatnonzero((kb == k) & inside)
-        sa, sb, sp, kx, ky = a[sel], b[sel], phi[sel], ix[sel], iy[sel]
-        off = np.arange(k, dtype=np.float32) - k // 2
-        dx = off[None, None, :] - (x[sel] - kx).astype(np.float32)[:, None, None]
-        dy = off[None, :, None] - (y[sel] - ky).astype(np.float32)[:, None, None]
-        c, s = np.cos(sp)[:, None, None], np.sin(sp)[:, None, None]
-        ia, ib = (1.0 / sa)[:, None, None], (1.0 / sb)[:, None, None]
-        sharp = (1.2 * np.maximum(np.minimum(sa, sb), 1.0))[:, None, None]
-        if k <= 9:  # small nuclei: plain ellipse from its quadratic form (few full-size array operations)
-            qa, qc = (c * ia) ** 2 + (s * ib) ** 2, (s * ia) ** 2 + (c * ib) ** 2
-            qb = 2 * c * s * (ia * ia - ib * ib)
-            r2 = (qa * dx * dx + qc * dy * dy) + (qb * dx) * dy
-            val = np.clip((1.0 - r2) * (0.5 * sharp), 0.0, 1.0)
-        else:  # large nuclei: irregular outline (2nd/3rd angular harmonics) and a darker rim
-            u = (dx * c + dy * s) * ia
-            v = (dy * c - dx * s) * ib
-            uu, vv = u * u, v * v
-            r2 = uu + vv + 1e-6
-            rho = np.sqrt(r2)
-            inv = 1.0 / r2
-            ps = psi[sel]
-            mod = 1.0 + e2[sel][:, None, None] * (((uu - vv) * np.cos(ps)[:, None, None]
-                                                    + 2 * u * v * np.sin(ps)[:, None, None]) * inv
-                                                   + 0.6 * u * (uu - 3 * vv) * inv / rho)
-            rho /= mod
-            val = np.clip((1.0 - rho) * sharp, 0.0, 1.0)
-            val *= 0.8 + 0.25 * np.minimum(rho, 1.0)
-        val *= dark[sel][:, None, None]
-        ioff = (off.astype(np.int64)[:, None] * wp + off.astype(np.int64)[None, :])[None]
-        idx = ((ky + m) * wp + (kx + m))[:, None, None] + ioff
-        idx_parts.append(idx.ravel())
-        val_parts.append(val.ravel())
-    if not idx_parts:
-        return np.zeros((h, w), np.float32)
-    out = np.bincount(np.concatenate(idx_parts), weights=np.concatenate(val_parts), minlength=hp * wp)
-    return out.reshape(hp, wp)[m:m + h, m:m + w].astype(np.float32)
-
-
-def _upsample(m: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Exact 2x bilinear upsampling (half-pixel aligned, edges replicated) cropped to ``(h, w)``."""
-    p = np.pad(m, 1, mode="edge")
-    c, q = p[1:-1] * np.float32(0.75), p * np.float32(0.25)
-    rows = np.empty((2 * m.shape[0], m.shape[1] + 2), np.float32)
-    rows[0::2], rows[1::2] = c + q[:-2], c + q[2:]
-    c, q = rows[:, 1:-1] * np.float32(0.75), rows * np.float32(0.25)
-    out = np.empty((rows.shape[0], 2 * m.shape[1]), np.float32)
-    out[:, 0::2], out[:, 1::2] = c + q[:, :-2], c + q[:, 2:]
-    return out[:h, :w]
-
-
-def blur121(img: np.ndarray, passes: int) -> np.ndarray:
-    """Separable ``[1, 2, 1] / 4`` blur applied ``passes`` times (edges replicated); a cheap Gaussian."""
-    for _ in range(passes):
-        p = np.pad(img, 1, mode="edge")
-        img = (p[:-2] + 2 * p[1:-1] + p[2:]) * 0.25
-        img = (img[:, :-2] + 2 * img[:, 1:-1] + img[:, 2:]) * 0.25
-    return img
 
 
 def _add_nuclei(sc: _Scene, x: np.ndarray, y: np.ndarray, *, scale: float = 1.0, aspect: float | None = None,
@@ -301,7 +169,6 @@ def _stroma_nuclei(sc: _Scene, area_u: float, theta: float, mask: np.ndarray, as
 def _compose(sc: _Scene, cls: str, theta: float, pat: dict[str, float]) -> None:
     """Add the class-specific structures to the scene."""
     rng, f = sc.rng, sc.f
-    stroma = lambda: (sc.tissue > 0) & (sc.H < 0.12)  # noqa: E731 - cheap closure over the live maps
     if cls == "adenosis":
         lob = sc.centers(sc.count(260.0**2, 100), 100, anchor=True)
         cen = []
@@ -311,15 +178,15 @@ def _compose(sc: _Scene, cls: str, theta: float, pat: dict[str, float]) -> None:
             ang, rad = rng.uniform(0, 2 * np.pi, k), r * np.sqrt(rng.uniform(0, 1, k))
             cen.append(np.column_stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)]))
         _glands(sc, _ellipses(sc, np.concatenate(cen), (3.8, 6.5), (0.55, 1.0)), 2.6)
-        _stroma_nuclei(sc, 12.0**2 / pat["cell"], theta, stroma())
+        _stroma_nuclei(sc, 12.0**2 / pat["cell"], theta, _stroma(sc))
     elif cls == "fibroadenoma":
         ell = _ellipses(sc, sc.centers(sc.count(95.0**2, 60), 60, anchor=True), (15, 55), (0.06, 0.16), theta, 0.6)
         _glands(sc, ell, 2.8, jag=1.2)
-        _stroma_nuclei(sc, 11.0**2 / pat["cell"], theta, stroma())
+        _stroma_nuclei(sc, 11.0**2 / pat["cell"], theta, _stroma(sc))
     elif cls == "phyllodes_tumor":
         ell = _ellipses(sc, sc.centers(sc.count(170.0**2, 150), 150, anchor=True), (50, 150), (0.03, 0.08), theta, 0.5)
         _glands(sc, ell, 2.2, jag=2.0)
-        _stroma_nuclei(sc, 5.0**2 / pat["cell"], theta, stroma(), aspect=3.5)
+        _stroma_nuclei(sc, 5.0**2 / pat["cell"], theta, _stroma(sc), aspect=3.5)
     elif cls == "tubular_adenoma":
         s = rng.uniform(11.5, 13.5)
         gx, gy = np.meshgrid(np.arange(-s, sc.w / f + s, s), np.arange(-s, sc.h / f + s, s * 0.87))
@@ -328,24 +195,13 @@ def _compose(sc: _Scene, cls: str, theta: float, pat: dict[str, float]) -> None:
         lob = smooth_noise(rng, sc.h, sc.w, 90 * f) > -0.6
         ci = np.clip(c, 0, [sc.w - 1, sc.h - 1]).astype(np.int64)
         _glands(sc, _ellipses(sc, c[lob[ci[:, 1], ci[:, 0]]], (4.2, 5.8), (0.7, 1.0)), 3.0, columnar=True)
-        _stroma_nuclei(sc, 14.0**2 / pat["cell"], theta, stroma())
+        _stroma_nuclei(sc, 14.0**2 / pat["cell"], theta, _stroma(sc))
     elif cls == "ductal_carcinoma":
         ell = _ellipses(sc, sc.centers(sc.count(85.0**2, 90), 90, anchor=True), (30, 90), (0.45, 1.0))
         _glands(sc, ell, 1e3, lumen="solid", jag=6.0, cyto=(0.24, 0.38), spacing=1.4)
-        _stroma_nuclei(sc, 12.0**2 / pat["cell"], theta, stroma())
+        _stroma_nuclei(sc, 12.0**2 / pat["cell"], theta, _stroma(sc))
     elif cls == "lobular_carcinoma":
-        n = sc.count(55.0**2, 30)
-        steps = 14
-        p0 = sc.centers(n, 30)
-        ang = theta + rng.normal(0, 0.35, (n, 1)) + np.cumsum(rng.normal(0, 0.12, (n, steps)), axis=1)
-        sp = 4.2 * f
-        x = p0[:, :1] + np.cumsum(sp * np.cos(ang), axis=1) + rng.normal(0, 0.4 * f, (n, steps))
-        y = p0[:, 1:] + np.cumsum(sp * np.sin(ang), axis=1) + rng.normal(0, 0.4 * f, (n, steps))
-        keep = rng.uniform(0, 1, (n, steps)) < 0.85
-        _add_nuclei(sc, x[keep], y[keep], aspect=1.2)
-        loose = sc.centers(sc.count(16.0**2))
-        _add_nuclei(sc, loose[:, 0], loose[:, 1])
-        _stroma_nuclei(sc, 16.0**2 / pat["cell"], theta, stroma())
+        _lobular_files(sc, theta, pat)
     elif cls == "mucinous_carcinoma":
         ell = _ellipses(sc, sc.centers(sc.count(110.0**2, 120), 120, anchor=True), (40, 120), (0.5, 1.0))
         d = _glands(sc, ell, 0.8, lumen="mucin", lining="none", jag=1.5, cyto=(0.1, 0.45))
@@ -355,28 +211,56 @@ def _compose(sc: _Scene, cls: str, theta: float, pat: dict[str, float]) -> None:
         cl = cl[pools[ci[:, 1], ci[:, 0]]]
         _glands(sc, _ellipses(sc, cl, (5, 13), (0.5, 1.0)), 1e3, lumen="solid", jag=1.5, cyto=(0.22, 0.4))
     elif cls == "papillary_carcinoma":
-        segs = []
-        roots = sc.centers(sc.count(110.0**2, 60), 60, anchor=True)
-        for rx, ry in roots:
-            a0 = rng.uniform(0, 2 * np.pi)
-            stack = [(rx, ry, a0, 0), (rx, ry, a0 + np.pi, 1)]
-            while stack and len(segs) < 400:
-                x0, y0, a, depth = stack.pop()
-                length = rng.uniform(18, 40) * f
-                x1, y1 = x0 + length * math.cos(a), y0 + length * math.sin(a)
-                segs.append(((x0 + x1) / 2, (y0 + y1) / 2, length / 2 + 3 * f, rng.uniform(2.5, 5.0) * f, a))
-                if depth < 4:
-                    for _k in range(1 + int(rng.uniform() < 0.6)):
-                        stack.append((x1, y1, a + rng.normal(0, 0.7), depth + 1))
-        core = depth_field(sc.h, sc.w, np.array(segs, np.float32), outside=7.0 * f)
-        core += smooth_noise(rng, sc.h, sc.w, 6 * f) * f
-        epi_u = 5.0
-        epi = (core <= 0) & (core > -epi_u * f)
-        sc.tissue[(core <= -epi_u * f)] *= 0.0
-        sc.H[epi], sc.E[epi] = 0.22, 0.4
-        x, y = _grid_points(sc, epi, sc.nuc[0] * 1.0)
-        _add_nuclei(sc, x, y)
-        _stroma_nuclei(sc, 9.0**2, theta, core > 0)
+        _papillary_fronds(sc, theta)
+
+
+def _stroma(sc: _Scene) -> np.ndarray:
+    """Where the field is stroma now: tissue that no epithelium has been drawn over (read from the live maps)."""
+    return (sc.tissue > 0) & (sc.H < 0.12)
+
+
+def _lobular_files(sc: _Scene, theta: float, pat: dict[str, float]) -> None:
+    """Lobular carcinoma: single files of small cells winding along the stroma, loose cells between them."""
+    rng, f = sc.rng, sc.f
+    n = sc.count(55.0**2, 30)
+    steps = 14
+    p0 = sc.centers(n, 30)
+    ang = theta + rng.normal(0, 0.35, (n, 1)) + np.cumsum(rng.normal(0, 0.12, (n, steps)), axis=1)
+    sp = 4.2 * f
+    x = p0[:, :1] + np.cumsum(sp * np.cos(ang), axis=1) + rng.normal(0, 0.4 * f, (n, steps))
+    y = p0[:, 1:] + np.cumsum(sp * np.sin(ang), axis=1) + rng.normal(0, 0.4 * f, (n, steps))
+    keep = rng.uniform(0, 1, (n, steps)) < 0.85
+    _add_nuclei(sc, x[keep], y[keep], aspect=1.2)
+    loose = sc.centers(sc.count(16.0**2))
+    _add_nuclei(sc, loose[:, 0], loose[:, 1])
+    _stroma_nuclei(sc, 16.0**2 / pat["cell"], theta, _stroma(sc))
+
+
+def _papillary_fronds(sc: _Scene, theta: float) -> None:
+    """Papillary carcinoma: branching fibrovascular cores (a random tree of segments) lined by epithelium."""
+    rng, f = sc.rng, sc.f
+    segs = []
+    roots = sc.centers(sc.count(110.0**2, 60), 60, anchor=True)
+    for rx, ry in roots:
+        a0 = rng.uniform(0, 2 * np.pi)
+        stack = [(rx, ry, a0, 0), (rx, ry, a0 + np.pi, 1)]
+        while stack and len(segs) < 400:
+            x0, y0, a, depth = stack.pop()
+            length = rng.uniform(18, 40) * f
+            x1, y1 = x0 + length * math.cos(a), y0 + length * math.sin(a)
+            segs.append(((x0 + x1) / 2, (y0 + y1) / 2, length / 2 + 3 * f, rng.uniform(2.5, 5.0) * f, a))
+            if depth < 4:
+                for _k in range(1 + int(rng.uniform() < 0.6)):
+                    stack.append((x1, y1, a + rng.normal(0, 0.7), depth + 1))
+    core = depth_field(sc.h, sc.w, np.array(segs, np.float32), outside=7.0 * f)
+    core += smooth_noise(rng, sc.h, sc.w, 6 * f) * f
+    epi_u = 5.0
+    epi = (core <= 0) & (core > -epi_u * f)
+    sc.tissue[(core <= -epi_u * f)] *= 0.0
+    sc.H[epi], sc.E[epi] = 0.22, 0.4
+    x, y = _grid_points(sc, epi, sc.nuc[0] * 1.0)
+    _add_nuclei(sc, x, y)
+    _stroma_nuclei(sc, 9.0**2, theta, core > 0)
 
 
 def render_field(cls: str, magnification: str, patient_rng: np.random.Generator, rng: np.random.Generator,
@@ -427,9 +311,9 @@ def render_field(cls: str, magnification: str, patient_rng: np.random.Generator,
         hmap += nmap * np.float32(1.25 * pat["h"])
         np.minimum(nmap, 1.0, out=nmap)
         emap *= 1.0 - 0.5 * nmap
-    hmap, emap = _upsample(hmap, h, w), _upsample(emap, h, w)
+    hmap, emap = upsample2x(hmap, h, w), upsample2x(emap, h, w)
     grain = np.frombuffer(rng.bytes(h * w), np.uint8).reshape(h, w) & np.uint8(7)  # sensor noise, 0..7 levels
-    log_light = _log_vignette(h, w)
+    log_light = log_vignette(h, w)
     out = np.empty((3, h, w), np.uint8)
     od, tmp = np.empty((h, w), np.float32), np.empty((h, w), np.float32)
     for c in range(3):  # Beer-Lambert: I = I0 * exp(-OD); planar, in preallocated buffers
@@ -443,13 +327,3 @@ def render_field(cls: str, magnification: str, patient_rng: np.random.Generator,
         np.clip(od, 0, 255, out=od)
         out[c] = od
     return np.stack(tuple(out), axis=-1)
-
-
-@functools.lru_cache(maxsize=8)
-def _log_vignette(h: int, w: int) -> np.ndarray:
-    """Log of the illumination fall-off towards the field edges (cached per image size, read-only)."""
-    yv = np.log(1.0 - 0.05 * np.linspace(-1, 1, h, dtype=np.float32) ** 2)
-    xv = np.log(1.0 - 0.07 * np.linspace(-1, 1, w, dtype=np.float32) ** 2)
-    v = (yv[:, None] + xv[None, :]).astype(np.float32)
-    v.setflags(write=False)
-    return v

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from histo_bench.errors import ConfigError
 from pipelines.data.augment import AugmentConfig, GpuAugment, resize_uint8
 from pipelines.data.tasks import check_task
 
@@ -57,19 +58,19 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_task(self.task)
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}: use one of {', '.join(SAMPLERS)}")
+            raise ConfigError(f"unknown sampler {self.sampler!r}: use one of {', '.join(SAMPLERS)}")
         if self.image_size < 8:
-            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+            raise ConfigError(f"image_size must be >= 8, got {self.image_size}")
         if self.load_size < self.image_size:
-            raise ValueError(f"load_size ({self.load_size}) must be >= image_size ({self.image_size})")
+            raise ConfigError(f"load_size ({self.load_size}) must be >= image_size ({self.image_size})")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.loader not in LOADERS:
-            raise ValueError(f"unknown loader {self.loader!r}: use one of {', '.join(LOADERS)}")
+            raise ConfigError(f"unknown loader {self.loader!r}: use one of {', '.join(LOADERS)}")
         if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
         if not 0 < self.device_fraction <= 1:
-            raise ValueError(f"device_fraction must be in (0, 1], got {self.device_fraction}")
+            raise ConfigError(f"device_fraction must be in (0, 1], got {self.device_fraction}")
         if not isinstance(self.augment, AugmentConfig):
             raise ValueError(f"augment must be an AugmentConfig, got {type(self.augment).__name__}")
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from histo_bench.errors import MissingDependencyError
 from histo_bench.optional import has_module
 from pipelines.data.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
 from pipelines.data.base import Batch, DataConfig, _EpochMixin, _n_batches, _open, epoch_order, epoch_seed
@@ -49,7 +50,7 @@ def dali_available() -> str | None:
 def _dali():
     why = dali_available()
     if why is not None:
-        raise RuntimeError(why)
+        raise MissingDependencyError(why)
     import nvidia.dali as dali
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types

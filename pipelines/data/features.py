@@ -125,5 +125,5 @@ def _compute_and_cache(store_path, slide_id, scale, extractor, *, weights, pretr
     del array
     folder = Path(store_path) / slide_id / "features" / scale
     replace_dir(folder / aside, folder / extractor)  # readers see the old array or the whole new one
-    log.info("%s: %d tile features (%s, %d-d) cached", slide_id, len(feats), extractor, feats.shape[1])
+    log.debug("%s: %d tile features (%s, %d-d) cached", slide_id, len(feats), extractor, feats.shape[1])
     return feats.astype(np.float32)  # the same values a later read of the cache gives

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from histo_bench.errors import ConfigError
 from ingest.breakhis_names import resolve_magnifications
 from pipelines.data.augment import GpuAugment, eval_transform
 from pipelines.data.base import (
@@ -87,7 +88,7 @@ def make_fusion_loader(store: Any, split: str | None, magnification, config: Dat
     store = _open(store)
     mags = resolve_magnifications(magnification)
     if len(mags) < 1 or len(mags) > 4:
-        raise ValueError(f"the fusion model takes 1 to 4 magnifications, got {mags}")
+        raise ConfigError(f"the fusion model takes 1 to 4 magnifications, got {mags}")
     idx = store.select(split=split, magnification=mags)
     patients, mag_of = store.patient[idx], store.magnification[idx]
     by_patient: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
@@ -101,7 +102,7 @@ def make_fusion_loader(store: Any, split: str | None, magnification, config: Dat
     anchors = np.array([pos for pos in range(len(idx)) if mag_of[pos] == mags[0] and patients[pos] in complete],
                        dtype=np.int64)
     if len(anchors) == 0:
-        raise ValueError(f"{store.path}: no {split} patient has images at every one of {', '.join(mags)}")
+        raise ConfigError(f"{store.path}: no {split} patient has images at every one of {', '.join(mags)}")
     # partners[k][j]: positions (into ``idx``) of the images of anchor j's patient at magnification k + 1
     partners = [[np.array(by_patient[patients[a]][m]) for a in anchors] for m in mags[1:]]
     images = load_images(store, idx, config.load_size, progress=progress)

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from histo_bench.errors import ConfigError
 from ingest.workers import mp_context, watch_parent
 from pipelines.data.augment import AugmentConfig, eval_transform, resize_uint8
 from pipelines.data.base import (
@@ -98,8 +99,8 @@ class DeviceLoader(_EpochMixin):
         store = _open(store)
         t0 = time.perf_counter()
         images = load_images(store, indices, config.load_size, progress=progress)
-        log.info("DeviceLoader: %d images %s (%.1f MiB) loaded in %.1fs onto %s", len(images),
-                 tuple(images.shape[1:]), images.numel() / 2**20, time.perf_counter() - t0, device)
+        log.debug("DeviceLoader: %d images %s (%.1f MiB) loaded in %.1fs onto %s", len(images),
+                  tuple(images.shape[1:]), images.numel() / 2**20, time.perf_counter() - t0, device)
         labels = task_labels(store, config.task)[0][indices]
         loader = cls(images, labels, indices, batch_size=config.batch_size, train=train, augment=config.augment,
                      image_size=config.image_size, seed=seed, device=device, rank=rank, world_size=world_size)
@@ -246,7 +247,7 @@ def make_loader(store: Any, split: str | None, magnification: str | list[str] | 
     store = _open(store)
     indices = store.select(split=split, magnification=magnification)
     if len(indices) == 0:
-        raise ValueError(f"{store.path}: no images for split={split!r}, magnification={magnification!r}")
+        raise ConfigError(f"{store.path}: no images for split={split!r}, magnification={magnification!r}")
     device = torch.device(device)
     h, w = load_shape(*store.image_shape[:2], config.load_size)
     n_bytes = len(indices) * 3 * h * w
@@ -263,13 +264,13 @@ def make_loader(store: Any, split: str | None, magnification: str | list[str] | 
         else:
             reason = "device is not CUDA" if device.type != "cuda" else f"DALI unusable: {dali_missing}"
             choice, why = "torch", f"{n_bytes / 2**20:.0f} MiB of images do not fit on {device}; {reason}"
-    log.info("loader %s for %s/%s (%d images, train=%s, rank %d/%d): %s", choice, split, magnification,
-             len(indices), train, rank, world_size, why)
+    log.debug("loader %s for %s/%s (%d images, train=%s, rank %d/%d): %s", choice, split, magnification,
+              len(indices), train, rank, world_size, why)
     if choice == "device":
         return DeviceLoader.from_store(store, indices, config, device=device, train=train, seed=seed, rank=rank,
                                        world_size=world_size, progress=progress)
     if choice == "dali" and train and config.sampler == "weighted":
-        raise ValueError("the weighted sampler is implemented by the device and torch loaders; use --loader device "
+        raise ConfigError("the weighted sampler is implemented by the device and torch loaders; use --loader device "
                          "or --loader torch")
     if choice == "dali":
         return DaliLoader.from_store(store, indices, config, device=device, train=train, seed=seed, rank=rank,

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from histo_bench.errors import ConfigError
 from ingest.breakhis_names import BENIGN
 
 BINARY_CLASSES: tuple[str, ...] = ("benign", "malignant")
@@ -29,7 +30,7 @@ TASKS: tuple[str, ...] = tuple(_TASKS)
 def check_task(task: str) -> str:
     """``task`` when it names a task, else a ValueError listing the tasks."""
     if task not in _TASKS:
-        raise ValueError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
     return task
 
 
@@ -46,7 +47,7 @@ def task_classes(store: Any, task: str) -> tuple[str, ...]:
 def check_scorable(model_task: str, task: str) -> None:
     """A ValueError unless a ``model_task`` model can be scored on ``task`` (the same task, or subtype -> binary)."""
     if check_task(model_task) != check_task(task) and (model_task, task) != ("subtype", "binary"):
-        raise ValueError(f"a {model_task} model cannot be evaluated on the {task} task (it does not predict "
+        raise ConfigError(f"a {model_task} model cannot be evaluated on the {task} task (it does not predict "
                          f"{task} classes); evaluate it on --task {model_task}")
 
 

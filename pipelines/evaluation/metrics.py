@@ -1,9 +1,11 @@
 """Classification metrics (image level and patient level) and batched prediction.
 
-The metric functions are plain numpy and match scikit-learn's definitions (tested against it): accuracy, balanced
-accuracy (mean recall over the classes present), macro-F1 over all classes (a class absent from both truth and
-predictions scores 0, as scikit-learn's ``zero_division=0``), per-class precision/recall/F1/support, and the
-confusion matrix (rows = truth). Patient-level accuracy takes the majority vote of a patient's image predictions.
+The image-level numbers come from :mod:`sklearn.metrics`, over every class index ``0 .. len(class_names) - 1``
+(``labels=``), so a class missing from a split still has its row, column and per-class entry: accuracy, balanced
+accuracy (mean recall over the classes present in the truth), macro-F1 (mean F1 over the classes present in the truth
+or the predictions), per-class precision/recall/F1/support (``zero_division=0``: a class never predicted has
+precision 0, one never true recall 0) and the confusion matrix (rows = truth). No images: every number is 0.
+Patient-level accuracy takes the majority vote of a patient's image predictions (our own, :func:`patient_vote`).
 """
 
 from __future__ import annotations
@@ -33,36 +35,53 @@ class Metrics:
         return asdict(self)
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
-    return cm
-
-
-def classification_metrics(y_true, y_pred, class_names: list[str] | tuple[str, ...]) -> Metrics:
-    """Image-level metrics for integer labels ``y_true`` / ``y_pred`` over ``class_names``."""
+def _labels(y_true, y_pred, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer label arrays of equal length, every value a class index below ``n_classes``."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     if y_true.shape != y_pred.shape:
         raise ValueError("y_true and y_pred must have the same length")
+    y_true, y_pred = y_true.ravel(), y_pred.ravel()
+    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
+        bad = y[(y < 0) | (y >= n_classes)]
+        if bad.size:
+            raise ValueError(f"{name} holds class index {int(bad[0])}, outside 0..{n_classes - 1}")
+    return y_true, y_pred
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """``(n_classes, n_classes)`` int64 counts, rows = truth, columns = prediction."""
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    y_true, y_pred = _labels(y_true, y_pred, n_classes)
+    if not y_true.size:
+        return np.zeros((n_classes, n_classes), dtype=np.int64)
+    return sk_confusion_matrix(y_true, y_pred, labels=np.arange(n_classes)).astype(np.int64)
+
+
+def classification_metrics(y_true, y_pred, class_names: list[str] | tuple[str, ...]) -> Metrics:
+    """Image-level metrics for integer labels ``y_true`` / ``y_pred`` over ``class_names``."""
+    from sklearn import metrics as sk
+
     n = len(class_names)
+    y_true, y_pred = _labels(y_true, y_pred, n)
     cm = confusion_matrix(y_true, y_pred, n)
-    tp = np.diag(cm).astype(np.float64)
-    support = cm.sum(axis=1).astype(np.float64)
-    predicted = cm.sum(axis=0).astype(np.float64)
-    precision = np.divide(tp, predicted, out=np.zeros(n), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros(n), where=support > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(n), where=denom > 0)
-    present = support > 0
-    # scikit-learn's macro-F1 averages over the labels present in y_true or y_pred
-    labelled = present | (predicted > 0)
+    if not y_true.size:
+        zeros = {name: {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0} for name in class_names}
+        return Metrics(accuracy=0.0, balanced_accuracy=0.0, macro_f1=0.0, per_class=zeros, confusion=cm.tolist(),
+                       n_images=0)
+    precision, recall, f1, support = sk.precision_recall_fscore_support(
+        y_true, y_pred, labels=np.arange(n), average=None, zero_division=0)
     per_class = {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                         "support": int(support[i])} for i, name in enumerate(class_names)}
     return Metrics(
-        accuracy=float(tp.sum() / max(len(y_true), 1)),
-        balanced_accuracy=float(recall[present].mean()) if present.any() else 0.0,
-        macro_f1=float(f1[labelled].mean()) if labelled.any() else 0.0,
+        accuracy=float(sk.accuracy_score(y_true, y_pred)),
+        # balanced_accuracy_score's definition (mean recall over the classes in y_true), with the labels spelt out so
+        # a split holding one class gives no "single label" warning
+        balanced_accuracy=float(sk.recall_score(y_true, y_pred, labels=np.unique(y_true), average="macro",
+                                                zero_division=0)),
+        macro_f1=float(sk.f1_score(y_true, y_pred, labels=np.union1d(y_true, y_pred), average="macro",
+                                   zero_division=0)),
         per_class=per_class,
         confusion=cm.tolist(),
         n_images=int(len(y_true)),

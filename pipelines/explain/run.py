@@ -33,7 +33,7 @@ import numpy as np
 
 from histo_bench.errors import HistoBenchError
 from histo_bench.files import atomic_write_json
-from pipelines.explain.figures import OUTCOMES, Example
+from pipelines.explain.figures import Example
 from pipelines.training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,9 @@ class ExplainConfig:
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "val", "test"):
-            raise ValueError(f"split must be train, val or test, got {self.split!r}")
+            raise ExplainError(f"split must be train, val or test, got {self.split!r}")
         if min(self.n_examples, self.n_per_outcome, self.max_images, self.batch_size) < 1:
-            raise ValueError("n_examples, n_per_outcome, max_images and batch_size must be >= 1")
+            raise ExplainError("n_examples, n_per_outcome, max_images and batch_size must be >= 1")
         object.__setattr__(self, "magnifications", tuple(self.magnifications))
 
     @property
@@ -105,11 +105,11 @@ def explain(config: ExplainConfig, progress: Progress | None = None) -> dict[str
 
 
 def _data_line(store, n_images: int, n_patients: int, split: str, mags: list[str]) -> tuple[bool, str]:
-    from ingest.report_tables import origin_line
+    from histo_bench.provenance import data_sentence, is_synthetic
 
-    synthetic = store.attrs.get("origin", {}).get("kind") == "synthetic"
-    return synthetic, (f"{origin_line(store)}; store {store.path}, {split} split: {n_images} images of "
-                       f"{n_patients} patients at {', '.join(mags)}")
+    origin = store.attrs.get("origin", {})
+    line = data_sentence(origin, store=str(store.path), images=n_images, patients=n_patients)
+    return is_synthetic(origin), f"{line}; {split} split at {', '.join(mags)}"
 
 
 def _store_labels(store, classes: list[str], task: str) -> np.ndarray:
@@ -188,39 +188,66 @@ def _saliency(model, store, indices: list[int], preds: dict[int, int], cfg, devi
     return out
 
 
-def _spread(candidates: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Generator) -> list[int]:
-    """Up to ``n`` of ``candidates`` taking the classes in turn (random order within each class)."""
-    by_class = [list(rng.permutation(candidates[labels[candidates] == c])) for c in np.unique(labels[candidates])]
-    picked: list[int] = []
-    while len(picked) < n and any(by_class):
-        for group in by_class:
-            if group and len(picked) < n:
-                picked.append(int(group.pop(0)))
-    return picked
+def _device(name: str) -> str:
+    """The resolved device; an :class:`ExplainError` saying why when there is no such device."""
+    from histo_bench.device import DeviceError, resolve_device
+
+    try:
+        return resolve_device(name)
+    except DeviceError as exc:
+        raise ExplainError(str(exc)) from exc
+
+
+def _run_store(cfg: dict[str, Any], store: str | None):
+    """The run's own view of the store (its cross-validation fold, if any); ``store`` overrides the recorded one."""
+    from ingest.store import StoreError
+    from pipelines.training.cv import store_for_run
+
+    try:
+        return store_for_run(cfg, store)
+    except StoreError as exc:
+        raise ExplainError(str(exc)) from exc
+
+
+def _magnifications(store, config: ExplainConfig) -> list[str]:
+    """The magnifications to explain: the configured ones, else every one present in the split (store order)."""
+    in_split = store.select(split=config.split)
+    return list(config.magnifications) or [m for m in store.attrs.get("magnifications", [])
+                                           if m in set(store.magnification[in_split].tolist())]
+
+
+def _sample(store, config: ExplainConfig, mags: list[str], rng: np.random.Generator) -> np.ndarray:
+    """Store indices of the images to predict: at most ``max_images`` per magnification (random, sorted)."""
+    chosen: list[np.ndarray] = []
+    for mag in mags:
+        idx = store.select(split=config.split, magnification=mag)
+        if len(idx) > config.max_images:
+            idx = np.sort(rng.choice(idx, config.max_images, replace=False))
+        chosen.append(idx)
+    indices = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
+    if len(indices) == 0:
+        raise ExplainError(f"{store.path}: no {config.split} images at {', '.join(mags) or 'any magnification'}")
+    return indices
 
 
 def _explain_classifier(config: ExplainConfig, ckpt: Checkpoint, progress: Progress | None) -> dict[str, Any]:
-    from histo_bench.device import DeviceError, resolve_device
-    from ingest.store import StoreError
+    """Saliency grids, outcome grids and t-SNE of an image classifier on ``config.split`` (the module docstring)."""
     from pipelines.explain.cam import explain_method
-    from pipelines.explain.figures import cam_grid, outcome_grid, silhouette, tsne_embedding, tsne_figure
-    from pipelines.training.cv import store_for_run
+    from pipelines.explain.classifier_figures import (
+        Predictions,
+        outcome_figures,
+        pick_examples,
+        saliency_figures,
+        tsne_figures,
+    )
 
     t0 = time.perf_counter()
-    try:
-        device = resolve_device(config.device)
-    except DeviceError as exc:
-        raise ExplainError(str(exc)) from exc
+    device = _device(config.device)
     model, cfg, classes = ckpt.build(device), ckpt.config, list(ckpt.classes)
-    try:  # the run's own split (its cross-validation fold, if any)
-        store = store_for_run(cfg, config.store)
-    except StoreError as exc:
-        raise ExplainError(str(exc)) from exc
+    store = _run_store(cfg, config.store)
     task = cfg.get("task", "subtype")  # runs from before tasks were subtype runs
     labels = _store_labels(store, classes, task)
-    in_split = store.select(split=config.split)
-    mags = list(config.magnifications) or [m for m in store.attrs.get("magnifications", [])
-                                           if m in set(store.magnification[in_split].tolist())]
+    mags = _magnifications(store, config)
     out = config.out_dir
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(config.seed)
@@ -232,30 +259,15 @@ def _explain_classifier(config: ExplainConfig, ckpt: Checkpoint, progress: Progr
         if progress:
             progress(done, stages)
 
-    chosen: list[np.ndarray] = []
-    for mag in mags:
-        idx = store.select(split=config.split, magnification=mag)
-        if len(idx) > config.max_images:
-            idx = np.sort(rng.choice(idx, config.max_images, replace=False))
-        chosen.append(idx)
-    indices = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
-    if len(indices) == 0:
-        raise ExplainError(f"{store.path}: no {config.split} images at {', '.join(mags) or 'any magnification'}")
+    indices = _sample(store, config, mags, rng)
     logits, feats = _predict(model, store, indices, cfg, device, config.batch_size)
-    pred = logits.argmax(1)
-    preds = dict(zip(indices.tolist(), pred.tolist(), strict=True))
-    y = labels[indices]
-    mag_of = store.magnification[indices]
+    seen = Predictions(indices, labels[indices], logits.argmax(1), store.magnification[indices],
+                       store.patient[indices], feats)
+    preds = dict(zip(indices.tolist(), seen.pred.tolist(), strict=True))
     step()
 
     # every image any figure shows, explained in one batched pass
-    grid_idx = {mag: _spread(indices[mag_of == mag], labels, config.n_examples, rng) for mag in mags}
-    groups: dict[str, dict[str, list[int]]] = {}
-    for c, name in enumerate(classes):
-        masks = {"TP": (y == c) & (pred == c), "FP": (y != c) & (pred == c), "FN": (y == c) & (pred != c)}
-        picks = {o: [int(i) for i in rng.permutation(indices[m])[: config.n_per_outcome]] for o, m in masks.items()}
-        if any(picks.values()):
-            groups[name] = picks
+    grid_idx, groups = pick_examples(seen, labels, classes, mags, config.n_examples, config.n_per_outcome, rng)
     wanted = [i for g in grid_idx.values() for i in g] + [i for p in groups.values() for g in p.values() for i in g]
     maps = _saliency(model, store, wanted, preds, cfg, device, config.batch_size)
 
@@ -264,49 +276,15 @@ def _explain_classifier(config: ExplainConfig, ckpt: Checkpoint, progress: Progr
         return Example(img, cam, classes[labels[i]], classes[preds[i]], str(store.magnification[i]))
 
     method = explain_method(model)
-    figures, accuracy = [], {}
-    for mag in mags:
-        sel = mag_of == mag
-        acc = float((pred[sel] == y[sel]).mean())
-        accuracy[mag] = {"accuracy": acc, "n_images": int(sel.sum()),
-                         "n_patients": len(set(store.patient[indices[sel]].tolist()))}
-        name = f"cam_{mag}.png"
-        cam_grid([example(i) for i in grid_idx[mag]],
-                 f"{cfg['model']} (trained on {cfg['train_magnification']}) on {mag} {config.split} images: "
-                 f"accuracy {acc:.2f} over {int(sel.sum())} images", out / name)
-        figures.append({"file": name, "kind": "saliency", "magnification": mag,
-                        "caption": f"{mag}: {len(grid_idx[mag])} {config.split} images as the model saw them, "
-                                   f"each followed by the saliency of its predicted class ({method}); the "
-                                   f"prediction is green when right, red when wrong."})
-        step()
-    for name, picks in groups.items():
-        file = f"errors_{name}.png"
-        outcome_grid(name, {o: [example(i) for i in picks[o]] for o in OUTCOMES}, config.n_per_outcome, out / file)
-        counts = ", ".join(f"{o} {len(picks[o])}" for o in OUTCOMES)
-        figures.append({"file": file, "kind": "outcomes", "class": name,
-                        "caption": f"{name}: true positives, false positives (predicted {name}, another class "
-                                   f"is true) and false negatives ({name} predicted as another class); shown: "
-                                   f"{counts}; maps for the predicted class."})
+    model_label = f"{cfg['model']} (trained on {cfg['train_magnification']})"
+    figures, accuracy = saliency_figures(seen, grid_idx, example, model_label, config.split, method, out, step)
+    figures += outcome_figures(groups, example, config.n_per_outcome, out)
+    step()
+    tsne_info, tsne = tsne_figures(seen, classes, cfg["model"], config.split, config.seed, out)
+    figures += tsne
     step()
 
-    mag_labels = np.asarray(mag_of).astype(str)
-    tsne_info = {"silhouette_class": silhouette(feats, y), "silhouette_magnification": silhouette(feats, mag_labels),
-                 "n_points": int(len(feats)), "feature_dim": int(feats.shape[1])}
-    if len(feats) >= 5:
-        emb = tsne_embedding(feats, config.seed)
-        sil = ", ".join(f"silhouette by {k.split('_')[1]} {v:+.2f}" for k, v in tsne_info.items()
-                        if k.startswith("silhouette") and v is not None)
-        tsne_figure(emb, y, classes, mag_labels, f"t-SNE of {cfg['model']} pooled features ({len(feats)} "
-                    f"{config.split} images; {sil})", out / "tsne.png")
-        figures.append({"file": "tsne.png", "kind": "tsne",
-                        "caption": f"t-SNE of the {tsne_info['feature_dim']}-d pooled features of "
-                                   f"{len(feats)} {config.split} images, coloured by class (left) and by "
-                                   f"magnification (right). Silhouette (cosine, in feature space): {sil or 'n/a'}; "
-                                   "a magnification silhouette near or above the class one means the features "
-                                   "separate by magnification - the shift behind the cross-magnification gap."})
-    step()
-
-    n_patients = len(set(store.patient[indices].tolist()))
+    n_patients = len(set(seen.patient.tolist()))
     synthetic, line = _data_line(store, len(indices), n_patients, config.split, mags)
     result = {"format": FORMAT, "kind": "classifier", "checkpoint": str(config.checkpoint), "model": cfg["model"],
               "train_magnification": cfg.get("train_magnification"), "task": task, "method": method,

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from histo_bench.device import PRECISIONS, DeviceError, autocast_dtype, resolve_device
+from histo_bench.errors import ConfigError
 from histo_bench.files import atomic_write_json
 from histo_bench.seeding import seed_everything
 from ingest.breakhis_names import resolve_magnifications
@@ -29,7 +30,8 @@ from pipelines.data.tasks import check_scorable, check_task, map_predictions, ta
 from pipelines.evaluation.metrics import Metrics, full_metrics, predict
 from pipelines.training.checkpoint import Checkpoint
 from pipelines.training.distributed import barrier, init_distributed, shutdown, wrap
-from pipelines.training.engine import FitConfig, FitError, FitResult, Recipe, StepProgress, finished_run, fit
+from pipelines.training.engine import FitConfig, FitResult, Recipe, StepProgress, fit
+from pipelines.training.run_directory import FitError, finished_run
 from pipelines.training.tracking import require_wandb
 
 log = logging.getLogger(__name__)
@@ -125,36 +127,36 @@ class TrainConfig:
     def __post_init__(self) -> None:
         resolve_magnifications(self.train_magnification)
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
+            raise ConfigError("epochs and batch_size must be >= 1")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0 or self.grad_clip < 0:
-            raise ValueError("lr must be > 0; weight_decay, warmup_epochs and grad_clip >= 0")
+            raise ConfigError("lr must be > 0; weight_decay, warmup_epochs and grad_clip >= 0")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}")
         if self.class_weighting not in ("loss", "none"):
-            raise ValueError("class_weighting must be 'loss' or 'none'")
+            raise ConfigError("class_weighting must be 'loss' or 'none'")
         if self.patience < 1:
-            raise ValueError("patience must be >= 1")
+            raise ConfigError("patience must be >= 1")
         check_task(self.task)
         if self.log_every < 0:
-            raise ValueError("log_every must be >= 0")
+            raise ConfigError("log_every must be >= 0")
         if self.load_size is None:
             object.__setattr__(self, "load_size", round(self.image_size * 8 / 7))
         if self.load_size < self.image_size:
-            raise ValueError(f"load_size ({self.load_size}) must be >= image_size ({self.image_size})")
+            raise ConfigError(f"load_size ({self.load_size}) must be >= image_size ({self.image_size})")
         if self.folds == 1 or self.folds < 0 or not 0 <= self.fold < max(self.folds, 1):
-            raise ValueError(f"folds must be 0 (the store's split) or >= 2, and fold in 0..folds-1; got folds "
+            raise ConfigError(f"folds must be 0 (the store's split) or >= 2, and fold in 0..folds-1; got folds "
                              f"{self.folds}, fold {self.fold}")
         from pipelines.training.unfreeze import check_unfreeze
 
         check_unfreeze(self.unfreeze)
         if self.sampler not in ("shuffle", "weighted"):
-            raise ValueError(f"sampler must be 'shuffle' or 'weighted', got {self.sampler!r}")
+            raise ConfigError(f"sampler must be 'shuffle' or 'weighted', got {self.sampler!r}")
         if self.augment:
             from pipelines.data.augment import AugmentConfig
 
             AugmentConfig(**self.augment)  # unknown fields / bad values fail here
         if not 0 < self.label_fraction <= 1:
-            raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
+            raise ConfigError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
 
     @property
     def run_dir(self) -> Path:

@@ -12,9 +12,10 @@ rest, the same way for all of them:
   optionally W&B (:mod:`pipelines.training.tracking`);
 * early stopping on a named validation metric (``monitor``; None trains a fixed budget, the last epoch being best);
 * the run directory: ``config.json`` (resolved), ``metrics.jsonl``, ``tb/``, ``best.pt``, ``last.pt`` (both through
-  :mod:`pipelines.training.checkpoint`, written atomically) and ``complete``. One rule for every recipe: a complete run
-  with the same settings is not retrained; an interrupted one resumes from ``last.pt`` (rows of epochs past it are
-  dropped, so every epoch is logged exactly once); a finished run with other settings is refused, naming them.
+  :mod:`pipelines.training.checkpoint`, written atomically) and ``complete``. One rule for every recipe
+  (:mod:`pipelines.training.run_directory`): a complete run with the same settings is not retrained; an interrupted
+  one resumes from ``last.pt`` (rows of epochs past it are dropped, so every epoch is logged exactly once); a
+  finished run with other settings is refused, naming them.
 
 Why a small module of our own rather than Lightning Fabric: the loop is short, the device-resident loader and the
 DDP helpers (:mod:`pipelines.training.distributed`) already exist, and our checkpoint format and run contract would
@@ -28,7 +29,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,24 +37,24 @@ from typing import Any
 import torch
 
 from histo_bench.device import PRECISIONS, autocast, autocast_dtype
-from histo_bench.errors import HistoBenchError
+from histo_bench.errors import ConfigError
 from histo_bench.files import atomic_write_json
-from pipelines.training.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from pipelines.training.checkpoint import Checkpoint, save_checkpoint
 from pipelines.training.distributed import DistContext, all_finite, broadcast_flag
+from pipelines.training.run_directory import (
+    PENDING_BEST,
+    FitError,
+    finished_run,
+    prepare_run_dir,
+    resume_point,
+    settle_pending_best,
+)
 from pipelines.training.tracking import EpochClock, RunLogger
 
 log = logging.getLogger(__name__)
 
 #: (epoch, step, steps_per_epoch, running loss) for progress bars.
 StepProgress = Callable[[int, int, int, float], None]
-#: A new best model waits here until ``last.pt`` (which records it as the best) is written.
-PENDING_BEST = "best.pt.pending"
-#: Config fields that change how a run is logged, not what it computes: they never make two runs different.
-LOGGING_FIELDS = frozenset({"log_every", "wandb", "out", "device"})
-
-
-class FitError(HistoBenchError, RuntimeError):
-    """Training cannot go on (diverged loss, a finished run with other settings); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -90,15 +90,15 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
-            raise ValueError("epochs must be >= 1")
+            raise ConfigError("epochs must be >= 1")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0 or self.grad_clip < 0:
-            raise ValueError("lr must be > 0; weight_decay, warmup_epochs and grad_clip >= 0")
+            raise ConfigError("lr must be > 0; weight_decay, warmup_epochs and grad_clip >= 0")
         if self.patience < 1:
-            raise ValueError("patience must be >= 1")
+            raise ConfigError("patience must be >= 1")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ValueError("max_steps_per_epoch must be >= 1")
+            raise ConfigError("max_steps_per_epoch must be >= 1")
 
 
 class Recipe:
@@ -165,61 +165,6 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def run_differences(saved: dict[str, Any], current: dict[str, Any], ignore: frozenset[str] = LOGGING_FIELDS
-                    ) -> list[str]:
-    """``"key saved != current"`` for every field (outside ``ignore``) where two resolved configs differ."""
-    current = json.loads(json.dumps(current, default=str))
-
-    def shown(value: Any) -> str:  # long values (patient lists) are cut, so the message stays one readable line
-        text = str(value)
-        return text if len(text) <= 60 else text[:57] + "..."
-
-    return [f"{k} {shown(saved.get(k))} != {shown(current.get(k))}" for k in sorted(saved.keys() | current.keys())
-            if k not in ignore and saved.get(k) != current.get(k)]
-
-
-def finished_run(run_dir: Path, resolved: dict[str, Any], ignore: frozenset[str] = LOGGING_FIELDS
-                 ) -> dict[str, Any] | None:
-    """The ``complete`` summary of ``run_dir`` when it holds a finished run of these settings; None when it holds
-    no finished run; a :class:`FitError` naming the differences when it holds one with other settings."""
-    if not (run_dir / "complete").exists():
-        return None
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())
-        summary = json.loads((run_dir / "complete").read_text())
-    except (OSError, ValueError) as exc:
-        raise FitError(f"{run_dir}: a finished run whose config.json / complete cannot be read ({exc}); delete it "
-                       "or use another --out") from exc
-    if "best" not in summary:
-        raise FitError(f"{run_dir}: a run finished by an older histo-bench (before the one checkpoint format); delete "
-                       "it or use another --out")
-    differences = run_differences(saved, resolved, ignore)
-    if differences:
-        raise FitError(f"{run_dir} holds a finished run with other settings ({', '.join(differences)}); use another "
-                       "--out or delete it")
-    return summary
-
-
-def drop_rows_from(metrics_path: Path, epoch: int) -> None:
-    """Drop the JSONL rows of epochs >= ``epoch`` (rewritten atomically): an epoch's row is appended before its
-    ``last.pt``, so a run interrupted in between would otherwise log that epoch twice once resumed."""
-    if not metrics_path.exists():
-        return
-
-    def before(line: str) -> bool:
-        try:
-            return json.loads(line)["epoch"] < epoch
-        except (ValueError, KeyError, TypeError):  # a row cut short by the interruption
-            return False
-
-    lines = metrics_path.read_text().splitlines()
-    kept = [line for line in lines if before(line)]
-    if len(kept) != len(lines):
-        from histo_bench.files import atomic_write_text
-
-        atomic_write_text(metrics_path, "".join(line + "\n" for line in kept))
-
-
 def _better(row: dict[str, Any], best: dict[str, Any] | None, config: FitConfig) -> bool:
     if best is None or config.monitor is None:
         return True
@@ -265,29 +210,6 @@ class _Loop:
         return self.optimizer.param_groups[0]["lr"]
 
 
-def _resume_point(run_dir: Path, recipe: Recipe, resolved: dict[str, Any], device: str, precision: str
-                  ) -> Checkpoint | None:
-    """``last.pt`` when it can be resumed (same kind, settings and effective precision), else None (said in one
-    line)."""
-    path = run_dir / "last.pt"
-    if not path.exists():
-        return None
-    try:
-        last = load_checkpoint(path, (recipe.kind,), device, "resuming this run")
-    except CheckpointError as exc:
-        log.warning("%s; starting over", exc)
-        return None
-    differences = run_differences(last.config, resolved)
-    if differences:
-        log.warning("%s was written with other settings (%s); starting over", path, ", ".join(differences))
-        return None
-    if last.extra.get("precision") != precision:
-        log.warning("%s was trained in %s, this machine would continue in %s; starting over", path,
-                    last.extra.get("precision"), precision)
-        return None
-    return last
-
-
 def fit(recipe: Recipe, config: FitConfig, run_dir: str | Path, resolved: dict[str, Any], *, device: str,
         ctx: DistContext | None = None, progress: StepProgress | None = None) -> FitResult:
     """Train ``recipe`` under ``config`` into ``run_dir`` (see the module doc); ``resolved`` is the run's full
@@ -301,33 +223,22 @@ def fit(recipe: Recipe, config: FitConfig, run_dir: str | Path, resolved: dict[s
         log.info("%s is complete; not retraining (delete it or use another --out)", run_dir)
         return FitResult(run_dir, done["best_epoch"], done.get("best") or {}, done["epochs_run"],
                          already_complete=True)
-    steps = recipe.steps_per_epoch()
-    if config.max_steps_per_epoch is not None:
-        steps = min(steps, config.max_steps_per_epoch)
-    if steps < 1:
-        raise FitError("no training batch: the train split holds fewer items than one batch")
+    steps = _steps_per_epoch(recipe, config)
     loop = _Loop(recipe, config, device, steps)
     model = recipe.train_model or recipe.model
     start, best, best_epoch, stale, resumed = 0, None, -1, 0, False
     # "auto" means fp32 on one machine and bf16 or fp16 on another: a run resumes only in the precision it began in
     precision = str(loop.amp or "fp32")
-    last = _resume_point(run_dir, recipe, resolved, device, precision)
+    last = resume_point(run_dir, recipe.kind, resolved, device, precision)
     if last is not None:
         loop.restore(recipe.model, last.state)
         start, best = last.epoch + 1, last.extra.get("best")
         best_epoch, stale, resumed = int(last.extra["best_epoch"]), int(last.extra["stale"]), True
-        _settle_pending_best(run_dir, best_epoch)
+        settle_pending_best(run_dir, best_epoch)
         log.info("resuming %s from epoch %d", run_dir, start)
     metrics_path = run_dir / "metrics.jsonl"
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if resumed:
-            drop_rows_from(metrics_path, start)
-        else:
-            for stale_file in ("metrics.jsonl", "best.pt", "last.pt", PENDING_BEST):
-                (run_dir / stale_file).unlink(missing_ok=True)
-            shutil.rmtree(run_dir / "tb", ignore_errors=True)
-        atomic_write_json(run_dir / "config.json", resolved)
+        prepare_run_dir(run_dir, resolved, start if resumed else None)
     rows: list[dict[str, Any]] = []
     epoch = start - 1
     with RunLogger(run_dir, config=resolved, wandb=config.wandb, enabled=main,
@@ -360,30 +271,28 @@ def fit(recipe: Recipe, config: FitConfig, run_dir: str | Path, resolved: dict[s
                 os.replace(run_dir / PENDING_BEST, run_dir / "best.pt")
             tracker.log_epoch(row, epoch)  # after last.pt: a resumed run never repeats a logged epoch
             rows.append(row)
-            value = row.get(config.monitor) if config.monitor else None
-            shown = f", {config.monitor} {value:.3f}" if isinstance(value, int | float) else ""
-            log.info("epoch %d: loss %.4f%s, %.0f %s/s", epoch, row["train_loss"], shown, row["items_per_s"],
-                     recipe.unit)
+            _log_epoch(row, epoch, config, recipe.unit)
     if main:
         atomic_write_json(run_dir / "complete", {"best_epoch": best_epoch, "best": best, "epochs_run": epoch + 1,
                                                  "world_size": ctx.world_size, "resumed_at": resumed and start or None})
     return FitResult(run_dir, best_epoch, best or {}, epoch + 1, resumed=resumed, rows=rows)
 
 
-def _settle_pending_best(run_dir: Path, best_epoch: int) -> None:
-    """A ``best.pt`` candidate left by a kill between it and ``last.pt``: promoted when ``last.pt`` names its epoch
-    as the best, else dropped (that epoch is trained again)."""
-    pending = run_dir / PENDING_BEST
-    if not pending.exists():
-        return
-    try:
-        epoch = load_checkpoint(pending).epoch
-    except CheckpointError:
-        epoch = None
-    if epoch == best_epoch:
-        os.replace(pending, run_dir / "best.pt")
-    else:
-        pending.unlink(missing_ok=True)
+def _steps_per_epoch(recipe: Recipe, config: FitConfig) -> int:
+    """Optimizer steps per epoch: the recipe's, capped by ``max_steps_per_epoch``; a :class:`FitError` when none."""
+    steps = recipe.steps_per_epoch()
+    if config.max_steps_per_epoch is not None:
+        steps = min(steps, config.max_steps_per_epoch)
+    if steps < 1:
+        raise FitError("no training batch: the train split holds fewer items than one batch")
+    return steps
+
+
+def _log_epoch(row: dict[str, Any], epoch: int, config: FitConfig, unit: str) -> None:
+    """The one log line of a finished epoch: its loss, the monitored metric (when numeric) and the throughput."""
+    value = row.get(config.monitor) if config.monitor else None
+    shown = f", {config.monitor} {value:.3f}" if isinstance(value, int | float) else ""
+    log.info("epoch %d: loss %.4f%s, %.0f %s/s", epoch, row["train_loss"], shown, row["items_per_s"], unit)
 
 
 def _save(path: Path, recipe: Recipe, state: dict[str, Any], epoch: int, extra: dict[str, Any],

@@ -34,7 +34,7 @@ _SLIDES = {**_COMMON, "labels": "labels", "scale": "scale", "patience": "patienc
 
 #: recipe kind -> {option -> config field}: what ``train`` accepts for each kind of run.
 OPTIONS: dict[str, dict[str, str]] = {
-    "classifier": {**_IMAGE, "train_mag": "train_magnification", "patience": "patience", "loader": "loader",
+    "classifier": {**_IMAGE, "mag": "train_magnification", "patience": "patience", "loader": "loader",
                    "pretrained": "pretrained", "weights": "weights", "unfreeze": "unfreeze",
                    "label_fraction": "label_fraction"},
     "mil": {**_SLIDES, "extractor": "extractor", "extractor_weights": "extractor_weights",

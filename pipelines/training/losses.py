@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from histo_bench.errors import ConfigError
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -18,7 +20,7 @@ def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0) -> Tensor:
     import torch
 
     if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
+        raise ConfigError(f"gamma must be >= 0, got {gamma}")
     log_p = torch.log_softmax(logits.float(), dim=-1).gather(-1, target.long().unsqueeze(-1)).squeeze(-1)
     return (-(1.0 - log_p.exp()).pow(gamma) * log_p).mean()
 
@@ -37,7 +39,7 @@ LOSSES: tuple[str, ...] = tuple(_LOSSES)
 def check_loss(name: str) -> str:
     """``name`` when it names a loss, else a ValueError listing them."""
     if name not in _LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
+        raise ConfigError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
     return name
 
 

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from histo_bench.errors import ConfigError
 from histo_bench.files import atomic_write_json
 from pipelines.data.features import extract_slide_features
 from pipelines.evaluation.metrics import classification_metrics
 from pipelines.training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from pipelines.training.distributed import DistContext, barrier, init_distributed, shard, shutdown, wrap
-from pipelines.training.engine import FitConfig, Recipe, finished_run, fit
+from pipelines.training.engine import FitConfig, Recipe, fit
 from pipelines.training.losses import check_loss
+from pipelines.training.run_directory import finished_run
 from pipelines.training.slide_runs import (
     MILError,
     check_slide_run,
@@ -94,14 +96,14 @@ class MILConfig:
 
     def __post_init__(self) -> None:
         if self.model not in ("abmil", "abmil_gated"):
-            raise ValueError(f"model must be abmil or abmil_gated, got {self.model!r}")
+            raise ConfigError(f"model must be abmil or abmil_gated, got {self.model!r}")
         if self.max_patches < 1 or self.epochs < 1 or self.patience < 1:
-            raise ValueError("max_patches, epochs and patience must be >= 1")
+            raise ConfigError("max_patches, epochs and patience must be >= 1")
         check_loss(self.loss)
         if self.focal_gamma < 0:
-            raise ValueError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
+            raise ConfigError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
         if self.extractor not in FEATURE_EXTRACTORS:
-            raise ValueError(f"extractor must be one of {', '.join(FEATURE_EXTRACTORS)}, got {self.extractor!r}")
+            raise ConfigError(f"extractor must be one of {', '.join(FEATURE_EXTRACTORS)}, got {self.extractor!r}")
         check_slide_run(self)
 
     @property

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from histo_bench.errors import ConfigError
 from pipelines.training.checkpoint import Checkpoint, load_checkpoint
 from pipelines.training.distributed import DistContext, barrier, init_distributed, shard, shutdown, wrap
-from pipelines.training.engine import FitConfig, Recipe, finished_run, fit
+from pipelines.training.engine import FitConfig, Recipe, fit
+from pipelines.training.run_directory import finished_run
 
 log = logging.getLogger(__name__)
 
@@ -84,19 +86,19 @@ class PretrainConfig:
         from pipelines.data.tasks import check_task
 
         if self.pair not in PAIR_STRATEGIES:
-            raise ValueError(f"pair must be one of {', '.join(PAIR_STRATEGIES)}, got {self.pair!r}")
+            raise ConfigError(f"pair must be one of {', '.join(PAIR_STRATEGIES)}, got {self.pair!r}")
         if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError("epochs must be >= 1 and batch_size >= 2 (negatives come from the batch)")
+            raise ConfigError("epochs must be >= 1 and batch_size >= 2 (negatives come from the batch)")
         if not self.model.startswith("mpcs_"):
-            raise ValueError(f"pretraining needs an mpcs_* model, got {self.model!r}")
+            raise ConfigError(f"pretraining needs an mpcs_* model, got {self.model!r}")
         if self.log_every < 0:
-            raise ValueError("log_every must be >= 0")
+            raise ConfigError("log_every must be >= 0")
         if self.folds == 1 or self.folds < 0 or not 0 <= self.fold < max(self.folds, 1):
-            raise ValueError(f"folds must be 0 (the store's split) or >= 2, and fold in 0..folds-1; got folds "
+            raise ConfigError(f"folds must be 0 (the store's split) or >= 2, and fold in 0..folds-1; got folds "
                              f"{self.folds}, fold {self.fold}")
         check_task(self.task)
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ValueError("max_steps_per_epoch must be >= 1 (or None)")
+            raise ConfigError("max_steps_per_epoch must be >= 1 (or None)")
 
     @property
     def run_dir(self) -> Path:
@@ -198,7 +200,7 @@ def pretrain(config: PretrainConfig, progress=None) -> Path:
               and (config.pair != "fixed" or set(FIXED_PAIR) <= set(by_mag))}
     anchors = np.array([i for i, p in enumerate(patients.tolist()) if p in usable])
     if len(anchors) < config.batch_size:
-        raise ValueError(f"{store_path}: only {len(anchors)} {config.split} images have a partner at another "
+        raise ConfigError(f"{store_path}: only {len(anchors)} {config.split} images have a partner at another "
                          f"magnification for the {config.pair!r} strategy; need at least one batch")
     resolved = {**asdict(config), "store": str(store_path), "origin": store.attrs.get("origin", {}),
                 "split_description": store.attrs.get("split", {}).get("description"),

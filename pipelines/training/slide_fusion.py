@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from histo_bench.errors import ConfigError
 from histo_bench.files import atomic_write_json
 from pipelines.evaluation.metrics import classification_metrics
 from pipelines.training.checkpoint import Checkpoint, load_checkpoint
 from pipelines.training.distributed import DistContext, barrier, init_distributed, shard, shutdown, wrap
-from pipelines.training.engine import FitConfig, Recipe, finished_run, fit
+from pipelines.training.engine import FitConfig, Recipe, fit
+from pipelines.training.run_directory import finished_run
 from pipelines.training.slide_runs import (
     MILError,
     check_slide_run,
@@ -77,7 +79,7 @@ class SlideFusionConfig:
 
     def __post_init__(self) -> None:
         if min(self.max_tiles, self.epochs, self.batch_size, self.patience) < 1:
-            raise ValueError("max_tiles, epochs, batch_size and patience must be >= 1")
+            raise ConfigError("max_tiles, epochs, batch_size and patience must be >= 1")
         check_slide_run(self)
 
     @property

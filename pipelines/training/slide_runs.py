@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histo_bench.errors import HistoBenchError
+from histo_bench.errors import ConfigError, HistoBenchError
 from ingest.splits import SPLIT_CODES, SplitConfig, patient_split
 
 log = logging.getLogger(__name__)
@@ -27,10 +27,10 @@ class MILError(HistoBenchError, ValueError):
 def check_slide_run(config) -> None:
     """The checks a slide recipe's config shares (:class:`MILConfig`, ``SlideFusionConfig``): folds and step cap."""
     if config.folds == 1 or config.folds < 0 or not 0 <= config.fold < max(config.folds, 1):
-        raise ValueError(f"folds must be 0 (one split) or >= 2, and fold in 0..folds-1; got folds {config.folds}, "
+        raise ConfigError(f"folds must be 0 (one split) or >= 2, and fold in 0..folds-1; got folds {config.folds}, "
                          f"fold {config.fold}")
     if config.max_steps_per_epoch is not None and config.max_steps_per_epoch < 1:
-        raise ValueError("max_steps_per_epoch must be >= 1 (or None)")
+        raise ConfigError("max_steps_per_epoch must be >= 1 (or None)")
 
 
 def settle_slide_config(config):

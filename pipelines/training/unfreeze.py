@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from histo_bench.errors import ConfigError
+
 #: The schedules, the default first.
 UNFREEZE: tuple[str, ...] = ("full", "last_block", "head")
 
@@ -37,7 +39,7 @@ PARTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 def check_unfreeze(unfreeze: str) -> str:
     """``unfreeze`` when it names a schedule, else a ValueError listing them."""
     if unfreeze not in UNFREEZE:
-        raise ValueError(f"unknown unfreeze schedule {unfreeze!r}: use one of {', '.join(UNFREEZE)}")
+        raise ConfigError(f"unknown unfreeze schedule {unfreeze!r}: use one of {', '.join(UNFREEZE)}")
     return unfreeze
 
 
@@ -47,7 +49,7 @@ def trainable_prefixes(model_name: str, unfreeze: str) -> tuple[str, ...] | None
     if unfreeze == "full":
         return None
     if model_name not in PARTS:
-        raise ValueError(f"--unfreeze {unfreeze} is defined for {', '.join(PARTS)}; {model_name} can only train "
+        raise ConfigError(f"--unfreeze {unfreeze} is defined for {', '.join(PARTS)}; {model_name} can only train "
                          "with --unfreeze full")
     head, last = PARTS[model_name]
     return head if unfreeze == "head" else head + last
@@ -63,7 +65,7 @@ def apply_unfreeze(model: Any, model_name: str, unfreeze: str) -> dict[str, int]
         total += param.numel()
         trainable += param.numel() if keep else 0
     if trainable == 0:
-        raise ValueError(f"--unfreeze {unfreeze} leaves no trainable parameter in {model_name} (the part names "
+        raise ConfigError(f"--unfreeze {unfreeze} leaves no trainable parameter in {model_name} (the part names "
                          "in pipelines.training.unfreeze.PARTS do not match this model)")
     return {"trainable": trainable, "total": total}
 

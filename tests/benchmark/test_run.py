@@ -135,3 +135,58 @@ def test_a_failing_accuracy_pass_keeps_the_timing_and_says_why(bench_checkpoint,
     (row,) = rows
     assert row["status"] == "ok" and row["throughput_ips"] > 0 and row["macro_f1"] == {}
     assert row["reason"] == "accuracy failed: RuntimeError: backend returned NaN"
+
+
+def _rows(text: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip().strip("│").split("│")] for line in text.splitlines()
+            if line.lstrip().startswith("│")]
+
+
+def test_models_lists_the_registered_models_matching_the_pattern():
+    from models.registry import MODELS
+
+    res = CliRunner().invoke(app, ["models", "resnet*"], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    rows = _rows(res.stdout)
+    assert sorted(r[0] for r in rows) == sorted(MODELS.names("resnet*")) and len(rows) >= 2
+    assert all(r[1] == MODELS.get(r[0]).family and r[2].endswith(" M") for r in rows)
+
+
+def test_env_describes_this_machine():
+    from importlib.metadata import version
+
+    res = CliRunner().invoke(app, ["env", "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert set(info) >= {"python", "platform", "gpus", "core", "optional"}
+    assert info["core"]["typer"] == version("typer") and info["optional"]["torch"] == version("torch")
+    res = CliRunner().invoke(app, ["env"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and ["typer", version("typer"), "core"] in _rows(res.stdout)
+
+
+def test_loader_bench_writes_its_measurement(bench_store, tmp_path):
+    res = CliRunner().invoke(app, ["loader-bench", "--model", "tiny_cnn_test", "--data", str(bench_store), "--mag",
+                                   "100X", "--batch-size", "4", "--image-size", "32", "--steps", "2", "--device", "cpu",
+                                   "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "tiny_cnn_test_cpu.json").read_text())
+    assert (result["model"], result["device"], result["batch_size"], result["store"]) == (
+        "tiny_cnn_test", "cpu", 4, str(bench_store))
+    (row,) = result["rows"]
+    assert row["loader"] == "device" and row["loader_images_per_s"] > 0 and row["efficiency"] > 0
+    res = CliRunner().invoke(app, ["loader-bench", "--model", "nope", "--data", str(bench_store), "--device", "cpu"])
+    assert res.exit_code == 1
+    (line,) = res.output.strip().splitlines()
+    assert line.startswith("error: unknown model 'nope'; valid names: ") and "tiny_cnn_test" in line
+
+
+@pytest.mark.slow
+def test_tile_bench_compares_the_readers_with_the_naive_loop(tmp_path):
+    res = CliRunner().invoke(app, ["tile-bench", "--size", "1024", "--workdir", str(tmp_path / "w"), "--out",
+                                   str(tmp_path / "o")], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    (saved,) = (tmp_path / "o").glob("tiling_*.json")
+    rows = json.loads(saved.read_text())["rows"]
+    assert rows[-1]["method"].startswith("naive") and rows[-1]["vs_naive"] == 1.0
+    assert len(rows) >= 2 and all(r["tiles"] == rows[0]["tiles"] > 0 for r in rows)
+    assert f"saved to {saved.with_suffix('.md')}" in res.stdout

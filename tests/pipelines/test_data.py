@@ -145,7 +145,7 @@ def test_fits_on_device():
 
 
 def test_make_loader_choice(store, monkeypatch, caplog):
-    caplog.set_level(logging.INFO, logger="pipelines.data.loaders")
+    caplog.set_level(logging.DEBUG, logger="pipelines.data.loaders")  # the choice is a DEBUG line
     loader = make_loader(store, "train", "40X", CFG, device="cpu", train=True)
     assert isinstance(loader, DeviceLoader)
     assert "loader device" in caplog.text
@@ -229,6 +229,10 @@ def _start_library_threads(tmp_path) -> list[str]:
         pass
     try:
         import tifffile
+
+        from ingest.readers.cucim_reader import keep_cufile_log_out_of_cwd
+
+        keep_cufile_log_out_of_cwd()  # torch is loaded: importing cucim would leave a cufile.log in the cwd
         from cucim import CuImage
 
         path = tmp_path / "threads.tif"

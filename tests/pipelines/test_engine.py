@@ -12,7 +12,8 @@ import time
 import pytest
 
 from pipelines.training.checkpoint import load_checkpoint
-from pipelines.training.engine import FitConfig, FitError, lr_factor, run_differences
+from pipelines.training.engine import FitConfig, lr_factor
+from pipelines.training.run_directory import FitError, run_differences
 from tests.pipelines.toy_recipe import run
 
 
@@ -93,15 +94,15 @@ def test_a_run_finished_by_an_older_histo_bench_is_named(tmp_path):
 
 def test_a_best_candidate_left_by_a_kill_is_promoted_only_when_last_pt_names_it(tmp_path):
     from pipelines.training.checkpoint import save_checkpoint
-    from pipelines.training.engine import PENDING_BEST, _settle_pending_best
+    from pipelines.training.run_directory import PENDING_BEST, settle_pending_best
     from tests.pipelines.toy_recipe import ToyRecipe
 
     recipe = ToyRecipe()
     save_checkpoint(tmp_path / PENDING_BEST, recipe.checkpoint({"model": recipe.model.state_dict()}, 3, {}))
-    _settle_pending_best(tmp_path, best_epoch=2)  # last.pt was not written for epoch 3: the candidate goes
+    settle_pending_best(tmp_path, best_epoch=2)  # last.pt was not written for epoch 3: the candidate goes
     assert not (tmp_path / PENDING_BEST).exists() and not (tmp_path / "best.pt").exists()
     save_checkpoint(tmp_path / PENDING_BEST, recipe.checkpoint({"model": recipe.model.state_dict()}, 3, {}))
-    _settle_pending_best(tmp_path, best_epoch=3)  # last.pt names it: it becomes best.pt
+    settle_pending_best(tmp_path, best_epoch=3)  # last.pt names it: it becomes best.pt
     assert load_checkpoint(tmp_path / "best.pt").epoch == 3
 
 

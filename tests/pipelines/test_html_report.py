@@ -1,5 +1,6 @@
 """``report.html``: discovery of a run directory's outputs, self-containment, escaping, the Markdown converter, the
-``histo-bench report`` command, and a render in headless Chromium (where Debian's chromium is installed)."""
+``histo-bench report`` command (and its one-line error on the pre-suites layout), and a render in headless Chromium
+(where Debian's chromium is installed)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from benchmark.reports.html import ReportError, build_html, discover, write_html
+from benchmark.reports.html import LegacySuiteError, ReportError, build_html, discover, write_html
 from benchmark.reports.markdown_html import markdown_to_html
-from pipelines.report import write_report
+from benchmark.suites import rebuild_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 CLASSES = ["benign_a", "malignant_b"]
@@ -40,18 +41,18 @@ def run_dir(tmp_path_factory) -> Path:
     """A folder with one of every output the report gathers, plus a zarr store it must not walk into."""
     root = tmp_path_factory.mktemp("run")
     origin = {"kind": "synthetic", "generator": "test"}
-    cells = [{"model": "tiny", "train": t, "test": s, "macro_f1": 0.5 + 0.1 * (t == s), "accuracy": 0.6,
-              "balanced_accuracy": 0.6, "patient_accuracy": 0.5, "n_images": 12, "n_patients": 4,
-              "per_class": {c: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 6} for c in CLASSES},
-              "confusion": [[3, 3], [3, 3]], "best_epoch": 1, "run_dir": f"suite/tiny/{t}"}
+    cells = [{"task": "subtype", "model": "tiny", "train": t, "test": s, "fold": 0, "seed": 0,
+              "macro_f1": 0.5 + 0.1 * (t == s), "accuracy": 0.6, "balanced_accuracy": 0.6, "patient_accuracy": 0.5,
+              "n_images": 12, "n_patients": 4, "best_epoch": 1, "run_dir": f"suite/tiny/{t}"}
              for t in ("100X", "400X", "mixed") for s in ("100X", "400X", "mixed")]
-    train_cfg = {"epochs": 2, "batch_size": 4, "lr": 0.001, "weight_decay": 0.05, "image_size": 32,
-                 "precision": "fp32", "patience": 3, "seed": 0, "max_steps_per_epoch": None}
     suite = root / "suite"
     suite.mkdir()
-    (suite / "results.json").write_text(json.dumps({"config": {"train": train_cfg}, "store": "data/s.zarr",
-                                                    "origin": origin, "classes": CLASSES, "cells": cells}))
-    write_report(suite)
+    (suite / "results.json").write_text(json.dumps({
+        "format": "histo-bench/suite", "suite": "magnification-transfer", "store": "data/s.zarr", "origin": origin,
+        "store_counts": {"images": 12, "patients": 4}, "tasks": ["subtype"], "classes": {"subtype": CLASSES},
+        "study": {"folds": 0, "seeds": 1}, "protocol": "the store's own split", "command": "histo-bench suite",
+        "cells": cells}))
+    rebuild_report(suite)
     for mag in ("100X", "400X"):
         rows = [{"epoch": e, "train_loss": 1.0 / (e + 1), "val_macro_f1": 0.2 * e, "val_accuracy": 0.25 * e,
                  "epoch_seconds": 2.0, "items_per_s": 10.0} for e in range(3)]
@@ -142,6 +143,28 @@ def test_report_command(run_dir, tmp_path):
     assert "html report:" in res.output and (run_dir / "suite" / "report.html").exists()
     res = runner.invoke(app, ["report", str(tmp_path)])
     assert res.exit_code == 1 and "nothing to report" in res.output
+
+
+def _legacy_suite(path: Path) -> Path:
+    """A suite folder as written before ``benchmark.suites``: results.json without ``format``, no report.md."""
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps({"config": {"train": {}}, "store": "data/s.zarr", "classes": CLASSES,
+                                                   "cells": [{"model": "tiny", "train": "100X", "test": "100X"}]}))
+    return path
+
+
+def test_pre_suites_layout_is_a_one_line_error(tmp_path):
+    from benchmark.cli.app import app
+
+    legacy = _legacy_suite(tmp_path / "old" / "suite")
+    res = CliRunner().invoke(app, ["report", str(legacy)])
+    assert res.exit_code == 1 and not isinstance(res.exception, ReportError), res.output  # handled: one line
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert lines[0].startswith("error:") and "no longer renders" in res.output and "Traceback" not in res.output
+    assert not (legacy / "report.md").exists()
+    with pytest.raises(LegacySuiteError, match="no longer renders"):  # also when found under a parent folder
+        write_html(tmp_path / "old")
+    assert issubclass(LegacySuiteError, ReportError)
 
 
 def test_markdown_to_html():

@@ -192,7 +192,7 @@ def test_slide_level_folds_and_a_finished_run_is_not_retrained(slide_store, tmp_
     assert train_mil(MILConfig(**base, fold=0, out=str(tmp_path / "f0")))["test"] == summary_of(tmp_path / "f0")
     assert (tmp_path / "f0" / "best.pt").stat().st_mtime_ns == stamp
     # a finished run with other settings is refused, naming them; the old result stays
-    from pipelines.training.engine import FitError
+    from pipelines.training.run_directory import FitError
 
     with pytest.raises(FitError, match=r"other settings \(lr 0.0002 != 0.001\)"):
         train_mil(MILConfig(**base, fold=0, lr=1e-3, out=str(tmp_path / "f0")))

@@ -10,8 +10,8 @@ import pytest
 
 from models.registry import build_model
 from pipelines.training.checkpoint import load_checkpoint
-from pipelines.training.engine import FitError
 from pipelines.training.mpcs import PretrainConfig, pair_index, pretrain, sample_pairs
+from pipelines.training.run_directory import FitError
 from tests.pipelines.test_tracking import tb_scalars
 from tests.pipelines.test_train import colour_store  # noqa: F401 - the fixture
 

@@ -1,5 +1,5 @@
-"""The suites end to end from the CLI (``histo-bench suite NAME --quick``) on a small synthetic store, the legacy
-``histo-bench suite --model ...`` command line, the per-input augmentation and the weighted sampler."""
+"""The suites end to end from the CLI (``histo-bench suite NAME --quick``) on a small synthetic store, ``suite``
+without NAME (its default, magnification-transfer), the per-input augmentation and the weighted sampler."""
 
 from __future__ import annotations
 
@@ -81,11 +81,12 @@ def test_magnification_transfer_suite(synthetic_store, tmp_path):
     assert rebuilt.exit_code == 0 and "html report:" in rebuilt.output, rebuilt.output
 
 
-def test_legacy_suite_command_line_keeps_its_layout(synthetic_store, tmp_path):
-    out = tmp_path / "legacy"
+def test_suite_without_name_is_magnification_transfer(synthetic_store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no --out: runs/suites/NAME under the current folder
+    out = tmp_path / "runs" / "suites" / "magnification-transfer"
     res = runner.invoke(app, ["suite", "--model", "tiny_cnn_test", "--data", str(synthetic_store), "--epochs", "1",
                               "--max-steps", "2", "--batch-size", "8", "--image-size", "32", "--device", "cpu",
-                              "--task", "binary", "--out", str(out)])
+                              "--task", "binary"])
     assert res.exit_code == 0, res.output
     for mag in ("100X", "400X", "mixed"):  # make demo reads <out>/<model>/<magnification>/best.pt
         assert (out / "tiny_cnn_test" / mag / "best.pt").is_file()

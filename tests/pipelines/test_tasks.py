@@ -65,11 +65,12 @@ def test_binary_run_trains_two_classes_reloads_and_evaluates(colour_store, tmp_p
 
     from benchmark.cli.app import app
 
-    res = CliRunner().invoke(app, ["evaluate", str(result.run_dir / "best.pt"), "--device", "cpu", "--mag", "100X"])
+    res = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(result.run_dir / "best.pt"), "--device", "cpu",
+                                   "--mag", "100X"])
     assert res.exit_code == 0, res.output
     assert "binary task" in res.output
-    res = CliRunner().invoke(app, ["evaluate", str(result.run_dir / "best.pt"), "--device", "cpu", "--task",
-                                   "subtype"])
+    res = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(result.run_dir / "best.pt"), "--device", "cpu",
+                                   "--task", "subtype"])
     assert res.exit_code == 1 and "a binary model cannot be evaluated on the subtype task" in res.output
 
     with pytest.raises(TrainingError, match=r"holds a finished run with other settings \(task binary != subtype\)"):

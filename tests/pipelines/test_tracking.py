@@ -107,7 +107,7 @@ def test_resume_ignores_logging_only_fields():
     from dataclasses import asdict
 
     from pipelines.training.classifier import TrainConfig
-    from pipelines.training.engine import run_differences
+    from pipelines.training.run_directory import run_differences
 
     base = asdict(TrainConfig())
     assert not run_differences({**base, "log_every": 10, "wandb": False}, {**base, "log_every": 1, "wandb": True})

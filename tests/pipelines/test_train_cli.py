@@ -134,10 +134,11 @@ def test_killed_run_resumes_then_reruns_are_no_ops(kind, colour_store, slides, t
     assert other.exit_code == 1
     assert "lr" in other.output and "Traceback" not in other.output and len(other.output.strip().splitlines()) == 1
 
-    evaluated = _invoke("evaluate", str(run / "best.pt"), "--device", "cpu")
+    evaluated = _invoke("evaluate", "--checkpoint", str(run / "best.pt"), "--device", "cpu")
     assert evaluated.exit_code == 0, evaluated.output[-2000:]
     assert "macro-F1" in evaluated.output and "chance" in evaluated.output
-    predicted = _invoke("predict", str(run / "best.pt"), "--device", "cpu", "--out", str(tmp_path / "pred"))
+    predicted = _invoke("predict", "--checkpoint", str(run / "best.pt"), "--device", "cpu", "--out",
+                        str(tmp_path / "pred"))
     assert predicted.exit_code == 0, predicted.output[-2000:]
     written = "embeddings.csv" if kind == "mpcs" else "predictions.csv"
     assert len((tmp_path / "pred" / written).read_text().splitlines()) > 1
@@ -209,7 +210,7 @@ def test_the_model_and_the_store_pick_the_recipe(colour_store, slides):  # noqa:
     ("abmil", {"data": "slides", "labels": "missing.csv"}, "missing.csv: no such labels file"),
     ("abmil", {"data": "slides", "labels": "labels", "image_size": 64}, "--image-size does not apply to abmil"),
     ("resnet50", {"data": "colour", "pair": "fixed"}, "--pair does not apply to resnet50"),
-    ("mpcs_resnet50", {"data": "colour", "train_mag": "400X"}, "--train-mag does not apply"),
+    ("mpcs_resnet50", {"data": "colour", "mag": "400X"}, "--mag does not apply"),
     ("resnet50", {"data": "nowhere"}, "nowhere: no such store"),
     ("resnet5O", {}, "unknown model 'resnet5O'"),
 ])
@@ -258,6 +259,14 @@ def test_predict_refuses_mixed_ensembles_and_options_that_do_not_apply(colour_st
         runs.append(tmp_path / f"c{size}" / "best.pt")
     with pytest.raises(PredictError, match="trained with image_size 40.*same inputs"):
         run_predict(runs, None, tmp_path / "p", device="cpu")
+    mixed = _invoke("predict", "--checkpoint", str(runs[0]), "--checkpoint", str(runs[1]), "--device", "cpu")
+    assert mixed.exit_code == 1 and mixed.output.startswith("error: ") and len(mixed.output.splitlines()) == 1
+    assert "trained with image_size 40" in mixed.output
+    ensemble = _invoke("predict", "--checkpoint", str(runs[0]), "--checkpoint", str(runs[0]), "--split", "val",
+                       "--device", "cpu", "--out", str(tmp_path / "e"))
+    assert ensemble.exit_code == 0, ensemble.output
+    rows = (tmp_path / "e" / "predictions.csv").read_text().splitlines()
+    assert len(rows) > 1 and all(",val," in r for r in rows[1:])
     with pytest.raises(PredictError, match="--scale does not apply to a classifier checkpoint"):
         run_predict(runs[:1], None, tmp_path / "p", scale="10x", device="cpu")
     path = run_predict(runs[:1] * 2, None, tmp_path / "p", split="test", device="cpu")  # an ensemble of one model

@@ -1,0 +1,229 @@
+"""Writing an image store (the layout of :mod:`ingest.store`): atomic, resumable, one writer at a time.
+
+A store is written under ``<out>.partial``, by the one process holding ``<out>.lock`` (:func:`store_lock`,
+:mod:`ingest.locks`), and renamed to ``<out>`` only after ``complete`` is set, so a store at ``<out>`` is always
+whole. :class:`ImageStoreWriter` appends images shard by shard and checkpoints after each full shard; an interrupted
+write resumes from the last finished shard when the same inputs and config are ingested again and every checkpointed
+array and shard is still there; any other partial store is discarded with a one-line note.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histo_bench.files import discard_dir, replace_dir
+from ingest.locks import WorkLock
+from ingest.output_guard import refusal, store_format
+from ingest.shards import ShardLayout
+from ingest.splits import SplitResult, as_str_array, assert_patient_disjoint
+from ingest.store import FORMAT, FORMAT_VERSION, StoreError, import_zarr, partial_path
+
+log = logging.getLogger(__name__)
+
+_META_CHUNK = 8192
+
+
+def _blosc(clevel: int):
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="zstd", clevel=clevel, shuffle="bitshuffle")
+
+
+def partial_refusal(partial: Path) -> str | None:
+    """None when the ``<out>.partial`` at ``partial`` may be resumed or discarded (absent, empty, or a zarr group
+    this code wrote, even one cut short while its metadata was written); else why not (a user's folder or file)."""
+    if not partial.exists() or store_format(partial) == FORMAT or (partial / "zarr.json").is_file():
+        return None
+    return refusal(partial, FORMAT, "image store (interrupted ingest)")
+
+
+def store_lock(out: str | Path) -> WorkLock:
+    """The lock a process holds while it builds the image store ``out`` (``<out>.lock``, beside it)."""
+    out = Path(out)
+    return WorkLock(out.with_name(out.name + ".lock"), f"ingesting {out.name}")
+
+
+@dataclass
+class ImageMeta:
+    """Per-image metadata written beside the pixels."""
+
+    label: int
+    malignant: bool
+    patient: str
+    magnification: str
+    source: str
+    orig_size: tuple[int, int]
+
+
+class ImageStoreWriter:
+    """Appends images shard by shard into ``<out>.partial`` and renames it into place when finished.
+
+    ``capacity`` is the number of input images (an upper bound: skipped files leave the tail unused and the
+    arrays are trimmed on :meth:`finalize`). ``resume_key`` identifies the inputs + config; a partial store with the
+    same key is continued from its last checkpoint, any other partial store is discarded.
+    """
+
+    def __init__(self, out: str | Path, *, capacity: int, height: int, width: int, shard_size: int = 32,
+                 clevel: int = 3, resume_key: str = "", discard: bool = False) -> None:
+        self.out = Path(out)
+        self.partial = partial_path(self.out)
+        self.height, self.width, self.shard_size = height, width, shard_size
+        self.capacity = max(capacity, 1)
+        zarr = import_zarr()
+        self.resumed = False
+        self.progress: dict[str, Any] = {"consumed": 0, "written": 0, "skipped": [], "converted": []}
+        if self.partial.exists():
+            problem = "--overwrite discards it" if discard else self._resume_problem(zarr, resume_key)
+            if problem is None:
+                self.group = zarr.open_group(str(self.partial), mode="r+")
+                self.progress = dict(self.group.attrs["progress"])
+                self.resumed = True
+                log.info("resuming %s: %d inputs already done", self.partial, self.progress["consumed"])
+            else:
+                log.warning("discarding the partial store %s: %s", self.partial, problem)
+                discard_dir(self.partial)
+        if not self.resumed:
+            self.group = self._create(zarr, clevel, resume_key)
+        self._buffer: list[tuple[np.ndarray, ImageMeta]] = []
+        self._pending_consumed = self.progress["consumed"]
+
+    def _resume_problem(self, zarr, resume_key: str) -> str | None:
+        """None when the partial store can be continued: same inputs and settings, and every array and every shard
+        its checkpoint counts still there; else why not."""
+        try:
+            group = zarr.open_group(str(self.partial), mode="r")
+            attrs = dict(group.attrs)
+            if not resume_key or attrs.get("resume_key") != resume_key:
+                return "it was made from other inputs or settings"
+            written = int(attrs["progress"]["written"])
+            n, h, w = self.capacity, self.height, self.width
+            shapes = {"images": (n, h, w, 3), "orig_size": (n, 2),
+                      **{k: (n,) for k in ("label", "malignant", "patient", "magnification", "source")}}
+            for name, shape in shapes.items():
+                if name not in group:
+                    return f"array {name!r} is missing"
+                if tuple(group[name].shape) != shape:
+                    return f"array {name!r} has shape {tuple(group[name].shape)}, expected {shape}"
+            layout = ShardLayout.open(self.partial / "images")
+            if layout is None:
+                return "its images array is not in the expected sharded layout"
+            for shard in range(written // layout.shard_size):
+                if not layout.shard_file(shard).exists():
+                    return f"shard file {layout.shard_file(shard).name} of checkpointed images is missing"
+        except Exception as exc:  # unreadable metadata: rebuild
+            return f"unreadable ({type(exc).__name__}: {exc})".splitlines()[0]
+        return None
+
+    def _create(self, zarr, clevel: int, resume_key: str):
+        try:
+            self.partial.parent.mkdir(parents=True, exist_ok=True)
+            group = zarr.open_group(str(self.partial), mode="w", attributes={  # its zarr.json never lacks a format
+                "format": FORMAT, "format_version": FORMAT_VERSION, "complete": False, "resume_key": resume_key,
+                "progress": self.progress})
+        except OSError as exc:
+            raise StoreError(f"cannot write store at {self.partial}: {exc.strerror or exc}") from exc
+        n, h, w = self.capacity, self.height, self.width
+        group.create_array("images", shape=(n, h, w, 3), dtype="uint8", chunks=(1, h, w, 3),
+                           shards=(self.shard_size, h, w, 3), compressors=_blosc(clevel), fill_value=0)
+        meta_chunk = min(_META_CHUNK, n)
+        for name, dtype in (("label", "int16"), ("malignant", "bool"), ("patient", str), ("magnification", str),
+                            ("source", str)):
+            group.create_array(name, shape=(n,), dtype=dtype, chunks=(meta_chunk,))
+        group.create_array("orig_size", shape=(n, 2), dtype="int32", chunks=(meta_chunk, 2))
+        return group
+
+    @property
+    def written(self) -> int:
+        return int(self.progress["written"]) + len(self._buffer)
+
+    def add(self, image: np.ndarray, meta: ImageMeta) -> None:
+        """Queue one image (H, W, 3) uint8; full shards are written as they fill."""
+        if image.shape != (self.height, self.width, 3) or image.dtype != np.uint8:
+            raise StoreError(f"image {meta.source} has shape {image.shape} {image.dtype}, "
+                             f"store expects ({self.height}, {self.width}, 3) uint8")
+        self._buffer.append((image, meta))
+
+    def consumed(self, n_inputs: int, skipped: list | None = None, converted: list | None = None) -> None:
+        """Record that the first ``n_inputs`` inputs are handled; checkpoint whenever a shard is full."""
+        self._pending_consumed = n_inputs
+        if skipped:
+            self.progress["skipped"].extend(skipped)
+        if converted:
+            self.progress["converted"].extend(converted)
+        if len(self._buffer) >= self.shard_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            start = int(self.progress["written"])
+            stop = start + len(self._buffer)
+            g = self.group
+            g["images"][start:stop] = np.stack([img for img, _ in self._buffer])
+            metas = [m for _, m in self._buffer]
+            g["label"][start:stop] = np.array([m.label for m in metas], dtype=np.int16)
+            g["malignant"][start:stop] = np.array([m.malignant for m in metas], dtype=bool)
+            g["patient"][start:stop] = np.array([m.patient for m in metas], dtype=str)
+            g["magnification"][start:stop] = np.array([m.magnification for m in metas], dtype=str)
+            g["source"][start:stop] = np.array([m.source for m in metas], dtype=str)
+            g["orig_size"][start:stop] = np.array([m.orig_size for m in metas], dtype=np.int32)
+            self.progress["written"] = stop
+            self._buffer = []
+        self.progress["consumed"] = self._pending_consumed
+        self.group.attrs["progress"] = self.progress  # the checkpoint: only whole shards are ever counted
+
+    def read_meta(self) -> dict[str, np.ndarray]:
+        """The metadata of everything written so far (after a final flush)."""
+        self._flush()
+        n = int(self.progress["written"])
+        return {"label": self.group["label"][:n], "patient": as_str_array(self.group["patient"][:n]),
+                "magnification": as_str_array(self.group["magnification"][:n])}
+
+    def finalize(self, attrs: dict[str, Any], split: SplitResult, overwrite: bool = False,
+                 still_mine=lambda: True) -> Path:
+        """Trim, write the split, set ``complete`` and rename ``<out>.partial`` -> ``<out>`` atomically, unless
+        ``still_mine()`` says the store's lock was taken over meanwhile."""
+        self._flush()
+        n = int(self.progress["written"])
+        if n == 0:
+            shutil.rmtree(self.partial, ignore_errors=True)
+            raise StoreError("no image could be ingested; nothing was written")
+        g = self.group
+        for name in ("images", "label", "malignant", "patient", "magnification", "source", "orig_size"):
+            arr = g[name]
+            arr.resize((n,) + tuple(arr.shape[1:]))
+        assert_patient_disjoint(g["patient"][:], split.codes)
+        g.create_array("split", shape=(n,), dtype="int8", chunks=(min(_META_CHUNK, n),), overwrite=True)
+        g["split"][:] = split.codes
+        final_attrs = dict(attrs)
+        final_attrs["split"] = split.to_attrs(as_str_array(g["patient"][:]))
+        final_attrs["progress"] = self.progress
+        final_attrs["complete"] = True
+        final_attrs["completed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        g.attrs.update(final_attrs)
+        if not still_mine():
+            raise StoreError(f"{self.out}: this process lost the store's lock while ingesting (stalled past the "
+                             "stale age?); the other writer's result stands, this one is dropped")
+        return _atomic_replace(self.partial, self.out, overwrite)
+
+
+def _atomic_replace(src: Path, dst: Path, overwrite: bool) -> Path:
+    reason = refusal(dst, FORMAT, "image store")
+    if reason:
+        raise StoreError(reason)
+    if dst.is_dir() and not any(dst.iterdir()):
+        os.replace(src, dst)  # an empty folder is replaced by the rename itself
+    elif dst.exists():
+        if not overwrite:
+            raise StoreError(f"{dst} exists; pass --overwrite to replace it")
+        replace_dir(src, dst)
+    else:
+        os.replace(src, dst)
+    return dst
