@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
+from pipelines.data.loaders import make_loader
 from pipelines.evaluation.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -35,9 +37,7 @@ def load_eval_sets(store, magnifications: list[str], data_config, device: str,
                    max_images: int | None = None) -> list[EvalSet]:
     """The test split at each magnification (a magnification with no test images is left out, with a warning),
     transformed on ``device`` and kept in host memory so it never counts in a backend's peak device memory."""
-    import torch
 
-    from pipelines.data.loaders import make_loader
 
     sets = []
     for mag in magnifications:
@@ -63,7 +63,6 @@ def load_eval_sets(store, magnifications: list[str], data_config, device: str,
 def run_logits(fn: Callable, images, batch_size: int, device: str = "cpu"):
     """``fn`` over ``images`` in batches of exactly ``batch_size`` (the last one padded with copies) moved to
     ``device`` one at a time; float32 logits on the CPU."""
-    import torch
 
     out = []
     for start in range(0, len(images), batch_size):

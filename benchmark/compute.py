@@ -7,16 +7,17 @@ memory traffic are not matmuls), printed beside each result to show how far from
 
 from __future__ import annotations
 
+import copy
 import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def flops_per_image(model, image_size: int) -> float:
     """Forward FLOPs of one ``image_size`` image (multiply-add = 2 FLOPs), counted by torch's FlopCounterMode on
     the CPU in fp32."""
-    import copy
 
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     net = copy.deepcopy(model).float().cpu().eval()
     counter = FlopCounterMode(display=False)
@@ -27,7 +28,6 @@ def flops_per_image(model, image_size: int) -> float:
 
 def matmul_rate(device: str, precision: str = "bf16", size: int | None = None, repeats: int = 5) -> float:
     """Measured FLOP/s of a square matmul on ``device`` (bf16 on GPU; fp32 on CPU, where bf16 is emulated)."""
-    import torch
 
     cuda = device.startswith("cuda")
     size = size or (8192 if cuda else 2048)

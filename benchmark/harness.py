@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from histo_bench.errors import ConfigError
 
@@ -74,7 +75,6 @@ class Timing:
 
 def is_oom(exc: BaseException) -> bool:
     """A CUDA (or host allocator) out-of-memory error."""
-    import torch
 
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -100,7 +100,6 @@ def time_calls(fn: Callable, x, device: str, config: TimingConfig, nvml_before: 
 
     ``nvml_before``: NVML used memory read before the backend was prepared (so engine builds and runtime sessions
     count in the delta); read here when not given."""
-    import torch
 
     cuda = device.startswith("cuda")
     if nvml_before is None:
@@ -168,7 +167,6 @@ def sweep(prepare: Callable[[Any], Callable], make_input: Callable[[int], Any], 
     to ``keep_up_to`` (else the smallest): the others are released as soon as they are timed, so compiled graphs
     and captured memory of one size never count in the next size's peak memory.
     """
-    import torch
 
     points: list[SweepPoint] = []
     done: set[int] = set()

@@ -18,6 +18,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmark.environment import gpu_names, package_version
 from histo_bench.errors import ConfigError
 from histo_bench.files import atomic_write_text
@@ -72,7 +74,6 @@ def cpu_name() -> str:
 
 def environment(device: str) -> dict[str, Any]:
     """What the numbers were measured on: hardware, driver, library versions, commit, time (UTC)."""
-    import torch
 
     gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else None
     smi = gpu_names()

@@ -14,10 +14,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from benchmark import accuracy
+from benchmark.accuracy import load_eval_sets, run_logits
 from benchmark.backends import BACKENDS, BENCH_PRECISIONS
-from benchmark.harness import SweepPoint, TimingConfig, one_line, sweep
+from benchmark.backends.eager import Eager
+from benchmark.compute import flops_per_image, matmul_rate
+from benchmark.harness import SweepPoint, TimingConfig, one_line, sweep, time_calls
+from benchmark.reports.benchmark_report import write_report
+from benchmark.results import env_tag, environment, make_row, save_rows
+from histo_bench.device import DeviceError, resolve_device
 from histo_bench.errors import ConfigError, HistoBenchError
+from histo_bench.provenance import data_sentence
+from ingest.store import ImageStore, StoreError
+from models.registry import count_params
+from pipelines.data.base import DataConfig
 from pipelines.data.tasks import check_task
+from pipelines.training.checkpoint import CheckpointError, load_checkpoint
+from pipelines.training.classifier import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +106,6 @@ class BenchConfig:
 def train_checkpoint(config: BenchConfig, device: str) -> Path:
     """Train ``config.model`` with the paper protocol on mixed magnifications (demo-sized on CPU); reuse a complete
     earlier run."""
-    from pipelines.training.classifier import TrainConfig, train
 
     cpu = not device.startswith("cuda")
     steps = config.train_max_steps if config.train_max_steps is not None else (10 if cpu else None)
@@ -124,16 +138,7 @@ def _variants(config: BenchConfig, device: str, model) -> list[tuple[str, str, A
 
 def run_benchmark(config: BenchConfig, progress: BenchProgress | None = None) -> tuple[Path, list[dict[str, Any]]]:
     """Run the whole benchmark; returns the results folder and the rows (also written there with the report)."""
-    import torch
 
-    from benchmark.accuracy import load_eval_sets, run_logits
-    from benchmark.backends.eager import Eager
-    from benchmark.reports.benchmark_report import write_report
-    from benchmark.results import env_tag, environment, save_rows
-    from histo_bench.device import DeviceError, resolve_device
-    from histo_bench.provenance import data_sentence
-    from models.registry import count_params
-    from pipelines.data.base import DataConfig
 
     try:
         device = resolve_device(config.device)
@@ -179,7 +184,6 @@ def run_benchmark(config: BenchConfig, progress: BenchProgress | None = None) ->
 def _load_classifier(config: BenchConfig, device: str) -> tuple[Path, Any]:
     """(checkpoint path, loaded checkpoint) of the image classifier to benchmark: ``config.checkpoint``, or one
     trained first; a :class:`BenchError` when it cannot be read or holds another model."""
-    from pipelines.training.checkpoint import CheckpointError, load_checkpoint
 
     ckpt = Path(config.checkpoint) if config.checkpoint else train_checkpoint(config, device)
     try:
@@ -193,7 +197,6 @@ def _load_classifier(config: BenchConfig, device: str) -> tuple[Path, Any]:
 
 def _open_store(path: str | Path):
     """The image store for the accuracy columns; a :class:`BenchError` saying why when it cannot be opened."""
-    from ingest.store import ImageStore, StoreError
 
     try:
         return ImageStore(path)
@@ -204,7 +207,6 @@ def _open_store(path: str | Path):
 def _ceiling(model, name: str, image_size: int, device: str, env: dict[str, Any]) -> tuple[float, float | None]:
     """(FLOPs per image, the matmul-bound throughput ceiling in images/s or None); the measured matmul rate goes
     into ``env``."""
-    from benchmark.compute import flops_per_image, matmul_rate
 
     flops = flops_per_image(model, image_size)
     rate = matmul_rate(device)
@@ -234,7 +236,6 @@ class _Sweeps:
 
     def skipped(self, name: str, precision: str, reason: str) -> dict[str, Any]:
         """The one row of a variant that does not run here, saying why."""
-        from benchmark.results import make_row
 
         log.info("%s %s skipped: %s", name, precision, reason)
         row = make_row(**self.common, backend=name, precision=precision, status="skipped", reason=reason)
@@ -244,9 +245,7 @@ class _Sweeps:
 
     def measure(self, name: str, precision: str, backend) -> list[dict[str, Any]]:
         """One row per batch size: the timing sweep, then accuracy through the callable the sweep kept."""
-        import torch
 
-        from benchmark.results import make_row
 
         def on_point(point):
             if self.progress:
@@ -279,9 +278,7 @@ def _recheck_eager(rows: list[dict[str, Any]], eager_fp32, image_size: int, devi
                    timing: TimingConfig) -> None:
     """Time eager fp32 again after every other backend, into ``recheck_throughput_ips``: the baseline of every
     comparison, measured twice, shows whether the machine stayed steady through the run."""
-    import torch
 
-    from benchmark.harness import time_calls
 
     for row in rows:
         if row["backend"] == "eager" and row["precision"] == "fp32" and row["status"] == "ok":
@@ -292,7 +289,6 @@ def _recheck_eager(rows: list[dict[str, Any]], eager_fp32, image_size: int, devi
 
 def _accuracy(points: list[SweepPoint], sets, classes, reference, device: str) -> dict[str, Any]:
     """Accuracy fields through the one callable the sweep kept (largest successful batch size up to 64)."""
-    from benchmark import accuracy
     kept = [p for p in points if p.status == "ok" and p.infer is not None]
     if not kept or not sets:
         return {}

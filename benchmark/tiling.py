@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import shutil
 import time
@@ -16,9 +17,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from benchmark.environment import describe
 from histo_bench.markdown import markdown_table
+from ingest.readers.base import available_readers
+from ingest.slide_store import SlideStore
+from ingest.synthetic.slide import write_synthetic_slide
+from ingest.tile_runner import run_tiling
+from ingest.tiling import TileConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +47,6 @@ class TilingRow:
 
 def benchmark_slide(path: Path, size: int, seed: int = 0) -> Path:
     """The synthetic 40x slide used for the benchmark (generated once, then reused)."""
-    from ingest.synthetic.slide import write_synthetic_slide
 
     if not path.exists():
         log.info("writing a %dx%d synthetic slide to %s", size, size, path)
@@ -51,7 +57,6 @@ def benchmark_slide(path: Path, size: int, seed: int = 0) -> Path:
 def naive_openslide_png(slide: Path, coords: np.ndarray, tile_size: int, out_dir: Path) -> TilingRow:
     """One ``read_region`` + one PNG per tile, level 0 (the tiles are at the slide's native magnification)."""
     import openslide
-    from PIL import Image
 
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -66,9 +71,6 @@ def naive_openslide_png(slide: Path, coords: np.ndarray, tile_size: int, out_dir
 def pipeline(slide: Path, store: Path, reader: str, magnification: float, tile_size: int,
              read_workers: int) -> tuple[TilingRow, np.ndarray]:
     """``histo-ingest tile`` on one slide with one reader; returns the row and the kept level-0 coordinates."""
-    from ingest.slide_store import SlideStore
-    from ingest.tile_runner import run_tiling
-    from ingest.tiling import TileConfig
 
     config = TileConfig(magnifications=(magnification,), tile_size=tile_size, reader=reader,
                         read_workers=read_workers)
@@ -85,7 +87,6 @@ def run_tiling_benchmark(workdir: Path, *, size: int = 20000, magnification: flo
                          naive_limit: int = 600) -> dict:
     """Measure every available reader end to end and the naive baseline (on the first ``naive_limit`` kept tiles,
     which is plenty for a rate); returns a JSON-able result with ratios against the baseline."""
-    from ingest.readers.base import available_readers
 
     workdir.mkdir(parents=True, exist_ok=True)
     slide = benchmark_slide(workdir / f"synthetic_{size}.tiff", size)
@@ -118,7 +119,6 @@ def run_tiling_benchmark(workdir: Path, *, size: int = 20000, magnification: flo
 
 
 def _cpus() -> int:
-    import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
+
 from histo_bench.errors import HistoBenchError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -14,7 +16,6 @@ class DeviceError(HistoBenchError, RuntimeError):
 
 
 def resolve_device(device: str) -> str:
-    import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -29,7 +30,6 @@ def resolve_device(device: str) -> str:
 
 def autocast_dtype(precision: str, device: str):
     """The autocast dtype for ``precision`` on ``device`` (None = plain fp32)."""
-    import torch
 
     if precision == "fp32" or (precision == "auto" and not device.startswith("cuda")):
         return None
@@ -40,7 +40,6 @@ def autocast_dtype(precision: str, device: str):
 
 def autocast(device: str, dtype):
     """``torch.autocast`` for ``dtype`` on ``device``, or a no-op context for plain fp32 (dtype None)."""
-    import torch
 
     if dtype is None:
         return contextlib.nullcontext()

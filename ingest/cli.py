@@ -16,7 +16,7 @@ from histo_bench.command_group import HandledGroup
 from histo_bench.command_options import config_from, fail, field_help
 from histo_bench.console import console, progress_bar, setup_logging, stdout
 from histo_bench.errors import EXIT_ERROR, EXIT_SKIPPED
-from ingest.synthetic.demo import DEMO_IMAGES_PER_MAGNIFICATION, DEMO_PATIENTS_PER_CLASS
+from ingest.synthetic.demo_size import DEMO_IMAGES_PER_MAGNIFICATION, DEMO_PATIENTS_PER_CLASS
 
 app = typer.Typer(cls=HandledGroup, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Turn BreakHis folders and whole-slide images into compressed, sharded zarr stores.")

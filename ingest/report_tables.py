@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from rich.cells import cell_len
 from rich.console import Group
 from rich.table import Table
@@ -53,7 +55,6 @@ def store_tables(store: ImageStore) -> list:
 
 def patient_table(store: ImageStore) -> Table:
     """Images per patient x magnification, with the patient's class(es) and split."""
-    from collections import Counter
 
     mags = list(store.attrs["magnifications"])
     split_names = {code: name for name, code in SPLIT_CODES.items()}

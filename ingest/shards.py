@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numcodecs import Blosc, blosc
 
 _EMPTY = 2**64 - 1
 
@@ -115,7 +116,6 @@ class ShardedImageReader:
 
     def read(self, i: int) -> np.ndarray:
         """Item ``i`` as a uint8 array of the item shape."""
-        from numcodecs import blosc
 
         shard, j = divmod(int(i), self.shard_size)
         index = self._index(shard)
@@ -138,7 +138,6 @@ class ShardWriter:
     """Writes whole shards of a sharded array created by zarr (which must stay the only writer of the metadata)."""
 
     def __init__(self, layout: ShardLayout) -> None:
-        from numcodecs import Blosc
 
         self.layout = layout
         shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
 
 from histo_bench.errors import HistoBenchError
 from histo_bench.files import discard_dir
@@ -46,7 +48,6 @@ class SlideStoreError(HistoBenchError, RuntimeError):
 
 
 def _zarr():
-    import zarr
 
     return zarr
 
@@ -159,7 +160,6 @@ def slide_status(store: str | Path, slide_id: str) -> str:
 
 
 def _blosc(clevel: int):
-    from zarr.codecs import BloscCodec
 
     return BloscCodec(cname="zstd", clevel=clevel, shuffle="bitshuffle")
 

@@ -21,12 +21,14 @@ a store.
 
 from __future__ import annotations
 
+import copy
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 
 from histo_bench.errors import HistoBenchError
 from ingest.breakhis_names import resolve_magnifications
@@ -45,7 +47,6 @@ class StoreError(HistoBenchError, RuntimeError):
 
 def import_zarr():
     """The zarr module, imported on first use (keeps ``histo-ingest --help`` light)."""
-    import zarr
 
     return zarr
 
@@ -139,7 +140,6 @@ class ImageStore:
         """A view of this store whose split codes (:data:`~ingest.splits.SPLIT_CODES`, one per image) are ``codes``
         (e.g. one fold of patient-level cross-validation): ``select``, ``counts`` and every loader use them; pixels
         and metadata are shared. Raises :class:`~ingest.splits.SplitError` when a patient would cross splits."""
-        import copy
 
         codes = np.asarray(codes, dtype=np.int8)
         if codes.shape != (len(self),):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from zarr.codecs import BloscCodec
 
 from histo_bench.files import discard_dir, replace_dir
 from ingest.locks import WorkLock
@@ -32,7 +33,6 @@ _META_CHUNK = 8192
 
 
 def _blosc(clevel: int):
-    from zarr.codecs import BloscCodec
 
     return BloscCodec(cname="zstd", clevel=clevel, shuffle="bitshuffle")
 

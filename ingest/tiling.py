@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
+from scipy.ndimage import binary_erosion
 
 from histo_bench.errors import ConfigError
 from ingest.grid import BaseResolution, Scale, ScaleError, concentric_boxes, grid
@@ -203,8 +204,6 @@ def _read_tiles(reader: SlideReader, xys: np.ndarray, downsample: float, config:
 def overlay_png(thumbnail: np.ndarray, mask: np.ndarray, boxes: np.ndarray, box_size: float, out: Path) -> Path:
     """The thumbnail with the tissue mask's outline in green (lightly tinted inside) and the kept tiles outlined
     in blue (boxes in thumbnail pixels)."""
-    from PIL import ImageDraw
-    from scipy.ndimage import binary_erosion
 
     img = thumbnail.astype(np.float32)
     img[mask] = 0.85 * img[mask] + 0.15 * np.array([40, 200, 60], np.float32)

@@ -14,6 +14,8 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import scipy.ndimage as ndi
+from PIL import Image, UnidentifiedImageError
 
 from histo_bench.errors import ConfigError, HistoBenchError
 from histo_bench.optional import require
@@ -75,7 +77,6 @@ def _backend(device: str) -> tuple[ModuleType, ModuleType, str]:
         return cupy, require("cupyx.scipy.ndimage", "'histo-bench[gpu]'"), "cuda"
     if device != "cpu":
         raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    import scipy.ndimage as ndi
 
     return np, ndi, "cpu"
 
@@ -162,7 +163,6 @@ def load_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     """A user tissue mask (any image Pillow reads, typically a PNG; nonzero = tissue) as a boolean mask of
     ``shape`` (the thumbnail's height, width). A mask of another size is resized: a thumbnail pixel is tissue when
     at least half of the mask area it covers is. Raises :class:`MaskError` for an unreadable or empty file."""
-    from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     try:

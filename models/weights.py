@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from torch import nn
 
@@ -89,7 +90,6 @@ def create_timm_model(timm_name: str, *, pretrained: bool = False, weights: str 
                       **kwargs: Any) -> nn.Module:
     """``timm.create_model(timm_name, **kwargs)`` with weights from a local file (``weights``, which wins) or from
     the hub cache (``pretrained``); an unreachable hub or an empty cache raises :class:`WeightsError`."""
-    import timm
 
     if weights is not None:
         if pretrained:

@@ -18,6 +18,8 @@ import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
+import torch
+
 from histo_bench.errors import HistoBenchError
 from histo_bench.registry import Registry
 
@@ -97,7 +99,6 @@ def inference_copy(model: nn.Module) -> nn.Module:
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 / AMX); without it autocast emulates bf16, far slower
     than fp32."""
-    import torch
 
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -107,14 +108,12 @@ def cpu_has_native_bf16() -> bool:
 
 def dtype_of(precision: str):
     """The torch dtype for a 16-bit precision, None for fp32."""
-    import torch
 
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def with_autocast(fn: Infer, device: str, precision: str) -> Infer:
     """``fn`` under inference mode and, for bf16 / fp16, autocast; logits come back as float32."""
-    import torch
 
     dtype = dtype_of(precision)
     device_type = device.split(":")[0]

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
+import torch._dynamo
+
 from benchmark.backends.base import Backend, inference_copy, register_backend, with_autocast
 
 #: static-shape graphs dynamo may keep per frame: every batch size of a sweep (plus OOM backoff sizes) and the
@@ -16,7 +19,6 @@ RECOMPILE_LIMIT = 64
 
 
 def raise_recompile_limit() -> None:
-    import torch._dynamo
 
     cfg = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit"):  # the newer name, then the older alias
@@ -34,7 +36,6 @@ class _Compiled(Backend):
         self._compiled: dict[tuple[int, str], object] = {}
 
     def prepare(self, model, example, precision):
-        import torch
 
         raise_recompile_limit()
         key = (id(model), precision)

@@ -6,6 +6,10 @@ static buffer; the output buffer is cloned so that a later replay cannot overwri
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
+
 from benchmark.backends.base import (
     Backend,
     dtype_of,
@@ -30,9 +34,7 @@ class CudaGraphs(Backend):
         return needs_cuda(device)
 
     def prepare(self, model, example, precision):
-        import contextlib
 
-        import torch
 
         if id(model) not in self._nets:
             self._nets[id(model)] = inference_copy(model)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from benchmark.backends.base import (
     Backend,
     cpu_has_native_bf16,
@@ -53,7 +55,6 @@ class ChannelsLast(Backend):
         return None
 
     def prepare(self, model, example, precision):
-        import torch
 
         net = inference_copy(model).to(memory_format=torch.channels_last)
         return with_autocast(lambda x: net(x.contiguous(memory_format=torch.channels_last)), str(example.device),

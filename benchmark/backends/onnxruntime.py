@@ -12,6 +12,9 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from benchmark.backends.base import Backend, BackendUnavailable, inference_copy, register_backend
 from histo_bench.optional import has_module
 
@@ -35,7 +38,6 @@ class OnnxRuntime(Backend):
 
     def _session(self, model, example, precision: str):
         import onnxruntime as ort
-        import torch
 
         key = (id(model), precision)
         if key in self._sessions:
@@ -65,8 +67,6 @@ class OnnxRuntime(Backend):
         return self._sessions[key]
 
     def prepare(self, model, example, precision):
-        import numpy as np
-        import torch
 
         session = self._session(model, example, precision)
         dtype = torch.float16 if precision == "fp16" else torch.float32

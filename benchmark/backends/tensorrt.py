@@ -8,6 +8,8 @@ runs where ``pip install 'histo-bench[tensorrt]'`` works. Engine build time is t
 
 from __future__ import annotations
 
+import torch
+
 from benchmark.backends.base import Backend, BackendUnavailable, inference_copy, needs_cuda, register_backend
 from histo_bench.optional import has_module
 
@@ -27,7 +29,6 @@ class TensorRT(Backend):
         return needs_cuda(device)
 
     def prepare(self, model, example, precision):
-        import torch
 
         try:
             import torch_tensorrt

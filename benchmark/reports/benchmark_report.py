@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from histo_bench.markdown import markdown_table
+from histo_bench.plotting import pyplot, save_figure
 
 PLOTS: tuple[str, ...] = ("throughput_vs_batch.png", "latency_vs_batch.png", "latency_throughput.png",
                           "peak_vram.png")
@@ -130,7 +131,6 @@ def _batch_axis(ax, rows) -> None:
 
 def plots(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """The four PNGs of :data:`PLOTS`."""
-    from histo_bench.plotting import pyplot, save_figure
 
     plt = pyplot()
 

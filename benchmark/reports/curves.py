@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from histo_bench.plotting import pyplot
+
 Run = tuple[str, list[dict[str, Any]]]
 SUMMARY_HEADER = ["run", "epochs", "best val macro-F1", "last train loss", "s / epoch", "images / s"]
 
@@ -61,7 +63,6 @@ def curves_png(runs: list[Run]) -> bytes:
     """One PNG, three panels (training loss, validation macro-F1, validation accuracy), one line per run."""
     from matplotlib.ticker import MaxNLocator
 
-    from histo_bench.plotting import pyplot
 
     plt = pyplot()
 

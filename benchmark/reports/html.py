@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmark.reports.curves import SUMMARY_HEADER, curves_png, read_jsonl, summary_rows
 from benchmark.reports.markdown_html import markdown_to_html
 from histo_bench.errors import HistoBenchError
 from histo_bench.files import atomic_write_text
@@ -214,7 +215,6 @@ def _seen(rows: dict[str, tuple[str, str, list[str]]], store: str, origin: str, 
 # -- training curves -----------------------------------------------------------------------------------------------
 
 def _curves(found: Found, page: _Page) -> str:
-    from benchmark.reports.curves import SUMMARY_HEADER, curves_png, read_jsonl, summary_rows
 
     runs = [(page.rel(p.parent) if p.parent != page.run_dir else page.run_dir.name, read_jsonl(p))
             for p in found.metrics]

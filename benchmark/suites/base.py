@@ -38,8 +38,15 @@ from typing import Any
 from benchmark.suites.report import write_suite_report
 from benchmark.suites.study import StudyConfig
 from benchmark.suites.tables import CELL_NOTE, aggregate, format_cell, mean_std_matrix, mean_std_table, summarize
+from histo_bench.device import autocast_dtype, resolve_device
 from histo_bench.files import atomic_write_json
 from histo_bench.registry import Registry
+from ingest.store import ImageStore
+from pipelines.data.base import DataConfig
+from pipelines.data.tasks import task_classes
+from pipelines.training.checkpoint import IMAGE_KINDS, load_checkpoint
+from pipelines.training.classifier import evaluate_split, train
+from pipelines.training.cv import classes_missing_from_test, store_for_run
 
 __all__ = ["CELL_NOTE", "SUITES", "SuiteContext", "SuiteSpec", "aggregate", "format_cell", "load_results",
            "mean_std_matrix", "mean_std_table", "rebuild_report", "register_suite", "run_suite", "summarize",
@@ -71,7 +78,6 @@ class SuiteContext:
         """``pipelines.training.classifier.train(config)`` (skipped when finished, resumed when interrupted); a
         finished run's
         ``last.pt`` is deleted unless ``study.keep_last``."""
-        from pipelines.training.classifier import train
 
         result = train(config, progress=self.progress)
         if not self.study.keep_last:
@@ -120,8 +126,6 @@ class SuiteContext:
 
 def fold_gaps(study: StudyConfig, tasks: Sequence[str]) -> dict[str, dict[str, list[int]]]:
     """task -> class -> folds whose test set lacks that class (classes with fewer patients than folds)."""
-    from ingest.store import ImageStore
-    from pipelines.training.cv import classes_missing_from_test
 
     store = ImageStore(study.store_path)
     return {t: gaps for t in tasks if (gaps := classes_missing_from_test(store, study.folds, study.split_seed, t))}
@@ -129,8 +133,6 @@ def fold_gaps(study: StudyConfig, tasks: Sequence[str]) -> dict[str, dict[str, l
 
 def image_store_data(path: str | Path, tasks: Sequence[str]) -> dict[str, Any]:
     """What ``results.json`` says about an image store: path, origin, size and each task's classes."""
-    from ingest.store import ImageStore
-    from pipelines.data.tasks import task_classes
 
     store = ImageStore(path)
     return {"store": str(store.path), "origin": store.attrs.get("origin", {}),
@@ -140,11 +142,6 @@ def image_store_data(path: str | Path, tasks: Sequence[str]) -> dict[str, Any]:
 
 def _evaluate(checkpoint: Path, tests: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Test-split metrics of a checkpoint on its own store view (its folds) at each of ``tests``."""
-    from histo_bench.device import autocast_dtype, resolve_device
-    from pipelines.data.base import DataConfig
-    from pipelines.training.checkpoint import IMAGE_KINDS, load_checkpoint
-    from pipelines.training.classifier import evaluate_split
-    from pipelines.training.cv import store_for_run
 
     ckpt = load_checkpoint(checkpoint, IMAGE_KINDS, "cpu", "a suite")
     saved, family = ckpt.config, ckpt.kind

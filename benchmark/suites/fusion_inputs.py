@@ -23,6 +23,8 @@ from benchmark.suites.report import write_suite_report
 from benchmark.suites.study import StudyConfig
 from benchmark.suites.tables import mean_std_table, summarize
 from histo_bench.markdown import markdown_table
+from ingest.store import ImageStore
+from pipelines.data.tasks import describe_task
 
 NAME = "fusion-inputs"
 MODEL = "fusion_effnet_b0"
@@ -37,7 +39,6 @@ _METRICS = {"macro_f1": "macro-F1", "accuracy": "accuracy", "balanced_accuracy":
 
 
 def _report(suite_dir: Path, results: dict[str, Any]) -> Path:
-    from pipelines.data.tasks import describe_task
 
     cells = results["cells"]
     sections = [
@@ -87,7 +88,6 @@ def _report(suite_dir: Path, results: dict[str, Any]) -> Path:
 @register_suite(NAME, "EfficientNet-B0 fusion with 1, 2, 3, 4 magnification inputs, per-input augmentation, "
                       "weighted sampler + loss: macro-F1 vs number of inputs", report=_report, models=(MODEL,))
 def run(study: StudyConfig, ctx: SuiteContext) -> dict[str, Any]:
-    from ingest.store import ImageStore
 
     present = set(ImageStore(study.store_path).magnification.tolist())
     rows: list[dict[str, Any]] = []

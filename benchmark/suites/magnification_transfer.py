@@ -18,13 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from benchmark.compute import flops_per_image
+from benchmark.harness import TimingConfig, time_calls
+from benchmark.reports.curves import read_jsonl
 from benchmark.suites.base import SuiteContext, register_suite
 from benchmark.suites.figures import grouped_bars, heatmaps
 from benchmark.suites.report import write_suite_report
 from benchmark.suites.study import StudyConfig
 from benchmark.suites.tables import mean_grid, mean_std_matrix, mean_std_table, paired, summarize
+from histo_bench.device import resolve_device
 from histo_bench.markdown import markdown_table
+from ingest.store import ImageStore
+from models.registry import build_model, count_params
+from pipelines.data.tasks import describe_task, task_classes
+from pipelines.explain.run import ExplainConfig, explain
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +64,6 @@ def _derive(cells: dict[Any, dict]) -> dict[str, Any] | None:
 
 
 def _report(suite_dir: Path, results: dict[str, Any]) -> Path:
-    from pipelines.data.tasks import describe_task
 
     cells = results["cells"]
     sections: list[str] = []
@@ -137,13 +145,7 @@ def _efficiency_section(rows: list[dict[str, Any]]) -> str:
 
 def _efficiency(study: StudyConfig, models: tuple[str, ...], n_classes: int, runs: list[dict]) -> list[dict]:
     """Parameters, FLOPs and eager throughput per model (cached in efficiency.json)."""
-    import torch
 
-    from benchmark.compute import flops_per_image
-    from benchmark.harness import TimingConfig, time_calls
-    from benchmark.reports.curves import read_jsonl
-    from histo_bench.device import resolve_device
-    from models.registry import build_model, count_params
 
     path = study.suite_dir / "efficiency.json"
     cached = {r["model"]: r for r in json.loads(path.read_text())} if path.exists() else {}
@@ -178,7 +180,6 @@ def _efficiency(study: StudyConfig, models: tuple[str, ...], n_classes: int, run
 
 def _tsne(study: StudyConfig, ctx: SuiteContext, rows: list[dict]) -> list[dict]:
     """t-SNE (and the explain figures) of each (task, model)'s first mixed-trained checkpoint."""
-    from pipelines.explain.run import ExplainConfig, explain
 
     out = []
     firsts: dict[tuple[str, str], dict] = {}
@@ -219,8 +220,6 @@ def run(study: StudyConfig, ctx: SuiteContext) -> dict[str, Any]:
                     config = study.train_config(model=model, task=task, train_magnification=train_mag, fold=fold,
                                                 seed=seed, out=study.run_dir(*parts, fold=fold, seed=seed))
                     rows += ctx.train_and_test(config, MAGS)
-    from ingest.store import ImageStore
-    from pipelines.data.tasks import task_classes
 
     n_classes = len(task_classes(ImageStore(study.store_path), tasks[0]))
     ctx.announce("efficiency: parameters, FLOPs, eager throughput")

@@ -35,9 +35,16 @@ from benchmark.suites.figures import grouped_bars
 from benchmark.suites.report import write_suite_report
 from benchmark.suites.study import StudyConfig, weights_file
 from benchmark.suites.tables import format_cell, mean_std_table, summarize
+from histo_bench.device import resolve_device
 from histo_bench.errors import ConfigError
 from histo_bench.files import atomic_write_json
 from histo_bench.markdown import markdown_table
+from ingest.slide_store import SlideStore
+from ingest.synthetic.demo import demo_slide_store
+from ingest.synthetic.slide import is_synthetic_slide
+from pipelines.data.tasks import describe_task
+from pipelines.training.mil import MILConfig, infer_mil, train_mil
+from pipelines.training.slide_runs import read_labels
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +64,6 @@ _MAX_HEATMAPS = 6
 
 def find_labels(store: Path) -> Path:
     """The ``labels.csv`` of a slide store: in it, beside it, or in the folder its slides were tiled from."""
-    from ingest.slide_store import SlideStore
 
     candidates = [store / "labels.csv", store.parent / "labels.csv"]
     try:
@@ -75,8 +81,6 @@ def find_labels(store: Path) -> Path:
 
 def _data(study: StudyConfig) -> tuple[Path, Path, str, str]:
     """(slide store, labels CSV, scale, data kind: generated demo slides or the user's)."""
-    from ingest.slide_store import SlideStore
-    from ingest.synthetic.demo import demo_slide_store
 
     if study.store:
         store = Path(study.store)
@@ -91,8 +95,6 @@ def _data(study: StudyConfig) -> tuple[Path, Path, str, str]:
 
 def _origin(store: Path, kind: str) -> dict[str, Any]:
     """What the slides are: the generated demo slides, synthetic slides found in a user store, or the user's."""
-    from ingest.slide_store import SlideStore
-    from ingest.synthetic.slide import is_synthetic_slide
 
     slides = SlideStore(store)
     sources = {s: slides.slide(s).attrs.get("source", "") for s in slides.slide_ids()}
@@ -169,7 +171,6 @@ def _write_oof(path: Path, rows: list[dict[str, Any]], labels: dict[str, str]) -
 
 
 def _report(suite_dir: Path, results: dict[str, Any]) -> Path:
-    from pipelines.data.tasks import describe_task
 
     cells = results["cells"]
     task = results["tasks"][0]
@@ -228,10 +229,6 @@ def _predictions_table(path: Path) -> str:
                       "CE / focal loss, slide-level folds, ensemble predictions + attention heatmaps",
                 report=_report, tasks=("binary",), models=(*ATTENTION, *EXTRACTORS))
 def run(study: StudyConfig, ctx: SuiteContext) -> dict[str, Any]:
-    from histo_bench.device import resolve_device
-    from ingest.slide_store import SlideStore
-    from pipelines.training.mil import MILConfig, infer_mil, train_mil
-    from pipelines.training.slide_runs import read_labels
 
     store, labels_csv, scale, kind = _data(study)
     labels, patients = read_labels(labels_csv, SlideStore(store).slide_ids())

@@ -32,6 +32,10 @@ from benchmark.suites.study import StudyConfig, weights_file
 from benchmark.suites.tables import mean_std_table, summarize
 from histo_bench.errors import ConfigError
 from histo_bench.markdown import markdown_table
+from models.mpcs import PAIR_STRATEGIES
+from models.registry import MODELS
+from pipelines.data.tasks import describe_task
+from pipelines.training.mpcs import PretrainConfig, pretrain
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,6 @@ def _fraction(f: float) -> str:
 def _pretrain(study: StudyConfig, ctx: SuiteContext, model: str, pair: str, task: str, fold: int, seed: int,
               ) -> tuple[Path | None, dict[str, Any]]:
     """Encoder weights of one MPCS pretraining run (skipped when finished) and what to report about it."""
-    from pipelines.training.mpcs import PretrainConfig, pretrain
 
     settings = study.settings()
     config = PretrainConfig(model=model, store=str(study.store_path), pair=pair, seed=seed, device=study.device,
@@ -102,7 +105,6 @@ def _imagenet(study: StudyConfig, backbone: str) -> tuple[dict[str, Any] | None,
 
 
 def _report(suite_dir: Path, results: dict[str, Any]) -> Path:
-    from pipelines.data.tasks import describe_task
 
     cells = results["cells"]
     pre = results.get("pretraining", [])
@@ -174,8 +176,6 @@ def _report(suite_dir: Path, results: dict[str, Any]) -> Path:
                       "with 100% / 20% labels vs random (and ImageNet, from a local file) initialisation, binary task",
                 report=_report, tasks=("binary",), models=DEFAULT_MODELS)
 def run(study: StudyConfig, ctx: SuiteContext) -> dict[str, Any]:
-    from models.mpcs import PAIR_STRATEGIES
-    from models.registry import MODELS
 
     models = study.models_or(QUICK_MODELS if study.quick else DEFAULT_MODELS)
     wrong = [m for m in models if m not in MODELS or MODELS.get(m).family != "mpcs"]

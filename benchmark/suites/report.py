@@ -17,6 +17,7 @@ from typing import Any
 
 from benchmark.suites.tables import CELL_NOTE
 from histo_bench.provenance import data_sentence
+from pipelines.data.tasks import TASKS, describe_task
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ def data_line(results: dict[str, Any]) -> str:
 
 def header(results: dict[str, Any]) -> list[str]:
     """Markdown lines: data, tasks, protocol, quick mode, cell legend, reproduction command."""
-    from pipelines.data.tasks import TASKS, describe_task
 
     study = results.get("study", {})
     classes = results.get("classes", {})

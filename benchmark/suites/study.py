@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from histo_bench.errors import ConfigError
+from models.registry import MODELS
+from pipelines.data.tasks import check_task
+from pipelines.training.classifier import TrainConfig, default_store
 
 #: The CPU-sized training settings of ``--quick`` (explicit overrides win): a few steps of one epoch at 64 px.
 QUICK: dict[str, Any] = {"epochs": 1, "batch_size": 8, "image_size": 64, "max_steps_per_epoch": 3,
@@ -71,7 +74,6 @@ class StudyConfig:
     keep_last: bool = False
 
     def __post_init__(self) -> None:
-        from pipelines.data.tasks import check_task
 
         object.__setattr__(self, "tasks", tuple(dict.fromkeys(self.tasks)))
         object.__setattr__(self, "models", tuple(dict.fromkeys(self.models)))
@@ -99,7 +101,6 @@ class StudyConfig:
         """The store (the demo store is generated and ingested on first use)."""
         if self.store:
             return Path(self.store)
-        from pipelines.training.classifier import default_store
 
         return default_store()
 
@@ -137,8 +138,6 @@ class StudyConfig:
         """The :class:`~pipelines.training.classifier.TrainConfig` of one run: TrainConfig defaults < quick mode <
         the study's
         overrides < ``fields``. Fixed-size transformers (DeiT, Swin) get ``img_size`` at a size other than 224."""
-        from models.registry import MODELS
-        from pipelines.training.classifier import TrainConfig
 
         merged: dict[str, Any] = {"store": str(self.store) if self.store else None, "device": self.device,
                                   "precision": self.precision, "loader": self.loader, "folds": self.folds,

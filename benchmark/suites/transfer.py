@@ -29,6 +29,8 @@ from benchmark.suites.report import write_suite_report
 from benchmark.suites.study import StudyConfig
 from benchmark.suites.tables import format_cell, mean_std_table, summarize
 from histo_bench.markdown import markdown_table
+from pipelines.data.tasks import describe_task
+from pipelines.explain.run import ExplainConfig, explain
 
 NAME = "transfer"
 DEFAULT_MODELS: tuple[str, ...] = ("resnet50", "densenet121", "convnextv2_tiny")
@@ -47,7 +49,6 @@ def _grid(study: StudyConfig) -> tuple[float, ...]:
 
 
 def _report(suite_dir: Path, results: dict[str, Any]) -> Path:
-    from pipelines.data.tasks import describe_task
 
     cells, search = results["cells"], results.get("search", [])
     init = results.get("init", "random")
@@ -110,7 +111,6 @@ def _report(suite_dir: Path, results: dict[str, Any]) -> Path:
 
 def _gradcam(study: StudyConfig, ctx: SuiteContext, task: str, run_dir: str) -> list[dict[str, str]]:
     """Grad-CAM figures of one checkpoint (``histo-bench explain``), cached in ``gradcam/<task>``."""
-    from pipelines.explain.run import ExplainConfig, explain
 
     target = study.suite_dir / "gradcam" / task
     done = target / "explain.json"

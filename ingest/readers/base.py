@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+from PIL import Image
 
 from histo_bench.errors import HistoBenchError
 from histo_bench.registry import Registry
@@ -96,7 +97,6 @@ class SlideReader(ABC):
 
     def thumbnail(self, max_side: int = 1024) -> np.ndarray:
         """RGB uint8 image of the whole slide whose longer side is at most ``max_side`` (streamed in strips)."""
-        from PIL import Image
 
         w0, h0 = self.dimensions
         target = max(w0, h0) / max_side

@@ -15,6 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import tifffile
+import zarr
+from PIL import Image, UnidentifiedImageError
 
 from histo_bench.optional import missing_modules
 from ingest.readers.base import READERS, Level, ReaderError, SlideReader, one_line, positive_float, to_rgb
@@ -65,7 +68,6 @@ class TifffileReader(SlideReader):
             raise ReaderError(f"{self.path}: {one_line(exc)}") from None
         if size == 0:
             raise ReaderError(f"{self.path}: empty file (0 bytes)")
-        import tifffile
 
         try:
             self._tif = tifffile.TiffFile(self.path)
@@ -109,7 +111,6 @@ class TifffileReader(SlideReader):
         return pages
 
     def _open_tiff(self, file_size: int) -> None:
-        import zarr
 
         pages = self._level_pages()
         base = pages[0]
@@ -161,7 +162,6 @@ class TifffileReader(SlideReader):
     # -- Pillow ----------------------------------------------------------------------------------------------
 
     def _open_with_pillow(self) -> None:
-        from PIL import Image, UnidentifiedImageError
 
         try:
             with Image.open(self.path) as img:

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from histo_bench.errors import ConfigError
 from ingest.breakhis_names import CLASSES, MAGNIFICATIONS, relative_path
 from ingest.synthetic.he_render import render_field
+from ingest.workers import process_pool
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,6 @@ def generate_tree(out_dir: str | Path, config: SyntheticConfig = SyntheticConfig
             if progress is not None:
                 progress(done, total)
         return paths
-    from ingest.workers import process_pool
 
     with process_pool(workers) as pool:
         for done, path in enumerate(pool.map(_write_one, jobs, chunksize=4), 1):

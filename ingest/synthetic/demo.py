@@ -13,16 +13,15 @@ from pathlib import Path
 
 from histo_bench.errors import ConfigError
 from histo_bench.files import discard_dir
-from ingest.breakhis_names import MAGNIFICATIONS
+from ingest.breakhis import SYNTHETIC_MARKER, IngestConfig, ingest_breakhis
+from ingest.breakhis_names import BENIGN, CLASSES, MAGNIFICATIONS
+from ingest.synthetic.breakhis_tree import SyntheticConfig, generate_tree
+from ingest.synthetic.demo_size import DEMO_IMAGES_PER_MAGNIFICATION, DEMO_PATIENTS_PER_CLASS
+from ingest.synthetic.slide import write_synthetic_slide
+from ingest.tile_runner import run_tiling
+from ingest.tiling import TileConfig
 
 log = logging.getLogger(__name__)
-
-#: The demo dataset's size: 8 classes x 10 patients x 4 magnifications x 3 images = 960 images. Many patients with
-#: few images each: what a model learns from is patients (their staining and cell-size styles differ), so with 5
-#: patients x 6 images a CPU-sized model learnt the patients and scored near chance on the held-out ones.
-DEMO_PATIENTS_PER_CLASS = 10
-DEMO_IMAGES_PER_MAGNIFICATION = 3
-
 
 def data_home() -> Path:
     """Where default data is cached: ``$HISTO_BENCH_HOME`` or ``~/.cache/histo-bench``."""
@@ -30,7 +29,6 @@ def data_home() -> Path:
 
 
 def demo_config(seed: int = 0):
-    from ingest.synthetic.breakhis_tree import SyntheticConfig
 
     return SyntheticConfig(patients_per_class=DEMO_PATIENTS_PER_CLASS,
                            images_per_magnification=DEMO_IMAGES_PER_MAGNIFICATION,
@@ -39,8 +37,6 @@ def demo_config(seed: int = 0):
 
 def write_demo_tree(out: str | Path, config=None, progress=None, workers: int = 1) -> Path:
     """Generate the synthetic BreakHis tree under ``out`` (idempotent) and mark it as synthetic."""
-    from ingest.breakhis import SYNTHETIC_MARKER
-    from ingest.synthetic.breakhis_tree import generate_tree
 
     out = Path(out)
     config = config or demo_config()
@@ -62,7 +58,6 @@ def _settings(config) -> dict:
 
 def _made_with(root: Path) -> dict | None:
     """The generator settings recorded in ``root``'s synthetic marker (None without one)."""
-    from ingest.breakhis import SYNTHETIC_MARKER
 
     try:
         return json.loads((root / SYNTHETIC_MARKER).read_text()).get("config")
@@ -72,7 +67,6 @@ def _made_with(root: Path) -> dict | None:
 
 def demo_tree(progress=None) -> Path:
     """The default synthetic BreakHis tree, generated on first use."""
-    from ingest.breakhis import SYNTHETIC_MARKER
 
     root = data_home() / "demo" / "breakhis"
     made = _made_with(root)
@@ -88,7 +82,6 @@ def demo_tree(progress=None) -> Path:
 
 def demo_store(progress=None) -> Path:
     """The default image store built from :func:`demo_tree`, ingested on first use."""
-    from ingest.breakhis import IngestConfig, ingest_breakhis
 
     out = data_home() / "demo" / "breakhis.zarr"
     root = demo_tree(progress=progress)
@@ -109,8 +102,6 @@ DEMO_TILING: dict[bool, tuple[float, int]] = {False: (20.0, 224), True: (10.0, 6
 
 def write_demo_slides(out: str | Path, slides: tuple[tuple[str, int, int, str], ...] = DEMO_SLIDES) -> list[Path]:
     """Write the synthetic demo slides and their ``labels.csv`` (slide_id,label) into ``out`` (kept when there)."""
-    from ingest.breakhis_names import BENIGN, CLASSES
-    from ingest.synthetic.slide import write_synthetic_slide
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,8 +128,6 @@ def demo_slide_store(quick: bool = False) -> tuple[Path, Path, str]:
     """(slide store, labels CSV, scale) of the demo slides, written and tiled on first use: the 6 demo slides at
     20x in 224 px tiles, or (``quick``) 6 small ones at 10x in 64 px tiles. Tiling is resumable; slides that fail
     raise a RuntimeError naming them."""
-    from ingest.tile_runner import run_tiling
-    from ingest.tiling import TileConfig
 
     home = data_home() / "demo"
     root = home / ("quick-slides" if quick else "slides")

@@ -30,6 +30,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import tifffile
+
+from ingest.synthetic.breakhis_tree import render_image
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +132,6 @@ def synthetic_tissue_mask(width: int, height: int, downsample: float = 1.0, seed
 def _fields(seed: int, cell_w: int, cell_h: int, classes: tuple[str, ...] = _FIELD_CLASSES
             ) -> tuple[np.ndarray, ...]:
     """The cached H&E fields (cropped to one mosaic cell), and their flips: (2 * _N_FIELDS, cell_h, cell_w, 3)."""
-    from ingest.synthetic.breakhis_tree import render_image
 
     out = []
     for k in range(_N_FIELDS):
@@ -220,7 +222,6 @@ def is_synthetic_slide(path: str | Path) -> bool | None:
     path = Path(path)
     if not path.is_file() or path.suffix.lower() not in (".tif", ".tiff", ".svs"):
         return None
-    import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
@@ -259,7 +260,6 @@ def write_synthetic_slide(path: str | Path, *, width: int = 8192, height: int = 
         classes: BreakHis classes whose synthetic H&E fields fill the tissue (e.g. only malignant ones, to make
             slides with a slide-level label for MIL).
     """
-    import tifffile
 
     levels = [int(d) for d in levels]
     if not levels or levels[0] != 1 or any(b <= a for a, b in zip(levels, levels[1:], strict=False)):

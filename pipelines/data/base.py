@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from histo_bench.errors import ConfigError
+from ingest.store import ImageStore
 from pipelines.data.augment import AugmentConfig, GpuAugment, resize_uint8
 from pipelines.data.tasks import check_task
 
@@ -114,7 +115,6 @@ def load_shape(height: int, width: int, load_size: int | None) -> tuple[int, int
 
 
 def _open(store: Any):
-    from ingest.store import ImageStore
 
     return store if isinstance(store, ImageStore) else ImageStore(store)
 

@@ -15,9 +15,13 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
+import zarr
 
 from histo_bench.files import replace_dir
 from ingest.locks import WorkLock
+from models.mil import EXTRACTOR_SEED, feature_extractor
+from pipelines.data.augment import normalize
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,6 @@ def encoder_identity(weights: str | Path | None = None, pretrained: bool = False
         return f"{path.name} sha256:{_file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)}"
     if pretrained:
         return "timm pretrained"
-    from models.mil import EXTRACTOR_SEED
 
     return f"random-init seed {EXTRACTOR_SEED}"
 
@@ -51,7 +54,6 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
 def cached_features(store_path: str | Path, slide_id: str, scale: str, extractor: str, *,
                     weights: str | None = None, pretrained: bool = False) -> np.ndarray | None:
     """The cached (N, D) features of a slide when they are complete and came from this encoder, else None."""
-    import zarr
 
     group = zarr.open_group(str(store_path), mode="r")
     key = features_key(slide_id, scale, extractor)
@@ -94,11 +96,7 @@ def features_lock(store_path: str | Path, slide_id: str) -> WorkLock:
 
 def _compute_and_cache(store_path, slide_id, scale, extractor, *, weights, pretrained, batch_size, device,
                        model) -> np.ndarray:
-    import torch
-    import zarr
 
-    from models.mil import feature_extractor
-    from pipelines.data.augment import normalize
 
     group = zarr.open_group(str(store_path), mode="r+")
     tiles = group[f"{slide_id}/tiles/{scale}"]

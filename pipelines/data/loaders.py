@@ -51,6 +51,7 @@ from pipelines.data.base import (
     load_images,
     load_shape,
 )
+from pipelines.data.dali import DaliLoader, dali_available
 from pipelines.data.tasks import task_labels
 
 log = logging.getLogger(__name__)
@@ -242,7 +243,6 @@ def make_loader(store: Any, split: str | None, magnification: str | list[str] | 
                 progress: Progress | None = None):
     """The loader for ``split`` x ``magnification`` of ``store`` chosen by ``config.loader`` (see
     :class:`DataConfig`); the choice and its reason are logged."""
-    from pipelines.data.dali import DaliLoader, dali_available
 
     store = _open(store)
     indices = store.select(split=split, magnification=magnification)

@@ -15,6 +15,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
+from sklearn import metrics as sk
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+from histo_bench.device import autocast
 
 
 @dataclass
@@ -51,7 +56,6 @@ def _labels(y_true, y_pred, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """``(n_classes, n_classes)`` int64 counts, rows = truth, columns = prediction."""
-    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
     y_true, y_pred = _labels(y_true, y_pred, n_classes)
     if not y_true.size:
@@ -61,7 +65,6 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
 
 def classification_metrics(y_true, y_pred, class_names: list[str] | tuple[str, ...]) -> Metrics:
     """Image-level metrics for integer labels ``y_true`` / ``y_pred`` over ``class_names``."""
-    from sklearn import metrics as sk
 
     n = len(class_names)
     y_true, y_pred = _labels(y_true, y_pred, n)
@@ -116,9 +119,7 @@ def full_metrics(y_true, y_pred, patients, class_names) -> Metrics:
 
 def predict(model, loader, device, autocast_dtype=None):
     """Logits, labels and store indices for every batch of ``loader`` (``(x, y, idx)`` batches), in loader order."""
-    import torch
 
-    from histo_bench.device import autocast
 
     logits, ys, idxs = [], [], []
     model.eval()

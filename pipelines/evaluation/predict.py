@@ -25,7 +25,17 @@ import torch
 
 from histo_bench.errors import HistoBenchError
 from histo_bench.files import atomic_write_text
+from ingest.slide_store import SlideStore
+from ingest.splits import SPLIT_CODES
+from pipelines.data.augment import eval_transform
+from pipelines.data.base import DataConfig, load_images
+from pipelines.data.tasks import task_labels
+from pipelines.evaluation.metrics import predict
 from pipelines.training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from pipelines.training.classifier import loader_factory
+from pipelines.training.cv import store_for_run
+from pipelines.training.mil import infer_mil
+from pipelines.training.slide_runs import read_labels
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +79,6 @@ def _csv_text(rows: list[dict[str, Any]], fields: list[str]) -> str:
 def predict_images(ckpts: list[Checkpoint], store_path: str | Path, out: Path, split: str | None, device: str,
                    batch_size: int = 32) -> Path:
     """predictions.csv of classifier / fusion checkpoints over the images of ``split`` (None: all)."""
-    from ingest.splits import SPLIT_CODES
-    from pipelines.data.base import DataConfig
-    from pipelines.data.tasks import task_labels
-    from pipelines.evaluation.metrics import predict
-    from pipelines.training.classifier import loader_factory
-    from pipelines.training.cv import store_for_run
 
     config, first = ckpts[0].config, ckpts[0]
     store = store_for_run(config, str(store_path))  # the run's split (its fold under --folds) in the split column
@@ -113,8 +117,6 @@ def predict_images(ckpts: list[Checkpoint], store_path: str | Path, out: Path, s
 def predict_slide_fusion(ckpts: list[Checkpoint], store_path: str | Path, out: Path, scale: str | None,
                          labels: str | Path | None, device: str, batch_size: int = 32) -> Path:
     """predictions.csv of slide-fusion checkpoints: each slide's mean tile probabilities (all its tiles)."""
-    from ingest.slide_store import SlideStore
-    from pipelines.training.slide_runs import read_labels
 
     store = SlideStore(store_path)
     scale = scale or ckpts[0].config.get("scale") or store.default_scale()
@@ -142,7 +144,6 @@ def slide_fusion_probs(models: list, store, slide_id: str, scale: str, device: s
                        ) -> np.ndarray | None:
     """A slide's class probabilities from slide-fusion models: the mean over its tiles and the models (None when
     the slide has no concentric views at ``scale``)."""
-    from pipelines.data.augment import eval_transform
 
     key = f"{slide_id}/multiscale/{scale}"
     if key not in store.group or store.group[key].shape[0] == 0:
@@ -161,8 +162,6 @@ def slide_fusion_probs(models: list, store, slide_id: str, scale: str, device: s
 def encoder_features(model, store, indices: np.ndarray, image_size: int, device: str, batch_size: int = 64
                      ) -> np.ndarray:
     """(N, D) features of an MPCS model's encoder for the store images at ``indices`` (centre crops)."""
-    from pipelines.data.augment import eval_transform
-    from pipelines.data.base import load_images
 
     feats = []
     with torch.inference_mode():
@@ -174,7 +173,6 @@ def encoder_features(model, store, indices: np.ndarray, image_size: int, device:
 
 def embed_images(ckpt: Checkpoint, store_path: str | Path, out: Path, split: str | None, device: str) -> Path:
     """embeddings.npy + embeddings.csv: an MPCS encoder's features of the images of ``split`` (None: all)."""
-    from pipelines.training.cv import store_for_run
 
     store = store_for_run(ckpt.config, str(store_path))  # the run's split (its fold under --folds)
     idx = store.select(split=split) if split else np.arange(len(store.patient))
@@ -221,6 +219,5 @@ def run_predict(paths: list[str | Path], data: str | Path | None, out: str | Pat
         return embed_images(ckpts[0], store, out, split, device)
     if kind == "slide_fusion":
         return predict_slide_fusion(ckpts, store, out, scale, labels, device)
-    from pipelines.training.mil import infer_mil
 
     return infer_mil([c.path for c in ckpts], store, out, scale=scale, device=device, labels=labels)

@@ -13,9 +13,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 
+from ingest.slide_store import SlideStore
+from pipelines.data.tasks import task_labels
 from pipelines.evaluation.metrics import Metrics, classification_metrics
+from pipelines.evaluation.predict import encoder_features
 from pipelines.training.checkpoint import Checkpoint
+from pipelines.training.cv import store_for_run
 from pipelines.training.slide_runs import MILError, read_labels
 
 
@@ -34,7 +40,6 @@ def _slides_of(ckpt: Checkpoint, split: str, labels: dict[str, str]) -> list[str
 def score_slides(ckpt: Checkpoint, store_path: str | Path, labels_path: str | Path | None, split: str,
                  device: str) -> tuple[Metrics, int]:
     """(slide-level metrics, slides without tiles left out) of a MIL or slide-fusion checkpoint on ``split``."""
-    from ingest.slide_store import SlideStore
 
     store = SlideStore(store_path)
     labels_path = labels_path or ckpt.config.get("labels")
@@ -70,12 +75,7 @@ def linear_probe(ckpt: Checkpoint, store_path: str | Path, split: str, magnifica
                  device: str) -> list[tuple[str, Metrics]]:
     """(magnification, metrics) of a logistic-regression probe on the MPCS encoder's features: fitted on the train
     split at that magnification, scored on ``split``."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
 
-    from pipelines.data.tasks import task_labels
-    from pipelines.evaluation.predict import encoder_features
-    from pipelines.training.cv import store_for_run
 
     store = store_for_run(ckpt.config, str(store_path) if store_path else None)  # the run's split (its fold)
     labels, classes = task_labels(store, task)

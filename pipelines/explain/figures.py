@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from sklearn.metrics import silhouette_score
 
 from histo_bench.plotting import pyplot, save_figure
 from pipelines.explain.cam import overlay
@@ -116,8 +119,6 @@ def tsne_figure(embedding: np.ndarray, labels: np.ndarray, classes: list[str], m
 def tsne_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:
     """2-D t-SNE (scikit-learn) of ``features`` (N, D): standardised, PCA to at most 50 dimensions first, the
     perplexity lowered for small N."""
-    from sklearn.decomposition import PCA
-    from sklearn.manifold import TSNE
 
     x = features.astype(np.float64)
     x = (x - x.mean(0)) / (x.std(0) + 1e-8)
@@ -132,7 +133,6 @@ def tsne_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:
 def silhouette(features: np.ndarray, groups: np.ndarray) -> float | None:
     """Silhouette score (cosine) of ``groups`` in feature space: near 0 when the groups mix, towards 1 when they
     separate. None with fewer than two groups or too few points."""
-    from sklearn.metrics import silhouette_score
 
     n_groups = len(set(groups.tolist()))
     if n_groups < 2 or n_groups >= len(groups):

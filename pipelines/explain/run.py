@@ -30,11 +30,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
+from histo_bench.device import DeviceError, resolve_device
 from histo_bench.errors import HistoBenchError
 from histo_bench.files import atomic_write_json
+from histo_bench.provenance import data_sentence, is_synthetic
+from ingest.slide_store import SlideStore
+from ingest.store import StoreError
+from pipelines.data.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from pipelines.data.base import load_images
+from pipelines.data.tasks import task_labels
+from pipelines.explain.cam import cam_target_layer, explain_method, saliency, uses_rollout
+from pipelines.explain.classifier_figures import (
+    Predictions,
+    outcome_figures,
+    pick_examples,
+    saliency_figures,
+    tsne_figures,
+)
 from pipelines.explain.figures import Example
 from pipelines.training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from pipelines.training.cv import store_for_run
+from pipelines.training.mil import infer_mil
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +124,6 @@ def explain(config: ExplainConfig, progress: Progress | None = None) -> dict[str
 
 
 def _data_line(store, n_images: int, n_patients: int, split: str, mags: list[str]) -> tuple[bool, str]:
-    from histo_bench.provenance import data_sentence, is_synthetic
 
     origin = store.attrs.get("origin", {})
     line = data_sentence(origin, store=str(store.path), images=n_images, patients=n_patients)
@@ -115,7 +133,6 @@ def _data_line(store, n_images: int, n_patients: int, split: str, mags: list[str
 def _store_labels(store, classes: list[str], task: str) -> np.ndarray:
     """Labels of every store image for the checkpoint's task (:mod:`pipelines.data.tasks`), checked against its
     classes."""
-    from pipelines.data.tasks import task_labels
 
     labels, names = task_labels(store, task)
     if list(names) != classes:
@@ -126,7 +143,6 @@ def _store_labels(store, classes: list[str], task: str) -> np.ndarray:
 
 def _classifier_head(model):
     """The final linear layer, whose input is the pooled backbone feature."""
-    from torch import nn
 
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     if not isinstance(head, nn.Linear):
@@ -139,10 +155,7 @@ def _classifier_head(model):
 
 def _views(store, indices: np.ndarray, cfg: dict[str, Any], device: str):
     """The evaluation view of ``indices``: (normalised input on ``device``, uint8 (n, H, W, 3) for display)."""
-    import torch
 
-    from pipelines.data.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-    from pipelines.data.base import load_images
 
     x = eval_transform(load_images(store, indices, cfg["load_size"]).to(device), cfg["image_size"])
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
@@ -153,7 +166,6 @@ def _views(store, indices: np.ndarray, cfg: dict[str, Any], device: str):
 
 def _predict(model, store, indices: np.ndarray, cfg: dict[str, Any], device: str, batch_size: int):
     """(logits (n, C), pooled features (n, D)) of the images at ``indices``."""
-    import torch
 
     feats: list[torch.Tensor] = []
     handle = _classifier_head(model).register_forward_pre_hook(
@@ -171,9 +183,7 @@ def _predict(model, store, indices: np.ndarray, cfg: dict[str, Any], device: str
 
 def _saliency(model, store, indices: list[int], preds: dict[int, int], cfg, device, batch_size) -> dict[int, tuple]:
     """store index -> (uint8 image, map) for ``indices``, maps for the predicted class."""
-    import torch
 
-    from pipelines.explain.cam import cam_target_layer, saliency, uses_rollout
 
     target = None if uses_rollout(model) else cam_target_layer(model)
     out: dict[int, tuple] = {}
@@ -190,7 +200,6 @@ def _saliency(model, store, indices: list[int], preds: dict[int, int], cfg, devi
 
 def _device(name: str) -> str:
     """The resolved device; an :class:`ExplainError` saying why when there is no such device."""
-    from histo_bench.device import DeviceError, resolve_device
 
     try:
         return resolve_device(name)
@@ -200,8 +209,6 @@ def _device(name: str) -> str:
 
 def _run_store(cfg: dict[str, Any], store: str | None):
     """The run's own view of the store (its cross-validation fold, if any); ``store`` overrides the recorded one."""
-    from ingest.store import StoreError
-    from pipelines.training.cv import store_for_run
 
     try:
         return store_for_run(cfg, store)
@@ -232,14 +239,6 @@ def _sample(store, config: ExplainConfig, mags: list[str], rng: np.random.Genera
 
 def _explain_classifier(config: ExplainConfig, ckpt: Checkpoint, progress: Progress | None) -> dict[str, Any]:
     """Saliency grids, outcome grids and t-SNE of an image classifier on ``config.split`` (the module docstring)."""
-    from pipelines.explain.cam import explain_method
-    from pipelines.explain.classifier_figures import (
-        Predictions,
-        outcome_figures,
-        pick_examples,
-        saliency_figures,
-        tsne_figures,
-    )
 
     t0 = time.perf_counter()
     device = _device(config.device)
@@ -304,9 +303,6 @@ def _write_json(result: dict[str, Any], out: Path) -> dict[str, Any]:
 
 def _explain_mil(config: ExplainConfig, ckpt: Checkpoint) -> dict[str, Any]:
     """List (or make, through ``infer_mil``) the attention heatmaps of a MIL checkpoint."""
-    from histo_bench.device import resolve_device
-    from ingest.slide_store import SlideStore
-    from pipelines.training.mil import infer_mil
 
     t0 = time.perf_counter()
     cfg = ckpt.config

@@ -27,8 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from histo_bench.errors import HistoBenchError
 from histo_bench.files import atomic_write
+from models.registry import build_model
 
 FORMAT = "histo-bench/checkpoint"
 VERSION = 1
@@ -71,7 +74,6 @@ class Checkpoint:
 
     def build(self, device: str = "cpu"):
         """The model with this checkpoint's weights, on ``device``, in eval mode."""
-        from models.registry import build_model
 
         model = build_model(self.model, len(self.classes), **self.model_kwargs)
         model.load_state_dict(self.state["model"])
@@ -81,7 +83,6 @@ class Checkpoint:
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
     """Write ``ckpt`` to ``path`` atomically (temp file in the same folder, flush + fsync, rename): a crash or kill
     during the write leaves the previous file whole."""
-    import torch
 
     payload = {"format": FORMAT, "version": VERSION, "kind": ckpt.kind, "model": ckpt.model,
                "model_kwargs": json.dumps(ckpt.model_kwargs), "classes": list(ckpt.classes), "task": ckpt.task,
@@ -102,7 +103,6 @@ def load_checkpoint(path: str | Path, kinds: tuple[str, ...] | None = None, devi
                     purpose: str = "this command") -> Checkpoint:
     """Read the checkpoint at ``path`` (``weights_only=True``, tensors mapped to ``device``); with ``kinds``, only
     those kinds are accepted (``purpose`` names the consumer in the error). Raises :class:`CheckpointError`."""
-    import torch
 
     path = Path(path)
     if not path.is_file():

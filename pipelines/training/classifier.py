@@ -20,19 +20,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from histo_bench.device import PRECISIONS, DeviceError, autocast_dtype, resolve_device
 from histo_bench.errors import ConfigError
 from histo_bench.files import atomic_write_json
 from histo_bench.seeding import seed_everything
 from ingest.breakhis_names import resolve_magnifications
+from ingest.store import ImageStore
+from ingest.synthetic.demo import demo_store
+from models.registry import MODELS, build_model
+from pipelines.data.augment import AugmentConfig
+from pipelines.data.base import DataConfig
+from pipelines.data.loaders import make_loader
 from pipelines.data.tasks import check_scorable, check_task, map_predictions, task_classes, task_labels
 from pipelines.evaluation.metrics import Metrics, full_metrics, predict
 from pipelines.training.checkpoint import Checkpoint
+from pipelines.training.cv import split_view
 from pipelines.training.distributed import barrier, init_distributed, shutdown, wrap
 from pipelines.training.engine import FitConfig, FitResult, Recipe, StepProgress, fit
+from pipelines.training.label_fraction import label_fraction_view
 from pipelines.training.run_directory import FitError, finished_run
 from pipelines.training.tracking import require_wandb
+from pipelines.training.unfreeze import apply_frozen_eval, apply_unfreeze, check_unfreeze
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +156,6 @@ class TrainConfig:
         if self.folds == 1 or self.folds < 0 or not 0 <= self.fold < max(self.folds, 1):
             raise ConfigError(f"folds must be 0 (the store's split) or >= 2, and fold in 0..folds-1; got folds "
                              f"{self.folds}, fold {self.fold}")
-        from pipelines.training.unfreeze import check_unfreeze
 
         check_unfreeze(self.unfreeze)
         if self.sampler not in ("shuffle", "weighted"):
@@ -186,7 +195,6 @@ def loader_factory(family: str):
         from pipelines.data.fusion import make_fusion_loader
 
         return make_fusion_loader
-    from pipelines.data.loaders import make_loader
 
     return make_loader
 
@@ -222,7 +230,6 @@ class ClassifierRecipe(Recipe):
         return len(self.loader)
 
     def train_mode(self, model) -> None:
-        from pipelines.training.unfreeze import apply_frozen_eval
 
         model.train()
         apply_frozen_eval(model, self.config.unfreeze)  # a frozen encoder's BatchNorm statistics stay fixed
@@ -253,15 +260,7 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
     """Train ``config.model`` on the train split through the one engine (:func:`pipelines.training.engine.fit`),
     select on
     val macro-F1, write everything to ``config.run_dir``."""
-    import torch
 
-    from ingest.store import ImageStore
-    from models.registry import MODELS, build_model
-    from pipelines.data.augment import AugmentConfig
-    from pipelines.data.base import DataConfig
-    from pipelines.training.cv import split_view
-    from pipelines.training.label_fraction import label_fraction_view
-    from pipelines.training.unfreeze import apply_unfreeze
 
     run_dir = config.run_dir
     store_path = Path(config.store) if config.store else default_store()
@@ -339,6 +338,5 @@ def _write_splits(run_dir: Path, config: TrainConfig, store, store_path: Path, m
 
 def default_store() -> Path:
     """The embedded demo store (generated and ingested on first use)."""
-    from ingest.synthetic.demo import demo_store
 
     return demo_store()

@@ -34,6 +34,8 @@ from ingest.splits import (
     patient_strata,
     stable_seed,
 )
+from ingest.store import ImageStore
+from pipelines.data.tasks import task_labels
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,6 @@ class CVError(SplitError):
 
 
 def _labels(store: Any, task: str) -> tuple[np.ndarray, tuple[str, ...]]:
-    from pipelines.data.tasks import task_labels
 
     return task_labels(store, task)
 
@@ -145,7 +146,6 @@ def split_view(store: Any, folds: int = 0, fold: int = 0, split_seed: int = 0, t
 def store_for_run(config: dict[str, Any], store: str | None = None):
     """The store (view) a run was trained on, from its resolved config (``config.json`` / a checkpoint's config):
     opens ``store`` or the config's store and applies the run's folds (runs from before folds: the store's split)."""
-    from ingest.store import ImageStore
 
     opened = ImageStore(store or config["store"])
     return split_view(opened, int(config.get("folds", 0) or 0), int(config.get("fold", 0) or 0),

@@ -10,6 +10,10 @@ import logging
 import os
 from dataclasses import dataclass
 
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
 log = logging.getLogger(__name__)
 
 
@@ -35,8 +39,6 @@ def init_distributed(device: str) -> tuple[DistContext, str]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext(), device
-    import torch
-    import torch.distributed as dist
 
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda"):
@@ -52,7 +54,6 @@ def wrap(model, ctx: DistContext, device: str):
     """``DistributedDataParallel`` around ``model`` in a multi-process job, else the model itself."""
     if not ctx.enabled:
         return model
-    from torch.nn.parallel import DistributedDataParallel
 
     ids = [int(device.split(":")[1])] if device.startswith("cuda") else None
     return DistributedDataParallel(model, device_ids=ids)
@@ -67,8 +68,6 @@ def broadcast_flag(flag: bool, ctx: DistContext) -> bool:
     """Rank 0's ``flag`` on every rank (so all ranks stop early together)."""
     if not ctx.enabled:
         return flag
-    import torch
-    import torch.distributed as dist
 
     t = torch.tensor([int(flag)])
     if dist.get_backend() == "nccl":
@@ -87,12 +86,10 @@ def shard(order, ctx: DistContext):
 def all_finite(loss, ctx: DistContext) -> bool:
     """Whether ``loss`` is finite on every rank (one tiny all-reduce under DDP), so a loss that diverges on one
     rank stops all of them together instead of leaving the others waiting in the gradient all-reduce."""
-    import torch
 
     finite = bool(torch.isfinite(loss.detach()).all())
     if not ctx.enabled:
         return finite
-    import torch.distributed as dist
 
     flag = torch.tensor([int(finite)], device=loss.device if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)

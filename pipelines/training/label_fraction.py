@@ -10,6 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
+
+from ingest.splits import SPLIT_CODES, train_subset
+from pipelines.data.tasks import task_labels
+
 log = logging.getLogger(__name__)
 
 
@@ -18,10 +23,7 @@ def label_fraction_view(store: Any, fraction: float, seed: int = 0, task: str = 
     of each ``task`` class's train patients (:func:`ingest.splits.train_subset`); the rest become unused."""
     if fraction == 1:
         return store
-    import numpy as np
 
-    from ingest.splits import SPLIT_CODES, train_subset
-    from pipelines.data.tasks import task_labels
 
     labels, _ = task_labels(store, task)
     codes = train_subset(store.patient, labels, store.split, fraction, seed)

@@ -19,11 +19,16 @@ that recipe takes, rather than silently ignored. Options not given take the reci
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from histo_bench.errors import HistoBenchError
+from ingest import slide_store, store
+from ingest.output_guard import store_format
+from models.registry import MODELS
+from pipelines.training.mpcs import PretrainConfig
 
 #: The options every recipe shares: command-line name (as a Python identifier) -> config field.
 _COMMON = {"epochs": "epochs", "lr": "lr", "weight_decay": "weight_decay", "precision": "precision",
@@ -83,8 +88,6 @@ class TrainingOutcome:
 
 def store_kind(path: str | Path) -> str:
     """``image`` or ``slide`` for a histo-bench store at ``path``; anything else is a :class:`LaunchError`."""
-    from ingest import slide_store, store
-    from ingest.output_guard import store_format
 
     path = Path(path)
     if not path.exists():
@@ -116,7 +119,6 @@ def _kind(model: str, family: str, data: str | None) -> str:
 def plan_training(model: str, options: dict[str, Any]) -> TrainingPlan:
     """The recipe and config for ``histo-bench train --model MODEL`` with ``options`` (option -> value, only
     those given on the command line; paths as strings)."""
-    from models.registry import MODELS
 
     if model not in MODELS.names():
         raise LaunchError(f"unknown model {model!r}; registered: {', '.join(MODELS.names())}")
@@ -147,7 +149,6 @@ def _config(kind: str, model: str, fields: dict[str, Any]):
         from pipelines.training.slide_fusion import SlideFusionConfig
 
         return SlideFusionConfig(**fields)
-    from pipelines.training.mpcs import PretrainConfig
 
     return PretrainConfig(model=model, **fields)
 
@@ -195,7 +196,6 @@ def run_training(plan: TrainingPlan, progress=None) -> TrainingOutcome:
 
 def _resumed(run_dir: Path) -> bool:
     """Whether the run that just finished in ``run_dir`` resumed an interrupted one (the engine's ``complete``)."""
-    import json
 
     try:
         return json.loads((run_dir / "complete").read_text()).get("resumed_at") is not None

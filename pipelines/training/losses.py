@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
+
 from histo_bench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -17,7 +19,6 @@ if TYPE_CHECKING:
 
 def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0) -> Tensor:
     """Mean focal loss of ``logits`` (B, C) against integer ``target`` (B,)."""
-    import torch
 
     if gamma < 0:
         raise ConfigError(f"gamma must be >= 0, got {gamma}")
@@ -26,7 +27,6 @@ def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0) -> Tensor:
 
 
 def _cross_entropy(logits: Tensor, target: Tensor, gamma: float = 0.0) -> Tensor:
-    import torch
 
     return torch.nn.functional.cross_entropy(logits, target)
 

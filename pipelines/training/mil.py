@@ -15,15 +15,21 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
 
 from histo_bench.errors import ConfigError
 from histo_bench.files import atomic_write_json
+from histo_bench.seeding import seed_everything
+from ingest.slide_store import SlideStore
+from models.mil import feature_extractor
+from models.registry import build_model
 from pipelines.data.features import extract_slide_features
 from pipelines.evaluation.metrics import classification_metrics
 from pipelines.training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from pipelines.training.distributed import DistContext, barrier, init_distributed, shard, shutdown, wrap
 from pipelines.training.engine import FitConfig, Recipe, fit
-from pipelines.training.losses import check_loss
+from pipelines.training.losses import check_loss, classification_loss
 from pipelines.training.run_directory import finished_run
 from pipelines.training.slide_runs import (
     MILError,
@@ -121,7 +127,6 @@ def sample_bag(bag: np.ndarray, max_patches: int, rng: random.Random) -> np.ndar
 def slide_bags(store: str | Path, slide_ids: list[str], scale: str, extractor: str,
                extractor_weights: str | None = None, device: str = "cpu") -> dict[str, np.ndarray]:
     """slide -> (N, D) tile features (cached in the store); slides without tiles at ``scale`` are left out."""
-    from models.mil import feature_extractor
 
     built: list = []
 
@@ -130,7 +135,6 @@ def slide_bags(store: str | Path, slide_ids: list[str], scale: str, extractor: s
             built.append(feature_extractor(extractor, weights=extractor_weights)[0])
         return built[0]
 
-    from ingest.slide_store import SlideStore
 
     opened, bags = SlideStore(store), {}
     for sid in slide_ids:
@@ -147,7 +151,6 @@ def slide_bags(store: str | Path, slide_ids: list[str], scale: str, extractor: s
 
 
 def _predict(model, bag: np.ndarray, device: str):
-    import torch
 
     with torch.inference_mode():
         logits, attention = model(torch.from_numpy(bag).to(device))
@@ -179,9 +182,7 @@ class MILRecipe(Recipe):
             yield sid, sample_bag(self.bags[sid], self.config.max_patches, rng)
 
     def step(self, model, batch):
-        import torch
 
-        from pipelines.training.losses import classification_loss
 
         sid, bag = batch
         logits, _ = model(torch.from_numpy(bag).to(self.config.device))
@@ -205,9 +206,6 @@ def train_mil(config: MILConfig, progress=None) -> dict:
     refuse
     other settings; under ``torchrun`` each rank trains on its own share of the slides), then evaluate on test;
     writes splits.json and, last, summary.json. ``progress(epoch, step, steps, loss)`` is the engine's."""
-    from histo_bench.seeding import seed_everything
-    from ingest.slide_store import SlideStore
-    from models.registry import build_model
 
     config = settle_slide_config(config)
     out = config.run_dir
@@ -307,7 +305,6 @@ def infer_mil(checkpoints: list[str | Path], store_path: str | Path, out: str | 
     and ``extractor_weights`` default to what the checkpoints were trained with. ``labels`` (the training CSV)
     adds a ``label`` column; ``slides`` limits the slides (default: every slide of the store).
     """
-    from ingest.slide_store import SlideStore
 
     models, classes, configs = load_mil_checkpoints(checkpoints, device)
     scale = _resolved("scale", scale, configs, checkpoints)
@@ -342,7 +339,6 @@ def infer_mil(checkpoints: list[str | Path], store_path: str | Path, out: str | 
 
 def heatmap_png(store, slide_id: str, scale: str, attention: np.ndarray, path: Path) -> Path:
     """Attention over the slide thumbnail: each tile's square tinted by its attention (red = most attended)."""
-    from PIL import Image
 
     thumb = np.asarray(store.group[f"{slide_id}/thumbnail"][:]).astype(np.float32)
     attrs = store.slide(slide_id).attrs

@@ -20,9 +20,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from safetensors.torch import save_file
 
+from histo_bench.device import resolve_device
 from histo_bench.errors import ConfigError
+from histo_bench.seeding import seed_everything
+from ingest.store import ImageStore
+from models.mpcs import FIXED_PAIR, PAIR_STRATEGIES, nt_xent, sample_pair
+from models.registry import build_model
+from pipelines.data.augment import GpuAugment
+from pipelines.data.base import load_images
+from pipelines.data.tasks import check_task
 from pipelines.training.checkpoint import Checkpoint, load_checkpoint
+from pipelines.training.classifier import default_store
+from pipelines.training.cv import split_view
 from pipelines.training.distributed import DistContext, barrier, init_distributed, shard, shutdown, wrap
 from pipelines.training.engine import FitConfig, Recipe, fit
 from pipelines.training.run_directory import finished_run
@@ -82,8 +94,6 @@ class PretrainConfig:
     wandb: bool = False
 
     def __post_init__(self) -> None:
-        from models.mpcs import PAIR_STRATEGIES
-        from pipelines.data.tasks import check_task
 
         if self.pair not in PAIR_STRATEGIES:
             raise ConfigError(f"pair must be one of {', '.join(PAIR_STRATEGIES)}, got {self.pair!r}")
@@ -116,7 +126,6 @@ def pair_index(patients: np.ndarray, mags: np.ndarray) -> dict[str, dict[str, li
 def sample_pairs(anchors: np.ndarray, patients: np.ndarray, index, strategy: str, rng: random.Random
                  ) -> tuple[np.ndarray, np.ndarray]:
     """For each anchor position, two positions of the same patient at a strategy-chosen pair of magnifications."""
-    from models.mpcs import sample_pair
 
     first, second = [], []
     for a in anchors.tolist():
@@ -136,7 +145,6 @@ class MPCSRecipe(Recipe):
 
     def __init__(self, config: PretrainConfig, resolved: dict, model, images, anchors: np.ndarray,
                  patients: np.ndarray, index, device: str, ctx: DistContext | None = None) -> None:
-        from pipelines.data.augment import GpuAugment
 
         self.config, self.resolved, self.model, self.images, self.device = config, resolved, model, images, device
         self.anchors, self.patients, self.index = anchors, patients, index
@@ -152,7 +160,6 @@ class MPCSRecipe(Recipe):
         order = self.anchors[np.random.default_rng(self.config.seed + epoch).permutation(len(self.anchors))]
         # under DDP each rank takes its own anchors; a batch's negatives are that rank's batch (no all-gather)
         order = shard(order, self.ctx)
-        import torch
 
         rng = random.Random(self.config.seed * 1_000_003 + epoch)  # per epoch: a resumed run draws the same pairs
         self.gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)  # and the same views
@@ -160,9 +167,7 @@ class MPCSRecipe(Recipe):
             yield sample_pairs(order[step * bs:(step + 1) * bs], self.patients, self.index, self.config.pair, rng)
 
     def step(self, model, batch):
-        import torch
 
-        from models.mpcs import nt_xent
 
         a, b = (torch.as_tensor(x, device=self.device) for x in batch)
         z1 = model(self.augment(self.images[a], generator=self.gen))
@@ -178,16 +183,7 @@ def pretrain(config: PretrainConfig, progress=None) -> Path:
     """Run MPCS pretraining through the one engine (:func:`pipelines.training.engine.fit`: a fixed budget of
     ``epochs``, the last epoch's model in ``best.pt``); returns the path of the exported encoder weights.
     ``progress(epoch, step, steps, loss)`` is the engine's; under ``torchrun`` each rank trains on its own anchors."""
-    from safetensors.torch import save_file
 
-    from histo_bench.device import resolve_device
-    from histo_bench.seeding import seed_everything
-    from ingest.store import ImageStore
-    from models.mpcs import FIXED_PAIR
-    from models.registry import build_model
-    from pipelines.data.base import load_images
-    from pipelines.training.classifier import default_store
-    from pipelines.training.cv import split_view
 
     store_path = Path(config.store) if config.store else default_store()
     store = split_view(ImageStore(store_path), config.folds, config.fold, config.split_seed, config.task)

@@ -15,9 +15,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from histo_bench.errors import ConfigError
 from histo_bench.files import atomic_write_json
+from histo_bench.seeding import seed_everything
+from ingest.slide_store import SlideStore
+from models.registry import build_model
+from pipelines.data.augment import GpuAugment, eval_transform
 from pipelines.evaluation.metrics import classification_metrics
 from pipelines.training.checkpoint import Checkpoint, load_checkpoint
 from pipelines.training.distributed import DistContext, barrier, init_distributed, shard, shutdown, wrap
@@ -89,9 +94,7 @@ class SlideFusionConfig:
 
 def _load(config: SlideFusionConfig, slides: list[str], rng: np.random.Generator):
     """uint8 views (N, K, 3, T, T) of the selected tiles, and the slide of each tile."""
-    import torch
 
-    from ingest.slide_store import SlideStore
 
     store = SlideStore(config.store)
     views, owner = [], []
@@ -124,9 +127,7 @@ class SlideFusionRecipe(Recipe):
 
     def __init__(self, config: SlideFusionConfig, model, data: dict, labels: dict, classes: list, n_views: int,
                  ctx: DistContext | None = None) -> None:
-        import torch
 
-        from pipelines.data.augment import GpuAugment
 
         self.config, self.model, self.data, self.labels, self.classes = config, model, data, labels, classes
         self.ctx = ctx or DistContext()
@@ -139,7 +140,6 @@ class SlideFusionRecipe(Recipe):
         return math.ceil(len(self.y_train) // self.ctx.world_size / self.config.batch_size)
 
     def batches(self, epoch: int):
-        import torch
 
         order = np.random.default_rng(self.config.seed + epoch).permutation(len(self.y_train))
         order = torch.from_numpy(shard(order, self.ctx))  # under DDP each rank trains on its own tiles
@@ -148,16 +148,13 @@ class SlideFusionRecipe(Recipe):
             yield order[start:start + self.config.batch_size]
 
     def step(self, model, pos):
-        import torch
 
         v = self.data["train"][0][pos].to(self.config.device)
         x = self.augment(v.flatten(0, 1), generator=self.gen).view(*v.shape[:2], 3, self.tile, self.tile)
         return torch.nn.functional.cross_entropy(model(x).float(), self.y_train[pos].to(self.config.device)), len(pos)
 
     def predict(self, name: str) -> np.ndarray:
-        import torch
 
-        from pipelines.data.augment import eval_transform
 
         views, _ = self.data[name]
         self.model.eval()
@@ -184,9 +181,6 @@ def train_slide_fusion(config: SlideFusionConfig, progress=None) -> dict:
     (:func:`pipelines.training.engine.fit`,
     selecting on slide-level validation macro-F1; under ``torchrun`` each rank trains on its own share of the
     tiles); writes splits.json, the run contract's files and, last, summary.json."""
-    from histo_bench.seeding import seed_everything
-    from ingest.slide_store import SlideStore
-    from models.registry import build_model
 
     config = settle_slide_config(config)
     out = config.run_dir

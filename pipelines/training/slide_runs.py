@@ -14,8 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from histo_bench.device import resolve_device
 from histo_bench.errors import ConfigError, HistoBenchError
+from ingest.slide_store import SlideStore, SlideStoreError
 from ingest.splits import SPLIT_CODES, SplitConfig, patient_split
+from pipelines.training.cv import CVError, describe_folds, fold_splits
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,6 @@ def check_slide_run(config) -> None:
 def settle_slide_config(config):
     """A slide recipe's config (:class:`MILConfig`, ``SlideFusionConfig``) with its scale (default: the store's
     first) and its device resolved; a store that is not a slide store is a :class:`MILError` naming it."""
-    from histo_bench.device import resolve_device
-    from ingest.slide_store import SlideStore, SlideStoreError
 
     try:
         store = SlideStore(config.store)
@@ -90,7 +91,6 @@ def fold_slides(slides: list[str], labels: dict[str, str], patients: dict[str, s
     (:func:`pipelines.training.cv.fold_splits`, the image trainer's folds applied to slides)."""
     from types import SimpleNamespace
 
-    from pipelines.training.cv import CVError, describe_folds, fold_splits
 
     table = SimpleNamespace(patient=np.array([patients[s] for s in slides]), classes=tuple(classes),
                             label=np.array([classes.index(labels[s]) for s in slides], dtype=np.int64))
