@@ -168,7 +168,7 @@ def test_make_loader_prefers_dali_on_cuda_when_too_big(store, monkeypatch):
     import pipelines.data.dali as dali_mod
 
     monkeypatch.setattr(data_mod, "fits_on_device", lambda *a, **k: False)
-    monkeypatch.setattr(dali_mod, "dali_available", lambda: None)
+    monkeypatch.setattr(data_mod, "dali_available", lambda: None)
     built = {}
 
     def fake(cls, store, indices, config, **kw):
@@ -185,7 +185,7 @@ def test_make_loader_prefers_dali_on_cuda_when_too_big(store, monkeypatch):
     assert make_loader(store, "val", None, weighted, device="cuda:0", train=False) == "dali-loader"
     monkeypatch.undo()
     monkeypatch.setattr(data_mod, "fits_on_device", lambda *a, **k: False)
-    monkeypatch.setattr(dali_mod, "dali_available", lambda: "not installed")
+    monkeypatch.setattr(data_mod, "dali_available", lambda: "not installed")
     assert isinstance(make_loader(store, "train", "40X", CFG, device="cpu", train=True), TorchLoader)
 
 

@@ -115,7 +115,7 @@ def test_imagenet_baseline_needs_a_local_file(tmp_path):
 
 
 def test_mpcs_pretraining_failures_are_not_reported_as_skipped(tmp_path, monkeypatch):
-    import pipelines.training.mpcs as pretrain_mod
+    import benchmark.suites.mpcs as pretrain_mod  # the name as the suite calls it
     from benchmark.suites import StudyConfig
     from benchmark.suites.base import SuiteContext
     from benchmark.suites.mpcs import _pretrain
