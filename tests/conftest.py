@@ -79,3 +79,10 @@ def real_breakhis() -> Path:
     if not REAL_BREAKHIS.exists():
         pytest.skip(f"real BreakHis sample not present at {REAL_BREAKHIS}")
     return REAL_BREAKHIS
+
+
+@pytest.fixture(scope="session")
+def colour_store(tmp_path_factory):
+    """8 classes whose images differ by colour (learnable), 4 patients each, at 100X and 400X."""
+    return write_colour_store(tmp_path_factory.mktemp("colour"), patients=4, images=4, size=(40, 60), noise=25,
+                              seed=0, first_patient=100, fractions=(0.5, 0.25, 0.25))

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from pipelines.training.checkpoint import load_model
-from tests.pipelines.test_train import colour_store  # noqa: F401 - the fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +23,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_torchrun_two_gloo_processes(colour_store, tmp_path):  # noqa: F811
+def test_torchrun_two_gloo_processes(colour_store, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",

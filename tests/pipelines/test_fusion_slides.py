@@ -12,7 +12,7 @@ from ingest.tiling import TileConfig
 from pipelines.training.checkpoint import load_checkpoint
 from pipelines.training.slide_fusion import SlideFusionConfig, train_slide_fusion
 from pipelines.training.slide_runs import MILError
-from tests.pipelines.test_tracking import tb_scalars
+from tests.pipelines.run_helpers import tb_scalars
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 
 from ingest.splits import SPLIT_CODES, SplitError, train_subset
 from pipelines.training.classifier import TrainConfig, train
-from tests.pipelines.test_train import _config, colour_store  # noqa: F401 - the fixture
+from tests.pipelines.run_helpers import train_config as _config
 
 
 def test_train_subset_is_stratified_seeded_and_leaves_val_test_alone():
@@ -32,7 +32,7 @@ def test_train_subset_is_stratified_seeded_and_leaves_val_test_alone():
         train_subset(patients, labels, codes, 0.0)
 
 
-def test_training_on_a_label_fraction_records_it(colour_store, tmp_path):  # noqa: F811
+def test_training_on_a_label_fraction_records_it(colour_store, tmp_path):
     full = json.loads((train(_config(colour_store, tmp_path / "full", epochs=1, task="binary")).run_dir
                        / "splits.json").read_text())
     half = train(_config(colour_store, tmp_path / "half", epochs=1, task="binary", label_fraction=0.5))

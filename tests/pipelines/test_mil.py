@@ -16,7 +16,7 @@ from ingest.tiling import TileConfig
 from pipelines.data.features import extract_slide_features, features_key
 from pipelines.training.mil import FEATURE_EXTRACTORS, MILConfig, infer_mil, sample_bag, train_mil
 from pipelines.training.slide_runs import MILError, read_labels
-from tests.pipelines.test_tracking import tb_scalars
+from tests.pipelines.run_helpers import tb_scalars
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,7 @@ from models.registry import build_model
 from pipelines.training.checkpoint import load_checkpoint
 from pipelines.training.mpcs import PretrainConfig, pair_index, pretrain, sample_pairs
 from pipelines.training.run_directory import FitError
-from tests.pipelines.test_tracking import tb_scalars
-from tests.pipelines.test_train import colour_store  # noqa: F401 - the fixture
+from tests.pipelines.run_helpers import tb_scalars
 
 
 def test_pairs_are_same_patient_at_the_strategy_magnifications():
@@ -32,7 +31,7 @@ def test_pairs_are_same_patient_at_the_strategy_magnifications():
     assert [(mags[a], mags[b]) for a, b in zip(first, second, strict=True)] == [("200X", "400X")] * 2
 
 
-def test_pretrain_writes_encoder_weights_that_load_into_the_backbone(colour_store, tmp_path):  # noqa: F811
+def test_pretrain_writes_encoder_weights_that_load_into_the_backbone(colour_store, tmp_path):
     config = PretrainConfig(model="mpcs_efficientnet_b0", store=str(colour_store), pair="random", epochs=2,
                             batch_size=8, image_size=32, device="cpu", out=str(tmp_path / "mpcs"))
     weights = pretrain(config)
@@ -58,7 +57,7 @@ def test_config_errors():
         PretrainConfig(model="resnet50")
 
 
-def test_pretrain_on_a_fold_sees_only_its_train_patients_and_is_not_redone(colour_store, tmp_path):  # noqa: F811
+def test_pretrain_on_a_fold_sees_only_its_train_patients_and_is_not_redone(colour_store, tmp_path):
     from ingest.store import ImageStore
     from pipelines.training.cv import split_view
 

@@ -18,10 +18,10 @@ from pipelines.data.loaders import make_loader
 from pipelines.data.tasks import BINARY_CLASSES, map_predictions, task_labels
 from pipelines.training.checkpoint import load_model
 from pipelines.training.classifier import TrainConfig, TrainingError, evaluate_split, train
-from tests.pipelines.test_train import _config, colour_store  # noqa: F401 - the fixture
+from tests.pipelines.run_helpers import train_config as _config
 
 
-def test_task_labels_and_loaders_carry_the_task(colour_store):  # noqa: F811
+def test_task_labels_and_loaders_carry_the_task(colour_store):
     store = ImageStore(colour_store)
     labels, classes = task_labels(store, "binary")
     assert classes == BINARY_CLASSES == ("benign", "malignant")
@@ -46,7 +46,7 @@ def test_bad_task_is_a_clear_error():
             make()
 
 
-def test_binary_run_trains_two_classes_reloads_and_evaluates(colour_store, tmp_path):  # noqa: F811
+def test_binary_run_trains_two_classes_reloads_and_evaluates(colour_store, tmp_path):
     result = train(_config(colour_store, tmp_path, task="binary", epochs=3))
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert set(rows[0]["val_per_class_f1"]) == {"benign", "malignant"}

@@ -14,26 +14,18 @@ from ingest.store import ImageStore
 from pipelines.training import tracking
 from pipelines.training.classifier import TrainingError, train
 from pipelines.training.tracking import RunLogger
-from tests.pipelines.test_train import _config, colour_store  # noqa: F401 - the fixture
+from tests.pipelines.run_helpers import tb_scalars
+from tests.pipelines.run_helpers import train_config as _config
 
 EPOCH_TAGS = {"epoch/train_loss", "epoch/lr", "epoch/epoch_seconds", "epoch/items_per_s", "epoch/val_macro_f1",
               "epoch/val_accuracy", "epoch/val_balanced_accuracy", "epoch/val_patient_accuracy"}
-
-
-def tb_scalars(tb_dir) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar tag under ``tb_dir`` -> [(step, value)], as ``tensorboard --logdir`` would see them."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(tb_dir))
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def _rows(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_training_run_writes_tensorboard_curves_beside_the_jsonl(colour_store, tmp_path):  # noqa: F811
+def test_a_training_run_writes_tensorboard_curves_beside_the_jsonl(colour_store, tmp_path):
     result = train(_config(colour_store, tmp_path, epochs=3, log_every=2))
     assert list((result.run_dir / "tb").glob("events.out.tfevents.*"))
     scalars = tb_scalars(result.run_dir / "tb")
@@ -49,7 +41,7 @@ def test_a_training_run_writes_tensorboard_curves_beside_the_jsonl(colour_store,
     assert "wandb" not in sys.modules  # never imported unless asked for
 
 
-def test_resume_keeps_one_point_per_epoch_and_step(colour_store, tmp_path):  # noqa: F811
+def test_resume_keeps_one_point_per_epoch_and_step(colour_store, tmp_path):
     def interrupt(epoch, step, steps, loss):
         if epoch == 2 and step == 3:
             raise KeyboardInterrupt
@@ -88,7 +80,7 @@ def test_scalars_flatten_rows_and_skip_what_is_not_a_curve():
                                               "epoch/val_per_class_f1/b": 0.0}
 
 
-def test_wandb_asked_for_but_not_installed_is_a_clear_error(colour_store, tmp_path, monkeypatch):  # noqa: F811
+def test_wandb_asked_for_but_not_installed_is_a_clear_error(colour_store, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
     with pytest.raises(TrainingError, match=r"--wandb needs Weights & Biases.*pip install wandb"):
         train(_config(colour_store, tmp_path, wandb=True))

@@ -10,24 +10,10 @@ import torch
 
 from ingest.breakhis_names import CLASSES
 from pipelines.training.checkpoint import load_model
-from pipelines.training.classifier import TrainConfig, TrainingError, class_weights, train
+from pipelines.training.classifier import TrainingError, class_weights, train
 from pipelines.training.engine import lr_factor
-from tests.conftest import write_colour_store
+from tests.pipelines.run_helpers import train_config as _config
 from tests.pipelines.tiny_models import TinyCNN
-
-
-@pytest.fixture(scope="module")
-def colour_store(tmp_path_factory):
-    """8 classes whose images differ by colour (learnable), 4 patients each, at 100X and 400X."""
-    return write_colour_store(tmp_path_factory.mktemp("colour"), patients=4, images=4, size=(40, 60), noise=25,
-                              seed=0, first_patient=100, fractions=(0.5, 0.25, 0.25))
-
-
-def _config(store, tmp_path, **kw):
-    base = dict(model="tiny_cnn_test", store=str(store), train_magnification="100X", epochs=4, batch_size=8,
-                lr=3e-2, warmup_epochs=0.5, image_size=32, load_size=40, loader="device", device="cpu",
-                out=str(tmp_path / "run"))
-    return TrainConfig(**{**base, **kw})
 
 
 def test_learns_and_writes_every_output(colour_store, tmp_path):

@@ -21,7 +21,6 @@ from ingest.tile_runner import run_tiling
 from ingest.tiling import TileConfig
 from pipelines.training.checkpoint import FORMAT, VERSION
 from pipelines.training.launch import LaunchError, plan_training
-from tests.pipelines.test_train import colour_store  # noqa: F401 - the fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = str(ROOT / "tests/pipelines/cli_entry.py")
@@ -111,7 +110,7 @@ def _kill_after_first_epoch(args: list[str], run: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["classifier", "mil", "slide_fusion", "mpcs"])
-def test_killed_run_resumes_then_reruns_are_no_ops(kind, colour_store, slides, tmp_path):  # noqa: F811
+def test_killed_run_resumes_then_reruns_are_no_ops(kind, colour_store, slides, tmp_path):
     run = tmp_path / kind
     args = ["train", *_recipes(colour_store, slides)[kind], "--epochs", "3", "--device", "cpu", "--out", str(run)]
     _kill_after_first_epoch(args, run)
@@ -160,7 +159,7 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mil", "slide_fusion", "mpcs"])  # the classifier: tests/pipelines/test_ddp.py
-def test_every_recipe_under_torchrun_with_two_gloo_processes(kind, colour_store, slides, tmp_path):  # noqa: F811
+def test_every_recipe_under_torchrun_with_two_gloo_processes(kind, colour_store, slides, tmp_path):
     run = tmp_path / kind
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", ENTRY, "train", *_recipes(colour_store, slides)[kind], "--epochs", "2",
@@ -191,7 +190,7 @@ def test_mil_and_slide_fusion_learn_the_slide_label(slides, tmp_path):
     assert fusion["test_slide"]["macro_f1"] >= 0.75, fusion["test_slide"]
 
 
-def test_the_model_and_the_store_pick_the_recipe(colour_store, slides):  # noqa: F811
+def test_the_model_and_the_store_pick_the_recipe(colour_store, slides):
     store, labels = str(slides / "tiles.zarr"), str(slides / "labels.csv")
     assert plan_training("resnet50", {"data": str(colour_store)}).kind == "classifier"
     assert plan_training("fusion_effnet_b0", {"data": str(colour_store)}).kind == "fusion"
@@ -214,7 +213,7 @@ def test_the_model_and_the_store_pick_the_recipe(colour_store, slides):  # noqa:
     ("resnet50", {"data": "nowhere"}, "nowhere: no such store"),
     ("resnet5O", {}, "unknown model 'resnet5O'"),
 ])
-def test_command_lines_that_name_no_recipe_are_refused(model, options, message, colour_store, slides,  # noqa: F811
+def test_command_lines_that_name_no_recipe_are_refused(model, options, message, colour_store, slides,
                                                        tmp_path):
     paths = {"slides": str(slides / "tiles.zarr"), "colour": str(colour_store), "labels": str(slides / "labels.csv"),
              "missing.csv": str(tmp_path / "missing.csv"), "nowhere": str(tmp_path / "nowhere")}
@@ -236,7 +235,7 @@ def test_old_verbs_are_gone_from_help():
 
 
 @pytest.mark.slow
-def test_an_interrupted_run_rerun_with_other_settings_starts_over(colour_store, slides, tmp_path):  # noqa: F811
+def test_an_interrupted_run_rerun_with_other_settings_starts_over(colour_store, slides, tmp_path):
     run = tmp_path / "run"
     args = ["train", *_recipes(colour_store, slides)["classifier"], "--epochs", "2", "--device", "cpu", "--out",
             str(run)]
@@ -247,7 +246,7 @@ def test_an_interrupted_run_rerun_with_other_settings_starts_over(colour_store, 
     assert json.loads((run / "config.json").read_text())["lr"] == 0.01
 
 
-def test_predict_refuses_mixed_ensembles_and_options_that_do_not_apply(colour_store, slides, tmp_path):  # noqa: F811
+def test_predict_refuses_mixed_ensembles_and_options_that_do_not_apply(colour_store, slides, tmp_path):
     from pipelines.evaluation.predict import PredictError, run_predict
     from pipelines.training.classifier import TrainConfig, train
     from pipelines.training.mil import MILConfig, train_mil

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from histo_bench.console import PIPE_WIDTH, markdown_to_table, print_markdown, rich_table, stdout
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 REPORT = """# Study
 

@@ -1,0 +1,1 @@
+"""Tests of the foundation package ``histo_bench``."""
