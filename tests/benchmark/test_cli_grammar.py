@@ -208,3 +208,25 @@ def test_an_unexpected_exception_shows_its_traceback():
     assert res.returncode == 1
     assert "Traceback" in res.stderr and "RuntimeError: boom" in res.stderr, res.stderr[-2000:]
     assert "error: boom" not in res.stderr
+
+
+def test_a_suites_recorded_command_reproduces_its_study(monkeypatch, tmp_path):
+    """``StudyConfig.command()`` (written into every suite's results) parses with ``histo-bench suite`` back into the
+    same study, so the flags it writes by name cannot drift from the CLI's."""
+    import shlex
+    from dataclasses import replace
+
+    import benchmark.suites as suites
+    from benchmark.suites import StudyConfig
+
+    study = StudyConfig(suite="transfer", store="s.zarr", tasks=("binary",), models=("resnet18", "resnet50"), folds=3,
+                        seeds=2, seed=5, split_seed=7, epochs=4, batch_size=8, image_size=64, lr=0.002,
+                        max_steps_per_epoch=3, pretrained=True, weights_dir=str(tmp_path), quick=True)
+    seen = {}
+    monkeypatch.setattr(suites, "run_suite", lambda s, on_run=None: seen.setdefault("study", s) and 1 / 0)
+    words = shlex.split(study.command())
+    assert words[:2] == ["histo-bench", "suite"]
+    CliRunner().invoke(bench_cli.app, words[1:])
+    recorded = {f: getattr(study, f) for f in ("device", "out", "precision", "loader", "keep_last")}
+    assert seen["study"] == replace(study, **{f: getattr(seen["study"], f) for f in recorded})
+    assert seen["study"] != replace(study, seeds=1)  # the comparison sees a lost flag
