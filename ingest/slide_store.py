@@ -47,11 +47,6 @@ class SlideStoreError(HistoBenchError, RuntimeError):
     """A slide store that cannot be created, read, or is of another format."""
 
 
-def _zarr():
-
-    return zarr
-
-
 def init_store(path: str | Path) -> Path:
     """Create the store root (or check an existing one). Raises :class:`SlideStoreError` when ``path`` is not a
     slide store and not empty (nothing in it is touched: :func:`ingest.output_guard.refusal`) or is unwritable.
@@ -182,7 +177,7 @@ class SlideWriter:
             if stale.exists():
                 log.info("%s: discarding %s (%s)", slide_id, stale, slide_problem(store, slide_id))
                 _discard(stale, self.store)
-        self.group = _zarr().open_group(str(self.partial), mode="w")
+        self.group = zarr.open_group(str(self.partial), mode="w")
         self._writers: dict[str, ShardWriter | None] = {}
 
     def create_scale(self, label: str, n: int, fields: int = 0) -> None:
@@ -255,7 +250,7 @@ class SlideStore:
         self.path = Path(path)
         if not (self.path / "zarr.json").exists():
             raise SlideStoreError(f"{self.path}: no such slide store")
-        self.group = _zarr().open_group(str(self.path), mode="r")
+        self.group = zarr.open_group(str(self.path), mode="r")
         if self.group.attrs.get("format") != FORMAT:
             raise SlideStoreError(f"{self.path}: not a histo-bench slide store")
 

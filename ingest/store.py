@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from histo_bench.errors import HistoBenchError
+from histo_bench.errors import ConfigError, HistoBenchError
 from ingest.breakhis_names import resolve_magnifications
 from ingest.shards import ShardedImageReader
 from ingest.splits import SPLIT_CODES, as_str_array, assert_patient_disjoint
@@ -45,12 +45,6 @@ class StoreError(HistoBenchError, RuntimeError):
     """A store that is missing, incomplete, of another format, or cannot be written."""
 
 
-def import_zarr():
-    """The zarr module, imported on first use (keeps ``histo-ingest --help`` light)."""
-
-    return zarr
-
-
 def partial_path(out: Path) -> Path:
     """Where a store is built before the atomic rename."""
     return out.with_name(out.name + ".partial")
@@ -62,7 +56,7 @@ def is_complete(path: str | Path) -> bool:
     if not (path / "zarr.json").exists():
         return False
     try:
-        return bool(import_zarr().open_group(str(path), mode="r").attrs.get("complete", False))
+        return bool(zarr.open_group(str(path), mode="r").attrs.get("complete", False))
     except Exception:  # unreadable metadata counts as incomplete
         return False
 
@@ -84,7 +78,7 @@ class ImageStore:
             hint = (f" ({partial_path(self.path).name} is an interrupted ingest: re-run it to resume)"
                     if partial_path(self.path).exists() else "")
             raise StoreError(f"{self.path}: {what}{hint}")
-        group = import_zarr().open_group(str(self.path), mode="r")
+        group = zarr.open_group(str(self.path), mode="r")
         attrs = dict(group.attrs)
         if attrs.get("format") != FORMAT:
             raise StoreError(f"{self.path}: not a histo-bench image store (format {attrs.get('format')!r})")
@@ -125,14 +119,14 @@ class ImageStore:
         mask = np.ones(len(self), dtype=bool)
         if split is not None:
             if split not in SPLIT_CODES:
-                raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLIT_CODES)}")
+                raise ConfigError(f"unknown split {split!r}: use one of {', '.join(SPLIT_CODES)}")
             mask &= self.split == SPLIT_CODES[split]
         if magnification is not None:
             mask &= np.isin(self.magnification, resolve_magnifications(magnification))
         if classes is not None:
             unknown = sorted(set(classes) - set(self.classes))
             if unknown:
-                raise ValueError(f"unknown class(es) {unknown}: the store has {', '.join(self.classes)}")
+                raise ConfigError(f"unknown class(es) {unknown}: the store has {', '.join(self.classes)}")
             mask &= np.isin(self.label, [self.classes.index(c) for c in classes])
         return np.flatnonzero(mask)
 

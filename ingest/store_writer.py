@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 from zarr.codecs import BloscCodec
 
 from histo_bench.files import discard_dir, replace_dir
@@ -25,7 +26,7 @@ from ingest.locks import WorkLock
 from ingest.output_guard import refusal, store_format
 from ingest.shards import ShardLayout
 from ingest.splits import SplitResult, as_str_array, assert_patient_disjoint
-from ingest.store import FORMAT, FORMAT_VERSION, StoreError, import_zarr, partial_path
+from ingest.store import FORMAT, FORMAT_VERSION, StoreError, partial_path
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,6 @@ class ImageStoreWriter:
         self.partial = partial_path(self.out)
         self.height, self.width, self.shard_size = height, width, shard_size
         self.capacity = max(capacity, 1)
-        zarr = import_zarr()
         self.resumed = False
         self.progress: dict[str, Any] = {"consumed": 0, "written": 0, "skipped": [], "converted": []}
         if self.partial.exists():

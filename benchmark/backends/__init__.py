@@ -1,4 +1,4 @@
-"""Benchmark backends, one file each, all in :data:`BACKENDS` (importing this package imports no torch).
+"""Benchmark backends, one file each, all in :data:`BACKENDS` (imports torch: the CLI imports it inside commands).
 
 The import order below is the registry order, which is the order of the report's rows: the eager reference first.
 """

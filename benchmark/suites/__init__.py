@@ -1,6 +1,6 @@
 """The seed-study suites (``histo-bench suite NAME``): the framework in :mod:`benchmark.suites.base`, one module
 per suite. Importing this package registers every suite into :data:`SUITES`; a new suite adds its module to the
-import line below. Nothing heavy is imported until a suite runs."""
+import line below. It imports torch and the recipes: the CLI imports it only inside ``suite``."""
 
 from benchmark.suites import (  # noqa: F401  (register the suites)
     fusion_inputs,

@@ -8,7 +8,7 @@ indices (for patient-level evaluation). Every loader has ``__len__`` (batches pe
 - :class:`DeviceLoader`: every selected image is resized once (shorter side ``load_size``) and kept on the device as
   uint8; batches are gathered, augmented (:class:`~pipelines.data.augment.GpuAugment`) or centre-cropped
   (:func:`~pipelines.data.augment.eval_transform`) on the device. No host work per batch.
-- :class:`~pipelines.data.dali.DaliLoader` (``pipelines/dali.py``): images streamed from the store through DALI.
+- :class:`~pipelines.data.dali.DaliLoader` (``pipelines/data/dali.py``): images streamed from the store through DALI.
 - :class:`TorchLoader`: a ``torch.utils.data.DataLoader`` with worker processes that read and resize single images;
   uint8 batches are collated, moved to the device and augmented there *after* collation (one batched
   :class:`GpuAugment` call per batch instead of one per image). Workers start through the forkserver (spawn where

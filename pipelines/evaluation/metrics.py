@@ -20,6 +20,7 @@ from sklearn import metrics as sk
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from histo_bench.device import autocast
+from histo_bench.errors import ConfigError
 
 
 @dataclass
@@ -50,7 +51,7 @@ def _labels(y_true, y_pred, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     for name, y in (("y_true", y_true), ("y_pred", y_pred)):
         bad = y[(y < 0) | (y >= n_classes)]
         if bad.size:
-            raise ValueError(f"{name} holds class index {int(bad[0])}, outside 0..{n_classes - 1}")
+            raise ConfigError(f"{name} holds class index {int(bad[0])}, outside 0..{n_classes - 1}")
     return y_true, y_pred
 
 

@@ -1,4 +1,4 @@
-"""``histo-bench predict CHECKPOINT [CHECKPOINT ...] --data STORE --out DIR`` for every checkpoint kind.
+"""``histo-bench predict --checkpoint CKPT [--checkpoint MORE ...] --data STORE --out DIR`` for every checkpoint kind.
 
 - ``classifier`` / ``fusion`` on an image store: ``predictions.csv``, one row per image (the fusion model: per
   image of its first input magnification, fused with the same patient's images at its other inputs), with the

@@ -76,7 +76,11 @@ class Checkpoint:
         """The model with this checkpoint's weights, on ``device``, in eval mode."""
 
         model = build_model(self.model, len(self.classes), **self.model_kwargs)
-        model.load_state_dict(self.state["model"])
+        try:
+            model.load_state_dict(self.state["model"])
+        except RuntimeError as exc:  # weights of another architecture or head: the user's checkpoint, not a bug
+            why = " ".join(line.strip() for line in str(exc).strip().splitlines()[1:2])[:300]
+            raise CheckpointError(f"the checkpoint's weights do not fit {self.model!r}: {why}") from exc
         return model.to(device).eval()
 
 

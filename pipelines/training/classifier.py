@@ -161,8 +161,6 @@ class TrainConfig:
         if self.sampler not in ("shuffle", "weighted"):
             raise ConfigError(f"sampler must be 'shuffle' or 'weighted', got {self.sampler!r}")
         if self.augment:
-            from pipelines.data.augment import AugmentConfig
-
             AugmentConfig(**self.augment)  # unknown fields / bad values fail here
         if not 0 < self.label_fraction <= 1:
             raise ConfigError(f"label_fraction must be in (0, 1], got {self.label_fraction}")

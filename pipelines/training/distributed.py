@@ -98,14 +98,10 @@ def all_finite(loss, ctx: DistContext) -> bool:
 
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
-        import torch.distributed as dist
-
         dist.barrier()
 
 
 def shutdown(ctx: DistContext) -> None:
     if ctx.enabled:
-        import torch.distributed as dist
-
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -135,3 +135,16 @@ def test_sigkill_during_writes_always_leaves_a_whole_checkpoint(tmp_path, delay)
     assert back.epoch in (finished[-1], finished[-1] + 1)  # the kill may land between rename and print
     assert back.state["model"]["w"].numel() == 4_000_000
     assert not [p for p in tmp_path.iterdir() if p.name != "last.pt" and not p.name.endswith(".tmp")]
+
+
+def test_weights_that_do_not_fit_the_model_are_a_one_line_checkpoint_error():
+    import tests.pipelines.tiny_models  # noqa: F401 - registers tiny_cnn_test
+    from models.registry import build_model
+
+    good = build_model("tiny_cnn_test", 2).state_dict()
+    wrong_head = {k: (torch.zeros(5, *v.shape[1:]) if v.ndim and v.shape[0] == 2 else v) for k, v in good.items()}
+    assert Checkpoint(kind="classifier", model="tiny_cnn_test", state={"model": good}, classes=["a", "b"]).build()
+    ckpt = Checkpoint(kind="classifier", model="tiny_cnn_test", state={"model": wrong_head}, classes=["a", "b"])
+    with pytest.raises(CheckpointError, match="do not fit 'tiny_cnn_test': size mismatch") as info:
+        ckpt.build()
+    assert "\n" not in str(info.value)

@@ -171,7 +171,7 @@ def test_report_header_names_classes_missing_from_test_folds():
 
 
 def test_tsne_figures_are_redone_for_another_checkpoint(tmp_path, monkeypatch):
-    import pipelines.explain.run as explain_mod
+    import benchmark.suites.magnification_transfer as explain_mod  # the name as the suite calls it
     from benchmark.suites import StudyConfig
     from benchmark.suites.base import SuiteContext
     from benchmark.suites.magnification_transfer import _tsne
