@@ -3,7 +3,7 @@
 #
 #   here, once:   ../shared/tools/device-wheels.sh      # zarr, cuCIM, OpenSlide, imagecodecs wheels -> .whl/
 #                 benchmark/gpu_check.sh --download-extra # matplotlib + onnxruntime-gpu wheels -> .whl/extra
-#   per model:    run(command="bash benchmark/gpu_check.sh deit_small", carry=[".whl/core", ".whl/codecs", ".whl/extra"])
+#   per model:    run(command="bash benchmark/gpu_check.sh deit_small", carry=[".whl/zarr", ".whl/cucim", ".whl/extra"])
 #                 then copy the returned files into bench_results/ and commit them.
 #
 # On the device it installs the carried wheels into /tmp/site, writes the environment, trains a checkpoint with the
@@ -22,7 +22,7 @@ fi
 MODEL=${1:?usage: benchmark/gpu_check.sh MODEL [extra histo-bench run flags]}
 shift
 OUT=${OUT:-/tmp/gpu-check}
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/core/*.whl .whl/codecs/*.whl .whl/extra/*.whl
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*/*.whl
 export PYTHONPATH=/tmp/site:$PWD HISTO_BENCH_HOME=/tmp/histo-bench-home
 mkdir -p "$OUT"
 nvidia-smi > "$OUT/nvidia-smi.txt"
