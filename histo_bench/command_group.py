@@ -1,6 +1,7 @@
 """The one CLI error handler: a typer group that turns a :class:`~histo_bench.errors.HistoBenchError` raised by any
-command into one line on stderr and the error's exit code. Any other exception propagates with its traceback
-(rich's, from typer): a bug is never shortened to ``error: 'x'``.
+command into one line on stderr and the error's exit code; so does an ``OSError`` of the machine's state (a full
+disk, a read-only or forbidden path: :data:`~histo_bench.errors.ENVIRONMENT_ERRNOS`). Any other exception propagates
+with its traceback (rich's, from typer): a bug is never shortened to ``error: 'x'``.
 
     app = typer.Typer(cls=HandledGroup, ...)
 """
@@ -11,7 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from histo_bench.console import console
-from histo_bench.errors import HistoBenchError
+from histo_bench.errors import EXIT_ERROR, HistoBenchError, environment_message
 
 
 def print_error(message: str) -> None:
@@ -28,3 +29,9 @@ class HandledGroup(TyperGroup):
         except HistoBenchError as exc:
             print_error(str(exc))
             raise typer.Exit(exc.exit_code) from None  # typer's own Exit: click's is not caught there
+        except OSError as exc:  # a full disk, a read-only or forbidden folder: the machine's state, not a bug
+            message = environment_message(exc)
+            if message is None:
+                raise
+            print_error(message)
+            raise typer.Exit(EXIT_ERROR) from None

@@ -15,9 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from histo_bench.errors import disk_full
+
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(fh)`` on a temporary binary file beside ``path``, fsync it and rename it to ``path``."""
+    """Call ``write(fh)`` on a temporary binary file beside ``path``, fsync it and rename it to ``path``. A write that
+    fails on a full disk raises :class:`~histo_bench.errors.DiskFullError` naming ``path``; the old file stays."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -26,9 +29,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        full = disk_full(path, exc) if isinstance(exc, (OSError, RuntimeError)) else None
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if full is not None:
+            raise full from exc
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
@@ -37,6 +43,30 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
         finally:
             os.close(fd)
     return path
+
+
+def remove_stray_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the ``.<name>.<pid>.tmp`` files in ``folder`` that :func:`atomic_write` left when process ``pid`` was
+    killed mid-write (only those of processes no longer alive); returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        pid = tmp.name[:-len(".tmp")].rsplit(".", 1)[-1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
