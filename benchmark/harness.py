@@ -40,8 +40,12 @@ class TimingConfig:
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.min_iters < 3:
             raise ConfigError("warmup must be >= 0 and min_iters >= 3 (p99 of fewer calls means nothing)")
-        if not 0 <= self.min_time_s <= self.max_time_s:
-            raise ConfigError("need 0 <= min_time_s <= max_time_s")
+        if self.min_time_s < 0 or self.max_time_s <= 0:
+            raise ConfigError(f"--min-time {self.min_time_s:g} / --max-time {self.max_time_s:g}: times must be "
+                              "positive (--min-time may be 0)")
+        if self.min_time_s > self.max_time_s:
+            raise ConfigError(f"--min-time {self.min_time_s:g} is above --max-time {self.max_time_s:g}: give a "
+                              "--min-time <= --max-time")
 
     @classmethod
     def for_device(cls, device: str, **overrides: Any) -> TimingConfig:
@@ -51,6 +55,8 @@ class TimingConfig:
                   **{k: v for k, v in overrides.items() if v is not None}}
         if overrides.get("max_time_s") is None:  # a longer minimum than the default maximum raises the maximum
             merged["max_time_s"] = max(merged["max_time_s"], merged["min_time_s"])
+        elif overrides.get("min_time_s") is None:  # a shorter maximum than the default minimum lowers the minimum
+            merged["min_time_s"] = min(merged["min_time_s"], merged["max_time_s"])
         return cls(**merged)
 
 

@@ -30,7 +30,7 @@ from histo_bench.provenance import data_sentence
 from ingest.store import ImageStore, StoreError
 from models.registry import count_params
 from pipelines.data.base import DataConfig
-from pipelines.data.tasks import check_task
+from pipelines.data.tasks import align_classes, check_task
 from pipelines.training.checkpoint import CheckpointError, load_checkpoint
 from pipelines.training.classifier import TrainConfig, train
 
@@ -101,6 +101,8 @@ class BenchConfig:
             raise ConfigError("train_epochs must be >= 1")
         if self.max_eval_images is not None and self.max_eval_images < 1:
             raise ConfigError("max_eval_images must be >= 1")
+        if self.image_size is not None and self.image_size < 8:
+            raise ConfigError(f"--image-size {self.image_size}: must be >= 8 (or left out for the checkpoint's own)")
 
 
 def train_checkpoint(config: BenchConfig, device: str) -> Path:
@@ -146,7 +148,7 @@ def run_benchmark(config: BenchConfig, progress: BenchProgress | None = None) ->
         raise BenchError(str(exc)) from exc
     ckpt, loaded = _load_classifier(config, device)
     model, train_cfg, classes = loaded.build(device), loaded.config, list(loaded.classes)
-    store = _open_store(config.data or train_cfg["store"])
+    store = align_classes(_open_store(config.data or train_cfg["store"]), classes, train_cfg.get("task", "subtype"))
     image_size = config.image_size or train_cfg["image_size"]
     env = environment(device)
     tag = env_tag(env)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 
 import torch
 
@@ -15,8 +16,16 @@ class DeviceError(HistoBenchError, RuntimeError):
     """A device that was asked for but is not here."""
 
 
-def resolve_device(device: str) -> str:
+#: The device names every ``--device`` option takes.
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 
+
+def resolve_device(device: str) -> str:
+    """``device`` checked against this machine: "auto" becomes "cuda" where CUDA is available, else "cpu"; a name
+    that is not one of :data:`DEVICE_CHOICES`, or CUDA where there is none, is a :class:`DeviceError`."""
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device or ""):
+        raise DeviceError(f"--device {device!r}: not a device; use {DEVICE_CHOICES}")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -92,6 +92,9 @@ def loader_bench(
     out: Annotated[Path, typer.Option(help="Where the JSON result goes.")] = Path("bench_results/loader"),
 ) -> None:
     """Input-pipeline efficiency: training images/s fed by a loader / images/s on tensors already on the device."""
+    for name, value in (("--batch-size", batch_size), ("--steps", steps), ("--image-size", image_size)):
+        if value < 1:
+            fail(f"{name} {value}: must be >= 1")
     import json
     import time
 
@@ -181,8 +184,7 @@ def run(
     from benchmark.run import BenchConfig, run_benchmark
 
     config = config_from(BenchConfig, RUN_FIELDS, given, backends=_csv("backends", backends),
-                         precisions=_csv("precisions", precisions), batch_sizes=_csv("batch_sizes", batch_sizes, int),
-                         max_time=max(max_time, min_time or 0) if max_time else None)
+                         precisions=_csv("precisions", precisions), batch_sizes=_csv("batch_sizes", batch_sizes, int))
 
     def progress(backend: str, precision: str, point) -> None:
         if point is None:  # skipped: the library's INFO line says so, with the reason

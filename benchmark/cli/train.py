@@ -180,9 +180,11 @@ def _evaluate_images(ckpt, data: Path | None, split: str, mag: list[str] | None,
         stdout.print(origin_line(store), highlight=False)
         return
     from pipelines.data.base import DataConfig
+    from pipelines.data.tasks import align_classes
     from pipelines.training.classifier import evaluate_split
 
     model, model_task = ckpt.build(dev), config.get("task", "subtype")
+    store = align_classes(store, ckpt.classes, model_task)
     data_config = DataConfig(image_size=config["image_size"], load_size=config["load_size"],
                              batch_size=config["batch_size"], loader=config["loader"], task=task or model_task)
     table = _metrics_table(f"{config['model']} trained on {config['train_magnification']} ({model_task}), {split} "

@@ -9,7 +9,8 @@ Every path that needs labels or class names (the loaders, class weights, metrics
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -67,3 +68,23 @@ def describe_task(task: str, classes: list[str] | tuple[str, ...]) -> str:
     """One line for report headings: ``binary task (benign vs malignant)`` / ``subtype task (8 classes)``."""
     check_task(task)
     return f"{task} task ({' vs '.join(classes) if len(classes) <= 2 else f'{len(classes)} classes'})"
+
+
+def align_classes(store: Any, classes: Sequence[str], task: str) -> Any:
+    """``store`` as a model trained on ``classes`` (a checkpoint's, for ``task``) sees it: the store itself when its
+    classes are the same list; a view with its labels renumbered when every store class is one of ``classes`` under
+    the same name (another order, or a store holding fewer classes); otherwise a :class:`ConfigError` naming both
+    lists (scoring by class index across different class lists would be silently wrong)."""
+
+    if check_task(task) != "subtype" or tuple(store.classes) == tuple(classes):
+        return store  # binary labels come from the store's malignancy, whatever its class names
+    unknown = [c for c in store.classes if c not in classes]
+    if unknown or len(set(classes)) != len(classes):
+        raise ConfigError(f"{getattr(store, 'path', 'the store')}: its classes {list(store.classes)} differ from "
+                          f"the checkpoint's {list(classes)} (not in the checkpoint: {', '.join(unknown) or '-'}); "
+                          "give the store the model was trained on, or one whose classes it knows")
+    order = np.array([list(classes).index(c) for c in store.classes], dtype=np.int64)
+    view = copy.copy(store)
+    view.label = order[np.asarray(store.label, dtype=np.int64)]
+    view.classes = tuple(classes)
+    return view

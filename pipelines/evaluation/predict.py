@@ -29,7 +29,7 @@ from ingest.slide_store import SlideStore
 from ingest.splits import SPLIT_CODES
 from pipelines.data.augment import eval_transform
 from pipelines.data.base import DataConfig, load_images
-from pipelines.data.tasks import task_labels
+from pipelines.data.tasks import align_classes, task_labels
 from pipelines.evaluation.metrics import predict
 from pipelines.training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from pipelines.training.classifier import loader_factory
@@ -82,10 +82,8 @@ def predict_images(ckpts: list[Checkpoint], store_path: str | Path, out: Path, s
 
     config, first = ckpts[0].config, ckpts[0]
     store = store_for_run(config, str(store_path))  # the run's split (its fold under --folds) in the split column
+    store = align_classes(store, first.classes, first.task)
     labels, classes = task_labels(store, first.task)
-    if list(classes) != list(first.classes):
-        raise PredictError(f"{store_path}: its {first.task} classes {list(classes)} differ from the checkpoint's "
-                           f"{first.classes}")
     mags = config["train_magnification"] if first.kind == "fusion" else None
     data_config = DataConfig(image_size=config["image_size"], load_size=config["load_size"], batch_size=batch_size,
                              loader="auto", task=first.task)

@@ -41,7 +41,7 @@ from ingest.slide_store import SlideStore
 from ingest.store import StoreError
 from pipelines.data.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from pipelines.data.base import load_images
-from pipelines.data.tasks import task_labels
+from pipelines.data.tasks import align_classes, task_labels
 from pipelines.explain.cam import cam_target_layer, explain_method, saliency, uses_rollout
 from pipelines.explain.classifier_figures import (
     Predictions,
@@ -131,14 +131,10 @@ def _data_line(store, n_images: int, n_patients: int, split: str, mags: list[str
 
 
 def _store_labels(store, classes: list[str], task: str) -> np.ndarray:
-    """Labels of every store image for the checkpoint's task (:mod:`pipelines.data.tasks`), checked against its
-    classes."""
+    """Labels of every store image for the checkpoint's task (:mod:`pipelines.data.tasks`); the store is aligned to
+    the checkpoint's classes first (:func:`~pipelines.data.tasks.align_classes`)."""
 
-    labels, names = task_labels(store, task)
-    if list(names) != classes:
-        raise ExplainError(f"the checkpoint's {task} classes {classes} are not the store's ({', '.join(names)}); "
-                           "give the store it was trained on with --data")
-    return labels
+    return task_labels(store, task)[0]
 
 
 def _classifier_head(model):
@@ -243,8 +239,8 @@ def _explain_classifier(config: ExplainConfig, ckpt: Checkpoint, progress: Progr
     t0 = time.perf_counter()
     device = _device(config.device)
     model, cfg, classes = ckpt.build(device), ckpt.config, list(ckpt.classes)
-    store = _run_store(cfg, config.store)
     task = cfg.get("task", "subtype")  # runs from before tasks were subtype runs
+    store = align_classes(_run_store(cfg, config.store), classes, task)
     labels = _store_labels(store, classes, task)
     mags = _magnifications(store, config)
     out = config.out_dir

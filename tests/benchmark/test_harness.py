@@ -22,10 +22,15 @@ def test_timing_summary_is_consistent():
 def test_timing_config_validation_and_device_defaults():
     with pytest.raises(ValueError, match="min_iters"):
         TimingConfig(min_iters=1)
-    with pytest.raises(ValueError, match="min_time_s"):
+    with pytest.raises(ValueError, match="--min-time 5 is above --max-time 1"):
         TimingConfig(min_time_s=5, max_time_s=1)
+    with pytest.raises(ValueError, match="times must be positive"):
+        TimingConfig(min_time_s=-1)
     assert TimingConfig.for_device("cuda").min_iters > TimingConfig.for_device("cpu").min_iters
     assert TimingConfig.for_device("cpu", max_time_s=2.0, warmup=None).max_time_s == 2.0
+    # one bound given past the other's default moves that default, never the given one
+    assert TimingConfig.for_device("cpu", max_time_s=0.2).min_time_s == 0.2
+    assert TimingConfig.for_device("cpu", min_time_s=30.0).max_time_s == 30.0
 
 
 def _oom_above(limit: int):
