@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from histo_bench.errors import HistoBenchError
-from histo_bench.files import atomic_write_json
+from histo_bench.files import atomic_write_json, remove_stray_temporaries
 from pipelines.training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,11 @@ def settle_pending_best(run_dir: Path, best_epoch: int) -> None:
 
 def prepare_run_dir(run_dir: Path, resolved: dict[str, Any], resumed_at: int | None) -> None:
     """Ready ``run_dir`` for training: a resumed run (``resumed_at``, its first epoch) loses the rows of the epochs
-    it trains again; a fresh one loses every output of an earlier attempt. Both get ``config.json`` (``resolved``)."""
+    it trains again; a fresh one loses every output of an earlier attempt. Both get ``config.json`` (``resolved``),
+    and lose the temporary files of a checkpoint write that a kill cut off."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    for tmp in remove_stray_temporaries(run_dir):
+        log.info("removed %s, left by a write that was killed", tmp)
     if resumed_at is not None:
         drop_rows_from(run_dir / "metrics.jsonl", resumed_at)
     else:
