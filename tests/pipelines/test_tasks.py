@@ -11,11 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from histo_bench.errors import ConfigError
 from ingest.breakhis_names import CLASSES
 from ingest.store import ImageStore
 from pipelines.data.base import DataConfig
 from pipelines.data.loaders import make_loader
-from pipelines.data.tasks import BINARY_CLASSES, map_predictions, task_labels
+from pipelines.data.tasks import BINARY_CLASSES, align_classes, map_predictions, task_labels
 from pipelines.training.checkpoint import load_model
 from pipelines.training.classifier import TrainConfig, TrainingError, evaluate_split, train
 from tests.pipelines.run_helpers import train_config as _config
@@ -89,3 +90,14 @@ def test_subtype_predictions_map_to_malignancy():
 def test_default_run_directory_names_the_task():
     assert str(TrainConfig(model="m").run_dir) == "runs/m-100X"
     assert str(TrainConfig(model="m", task="binary").run_dir) == "runs/m-100X-binary"
+
+
+def test_align_classes_renumbers_an_exact_mapping_and_refuses_any_other():
+    store = SimpleNamespace(path="s.zarr", classes=("b", "a"), label=np.array([0, 1, 1]))
+    assert align_classes(store, ["b", "a"], "subtype") is store
+    view = align_classes(store, ["a", "b", "c"], "subtype")  # another order, and a class the store lacks
+    assert view.classes == ("a", "b", "c") and view.label.tolist() == [1, 0, 0]
+    assert store.label.tolist() == [0, 1, 1]  # the store itself is untouched
+    with pytest.raises(ConfigError, match=r"s.zarr: its classes \['b', 'a'\] differ from the checkpoint's \['a'"):
+        align_classes(store, ["a", "x"], "subtype")
+    assert align_classes(store, ["benign", "malignant"], "binary") is store  # binary labels come from malignancy
