@@ -8,6 +8,7 @@ line (path + reason), skipped and counted; the rest of the run completes.
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import json
 import logging
@@ -33,6 +34,7 @@ from ingest.breakhis_names import (
     tumour_group,
 )
 from ingest.decode import DecodeError, decode_file, read_size
+from ingest.disk import raise_if_environment
 from ingest.output_guard import refusal, store_format
 from ingest.splits import SplitConfig, patient_split
 from ingest.store import FORMAT, StoreError, is_complete, partial_path
@@ -186,9 +188,34 @@ def discover(root: Path, magnifications: tuple[str, ...] = MAGNIFICATIONS) -> tu
                 continue
             if name.magnification in magnifications:
                 candidates.append(Candidate(path, rel.as_posix(), name))
+    candidates, duplicates = drop_duplicates(candidates)
+    problems.extend(duplicates)
     candidates.sort(key=lambda c: (MAGNIFICATIONS.index(c.name.magnification), CLASSES.index(c.name.class_name),
                                    c.name.patient, c.name.seq, c.rel))
     return candidates, problems
+
+
+def drop_duplicates(candidates: list[Candidate]) -> tuple[list[Candidate], list[Problem]]:
+    """One candidate per BreakHis file name (the name is the image's identity: class, patient, magnification,
+    sequence; the extension is ignored): the first by path is kept, every other one is skipped with a line naming
+    both paths and whether the two files hold the same bytes."""
+    first: dict[str, Candidate] = {}
+    kept: list[Candidate] = []
+    problems: list[Problem] = []
+    for cand in sorted(candidates, key=lambda c: c.rel):
+        key = cand.path.stem.upper()
+        if key not in first:
+            first[key] = cand
+            kept.append(cand)
+            continue
+        other = first[key]
+        try:
+            same = "the same bytes" if filecmp.cmp(other.path, cand.path, shallow=False) else "different bytes"
+        except OSError as exc:
+            same = f"not compared: {exc.strerror or exc}"
+        problems.append(Problem(cand.rel, f"same BreakHis file name as {other.rel} ({same}); that image is "
+                                          "ingested once, from the first path, and this copy is skipped"))
+    return kept, problems
 
 
 def _decode_task(args: tuple[str, tuple[int, int], bool]):
@@ -275,6 +302,7 @@ def ingest_breakhis(config: IngestConfig, progress: Progress | None = None) -> I
         lock.acquire(on_wait=lambda holder: log.warning(
             "%s is being written by %s; waiting for it", out, holder.describe() if holder else "another process"))
     except OSError as exc:
+        raise_if_environment(exc, lock.path)
         raise IngestError(f"cannot write {lock.path}: {exc.strerror or exc}") from exc
     with lock:
         if is_complete(out) and not config.overwrite:  # the process we waited for finished it
@@ -303,6 +331,7 @@ def _ingest_locked(config: IngestConfig, root: Path, out: Path, summary: IngestS
                                   shard_size=config.shard_size, clevel=config.clevel,
                                   resume_key=_resume_key(config, candidates, size), discard=config.overwrite)
     except (StoreError, OSError) as exc:
+        raise_if_environment(exc, partial_path(out))
         raise IngestError(f"cannot write {partial_path(out)}: {exc}") from exc
     summary.resumed = writer.resumed
     start = int(writer.progress["consumed"])

@@ -213,19 +213,25 @@ def _print_info(path: Path, patients: bool = False) -> None:
     from ingest.store import ImageStore
 
     if store_format(path) == SLIDE_FORMAT:
-        renderables = slide_store_tables(SlideStore(path))
+        slide_store = SlideStore(path)
+        slide_store.verify()  # every shard of every slide: present, index readable (no tile decoded)
+        renderables = slide_store_tables(slide_store)
     else:
         image_store = ImageStore(path)
+        image_store.verify()  # every shard: present, index readable (no image decoded)
         renderables = store_tables(image_store) + ([patient_table(image_store)] if patients else [])
     for renderable in renderables:
         stdout.print(renderable)
 
 
 def main() -> None:
-    from ingest.workers import stop_helpers
+    from ingest.workers import release_frames, stop_helpers
 
     try:
         app()
+    except SystemExit as exc:  # a finished command, or one that ended on an error (printed in one line)
+        release_frames(exc)  # a pool it aborted is finalised before its helpers are stopped
+        raise
     finally:
         stop_helpers()  # no forkserver or resource tracker outlives the command
 

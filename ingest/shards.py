@@ -9,10 +9,15 @@ item (integer-array indexing ~20x on reads; ~2x on writes of 224 px tiles), whic
 (random training batches, tiling). Shard indexes are CRC-checked and cached. Any array whose metadata is not
 exactly this layout is left to zarr (:meth:`ShardLayout.open` returns None). The files written are ordinary zarr
 shards: zarr reads them back (tested).
+
+Every shard of a finished array is written (the stores set zarr's ``write_empty_chunks``), so a shard file that is
+missing is damage, never "all fill value": zarr would read it as zeros without a word, this module raises
+:class:`ShardError` naming the file (:meth:`ShardLayout.check`, and every read).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -22,7 +27,16 @@ from pathlib import Path
 import numpy as np
 from numcodecs import Blosc, blosc
 
+from histo_bench.errors import HistoBenchError
+
 _EMPTY = 2**64 - 1
+
+
+class ShardError(HistoBenchError, OSError):
+    """A shard file of a written array that is missing, truncated or corrupt; the message names the file."""
+
+    def __str__(self) -> str:  # OSError's would show the args tuple
+        return str(self.args[0]) if self.args else ""
 
 
 def _crc32c(data: bytes) -> int:
@@ -75,6 +89,62 @@ class ShardLayout:
     def item_shape(self) -> tuple[int, ...]:
         return tuple(self.shape[1:])
 
+    @property
+    def n_shards(self) -> int:
+        return -(-int(self.shape[0]) // self.shard_size)
+
+    def items_of(self, shard: int, noun: str = "items") -> str:
+        """Which items shard ``shard`` holds, for messages (``images 96-127 of 960``)."""
+        start = shard * self.shard_size
+        return f"{noun} {start}-{min(start + self.shard_size, self.shape[0]) - 1} of {self.shape[0]}"
+
+    def check(self, *, read_index: bool = False, hint: str = "", noun: str = "items") -> int:
+        """Raise :class:`ShardError` (naming the first bad file, ``hint`` appended) unless every shard of the array
+        exists and, with ``read_index``, has an index that is whole, CRC-valid and inside the file. Lists the
+        files only (one ``stat`` per shard) or reads only the indexes (one small read per shard); no pixel is
+        decoded. Returns the number of shards checked."""
+        for shard in range(self.n_shards):
+            if read_index:
+                read_shard_index(self, shard, hint, noun)
+            elif not self.shard_file(shard).is_file():
+                raise missing_shard(self, shard, hint, noun)
+        return self.n_shards
+
+
+def missing_shard(layout: ShardLayout, shard: int, hint: str = "", noun: str = "items") -> ShardError:
+    return ShardError(f"{layout.shard_file(shard)}: shard file is missing ({layout.items_of(shard, noun)} would "
+                      f"read as zeros); the store is damaged{hint}")
+
+
+def read_shard_index(layout: ShardLayout, shard: int, hint: str = "", noun: str = "items") -> np.ndarray:
+    """The (shard_size, 2) ``(offset, nbytes)`` index of shard file ``shard``, checked: the file exists, is long
+    enough, its CRC32C matches and every chunk lies inside the file; else :class:`ShardError` naming the file."""
+    path = layout.shard_file(shard)
+    n_index = layout.shard_size * 16
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size < n_index + 4:
+                raise ShardError(f"{path}: truncated shard file ({size} bytes, shorter than its {n_index + 4}-byte "
+                                 f"index; {layout.items_of(shard, noun)}); the store is damaged{hint}")
+            fh.seek(-(n_index + 4), os.SEEK_END)
+            raw = fh.read(n_index + 4)
+    except FileNotFoundError:
+        raise missing_shard(layout, shard, hint, noun) from None
+    except ShardError:
+        raise
+    except OSError as exc:
+        raise ShardError(f"{path}: cannot read the shard file ({exc.strerror or exc}){hint}") from exc
+    if _crc32c(raw[:n_index]) != int.from_bytes(raw[n_index:], "little"):
+        raise ShardError(f"{path}: shard index checksum mismatch (truncated or corrupt shard file; "
+                         f"{layout.items_of(shard, noun)}); the store is damaged{hint}")
+    index = np.frombuffer(raw[:n_index], dtype="<u8").reshape(layout.shard_size, 2)
+    present = index[:, 0] != _EMPTY
+    if present.any() and int((index[present, 0] + index[present, 1]).max()) > size - n_index - 4:
+        raise ShardError(f"{path}: shard index points past the end of the file (truncated or corrupt shard file; "
+                         f"{layout.items_of(shard, noun)}); the store is damaged{hint}")
+    return index
+
 
 class ShardedImageReader:
     """Reads item ``i`` of a sharded array (see the module doc)."""
@@ -86,6 +156,8 @@ class ShardedImageReader:
         self._indexes: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
         self._item_nbytes = int(np.prod(layout.item_shape))
+        self.hint = ""  # appended to a ShardError's message (what to do about the damage)
+        self.noun = "items"  # what the items are, in messages
 
     @classmethod
     def open(cls, array_dir: str | Path) -> ShardedImageReader | None:
@@ -95,21 +167,11 @@ class ShardedImageReader:
     def _shard_file(self, shard: int) -> Path:
         return self.layout.shard_file(shard)
 
-    def _index(self, shard: int) -> np.ndarray | None:
+    def _index(self, shard: int) -> np.ndarray:
         index = self._indexes.get(shard)
         if index is not None:
             return index
-        path = self._shard_file(shard)
-        n_index = self.shard_size * 16
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(-(n_index + 4), os.SEEK_END)
-                raw = fh.read(n_index + 4)
-        except FileNotFoundError:
-            return None  # an all-empty shard is not written: its items are the fill value
-        if _crc32c(raw[:n_index]) != int.from_bytes(raw[n_index:], "little"):
-            raise OSError(f"{path}: shard index checksum mismatch (corrupt store file)")
-        index = np.frombuffer(raw[:n_index], dtype="<u8").reshape(self.shard_size, 2)
+        index = read_shard_index(self.layout, shard, self.hint, self.noun)
         with self._lock:
             self._indexes[shard] = index
         return index
@@ -119,7 +181,7 @@ class ShardedImageReader:
 
         shard, j = divmod(int(i), self.shard_size)
         index = self._index(shard)
-        if index is None or int(index[j, 0]) == _EMPTY:
+        if int(index[j, 0]) == _EMPTY:  # an all-zero item that zarr did not store (older stores)
             return np.zeros(self.layout.item_shape, dtype=np.uint8)
         offset, nbytes = int(index[j, 0]), int(index[j, 1])
         fd = os.open(self._shard_file(shard), os.O_RDONLY)
@@ -127,10 +189,14 @@ class ShardedImageReader:
             raw = os.pread(fd, nbytes, offset)
         finally:
             os.close(fd)
-        data = blosc.decompress(raw)
+        try:
+            data = blosc.decompress(raw)
+        except (RuntimeError, ValueError) as exc:
+            raise ShardError(f"{self._shard_file(shard)}: chunk {j} cannot be decoded ({exc}); the store is "
+                             f"damaged{self.hint}") from exc
         if len(data) != self._item_nbytes:
-            raise OSError(f"{self._shard_file(shard)}: chunk {j} decodes to {len(data)} bytes, "
-                          f"expected {self._item_nbytes}")
+            raise ShardError(f"{self._shard_file(shard)}: chunk {j} decodes to {len(data)} bytes, "
+                             f"expected {self._item_nbytes}; the store is damaged{self.hint}")
         return np.frombuffer(data, dtype=np.uint8).reshape(self.layout.item_shape)
 
 
@@ -168,9 +234,14 @@ class ShardWriter:
         path = self.layout.shard_file(shard)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(tmp, "wb") as fh:
-            for blob in encoded:
-                fh.write(blob)
-            fh.write(raw_index)
-            fh.write(_crc32c(raw_index).to_bytes(4, "little"))
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                for blob in encoded:
+                    fh.write(blob)
+                fh.write(raw_index)
+                fh.write(_crc32c(raw_index).to_bytes(4, "little"))
+            os.replace(tmp, path)
+        except BaseException:  # a full disk, say: leave no half-written file behind (it would hold the space)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise

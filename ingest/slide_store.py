@@ -14,7 +14,10 @@ Layout::
 A slide is built under ``<slide_id>.partial`` by the one process that holds ``<slide_id>.lock``
 (:mod:`ingest.locks`) and renamed into place after ``complete`` is set: a slide folder without ``.partial`` is
 always whole, and a rerun redoes any ``.partial`` one from scratch. "Complete" is trusted only after every array
-the slide's attributes promise is found with the promised shape (:func:`slide_problem`).
+the slide's attributes promise is found with the promised shape (:func:`slide_problem`). Every shard file of the
+pixel arrays is written (all-zero tiles included), so a missing or truncated one is damage: reading the store
+raises :class:`~ingest.shards.ShardError` naming it (:func:`check_slide_shards`), never zeros, and a rerun of the
+tiler tiles such a slide again.
 """
 
 from __future__ import annotations
@@ -32,15 +35,20 @@ from zarr.codecs import BloscCodec
 
 from histo_bench.errors import HistoBenchError
 from histo_bench.files import discard_dir
+from ingest.disk import writing
 from ingest.locks import WorkLock, create_exclusive
 from ingest.output_guard import refusal, store_format
-from ingest.shards import ShardWriter
+from ingest.shards import ShardLayout, ShardWriter
 
 log = logging.getLogger(__name__)
 
 FORMAT = "histo-bench/slide-store"
 FORMAT_VERSION = 1
 PARTIAL = ".partial"
+#: The arrays of a slide that hold pixels (sharded, one tile per inner chunk).
+PIXEL_KINDS = ("tiles", "multiscale")
+#: Appended to the message of a damaged slide's :class:`~ingest.shards.ShardError`.
+DAMAGED_HINT = ": rerun histo-ingest tile on its slides (a damaged slide is tiled again)"
 
 
 class SlideStoreError(HistoBenchError, RuntimeError):
@@ -127,6 +135,23 @@ def slide_problem(store: str | Path, slide_id: str) -> str | None:
     return None
 
 
+def check_slide_shards(store: str | Path, slide_id: str, *, read_index: bool = False,
+                       hint: str = DAMAGED_HINT) -> int:
+    """Raise :class:`~ingest.shards.ShardError` naming the first shard file of slide ``slide_id``'s pixel arrays
+    (:data:`PIXEL_KINDS`) that is missing or, with ``read_index``, whose index is truncated or corrupt; returns the
+    number of shards checked. One ``stat`` (or one small read) per shard, no tile decoded."""
+    checked = 0
+    for kind in PIXEL_KINDS:
+        folder = Path(store) / slide_id / kind
+        if not folder.is_dir():
+            continue
+        for array_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+            layout = ShardLayout.open(array_dir)
+            if layout is not None:
+                checked += layout.check(read_index=read_index, hint=hint, noun=kind)
+    return checked
+
+
 def _discard(path: Path, store: Path) -> None:
     """Remove a slide folder of ``store``: renamed aside first (atomic), so a kill during the removal leaves a
     hidden ``.trash-`` folder, never a half-deleted slide under a slide's name."""
@@ -175,13 +200,18 @@ class SlideWriter:
             raise SlideStoreError(reason)
         for stale in (self.partial, self.store / slide_id):  # the caller holds the slide's lock: nobody else's
             if stale.exists():
-                log.info("%s: discarding %s (%s)", slide_id, stale, slide_problem(store, slide_id))
+                log.info("%s: discarding %s (%s)", slide_id, stale, slide_problem(store, slide_id) or "damaged shards")
                 _discard(stale, self.store)
-        self.group = zarr.open_group(str(self.partial), mode="w")
+        with writing(self.partial):
+            self.group = zarr.open_group(str(self.partial), mode="w")
         self._writers: dict[str, ShardWriter | None] = {}
 
     def create_scale(self, label: str, n: int, fields: int = 0) -> None:
         """Arrays for ``n`` tiles of scale ``label`` (plus ``fields`` concentric views per tile when > 0)."""
+        with writing(self.partial):
+            self._create_scale(label, n, fields)
+
+    def _create_scale(self, label: str, n: int, fields: int) -> None:
         t = self.tile_size
         cap = max(n, 1)
         shard = min(self.shard_size, cap)
@@ -201,6 +231,11 @@ class SlideWriter:
         if name not in self._writers:
             self._writers[name] = ShardWriter.open(self.partial / kind / label)
         fast = self._writers[name]
+        first = fast.layout.shard_file(start // fast.layout.shard_size) if fast is not None else self.partial / name
+        with writing(first):  # a full disk: one error naming the shard file
+            self._write_tiles(name, fast, start, tiles)
+
+    def _write_tiles(self, name: str, fast: ShardWriter | None, start: int, tiles: np.ndarray) -> None:
         n = self.group[name].shape[0]
         if fast is not None and start % fast.layout.shard_size == 0:
             size = fast.layout.shard_size
@@ -212,17 +247,20 @@ class SlideWriter:
             self.group[name][start:start + len(tiles)] = tiles
 
     def write_meta(self, label: str, coords: np.ndarray, tissue: np.ndarray) -> None:
-        self.group[f"coords/{label}"][:] = coords
-        self.group[f"tissue/{label}"][:] = tissue
+        with writing(self.partial):
+            self.group[f"coords/{label}"][:] = coords
+            self.group[f"tissue/{label}"][:] = tissue
 
     def write_thumbnail(self, thumbnail: np.ndarray, mask: np.ndarray) -> None:
-        self.group.create_array("thumbnail", data=thumbnail, chunks=thumbnail.shape)
-        self.group.create_array("tissue_mask", data=mask, chunks=mask.shape)
+        with writing(self.partial):
+            self.group.create_array("thumbnail", data=thumbnail, chunks=thumbnail.shape)
+            self.group.create_array("tissue_mask", data=mask, chunks=mask.shape)
 
     def finalize(self, attrs: dict[str, Any], still_mine=lambda: True) -> Path:
         """Set ``complete`` and rename the slide into place, unless ``still_mine()`` says the slide's lock was
         taken over meanwhile (a holder that stalled past the stale age must not publish over the new one)."""
-        self.group.attrs.update({**attrs, "complete": True})
+        with writing(self.partial / "zarr.json"):
+            self.group.attrs.update({**attrs, "complete": True})
         if not still_mine():
             raise SlideStoreError(f"{self.slide_id}: this process lost the slide's lock while tiling it (stalled "
                                   "past the stale age?); another worker redoes it, this result is dropped")
@@ -253,12 +291,34 @@ class SlideStore:
         self.group = zarr.open_group(str(self.path), mode="r")
         if self.group.attrs.get("format") != FORMAT:
             raise SlideStoreError(f"{self.path}: not a histo-bench slide store")
+        self._verified: set[str] = set()
 
     def slide_ids(self) -> list[str]:
-        """Finished slides (interrupted ones, still ``.partial``, are not listed)."""
-        return sorted(p.name for p in self.path.iterdir()
-                      if p.is_dir() and check_slide_id(p.name) is None
-                      and slide_status(self.path, p.name) == "complete")
+        """Finished slides (interrupted ones, still ``.partial``, are not listed). Raises
+        :class:`~ingest.shards.ShardError` when a shard file of one of them is missing (one ``stat`` per shard)."""
+        ids = sorted(p.name for p in self.path.iterdir()
+                     if p.is_dir() and check_slide_id(p.name) is None
+                     and slide_status(self.path, p.name) == "complete")
+        for sid in ids:
+            check_slide_shards(self.path, sid)
+        return ids
+
+    def verify(self) -> tuple[int, int]:
+        """Check every shard file of every finished slide: present, index whole and CRC-valid, chunks inside the
+        file (no tile decoded). Raises :class:`~ingest.shards.ShardError` naming the first bad one; returns
+        (slides, shards) checked."""
+        ids = self.slide_ids()
+        shards = sum(check_slide_shards(self.path, sid, read_index=True) for sid in ids)
+        self._verified.update(ids)
+        return len(ids), shards
+
+    def _checked(self, slide_id: str) -> str:
+        """``slide_id``, after its shard indexes were checked once (zarr would read a missing shard as zeros and
+        fail on a truncated one with a checksum traceback)."""
+        if slide_id not in self._verified:
+            check_slide_shards(self.path, slide_id, read_index=True)
+            self._verified.add(slide_id)
+        return slide_id
 
     def default_scale(self) -> str:
         """The first scale of the first finished slide (the first ``--mag`` it was tiled at): what commands use
@@ -276,7 +336,7 @@ class SlideStore:
         return SlideInfo(slide_id, dict(self.group[slide_id].attrs))
 
     def tiles(self, slide_id: str, scale: str, indices: np.ndarray | slice = slice(None)) -> np.ndarray:
-        return self.group[f"{slide_id}/tiles/{scale}"][indices]
+        return self.group[f"{self._checked(slide_id)}/tiles/{scale}"][indices]
 
     def coords(self, slide_id: str, scale: str) -> np.ndarray:
         return self.group[f"{slide_id}/coords/{scale}"][:]
@@ -285,4 +345,4 @@ class SlideStore:
         return self.group[f"{slide_id}/tissue/{scale}"][:]
 
     def multiscale(self, slide_id: str, scale: str, indices: np.ndarray | slice = slice(None)) -> np.ndarray:
-        return self.group[f"{slide_id}/multiscale/{scale}"][indices]
+        return self.group[f"{self._checked(slide_id)}/multiscale/{scale}"][indices]

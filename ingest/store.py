@@ -32,7 +32,7 @@ import zarr
 
 from histo_bench.errors import ConfigError, HistoBenchError
 from ingest.breakhis_names import resolve_magnifications
-from ingest.shards import ShardedImageReader
+from ingest.shards import ShardedImageReader, ShardLayout
 from ingest.splits import SPLIT_CODES, as_str_array, assert_patient_disjoint
 
 FORMAT = "histo-bench/image-store"
@@ -43,6 +43,10 @@ READ_THREADS = min(8, (os.cpu_count() or 1) * 2)
 
 class StoreError(HistoBenchError, RuntimeError):
     """A store that is missing, incomplete, of another format, or cannot be written."""
+
+
+#: Appended to the message of a damaged image store's :class:`~ingest.shards.ShardError`.
+DAMAGED_HINT = ": rebuild it (histo-ingest breakhis ... --overwrite)"
 
 
 def partial_path(out: Path) -> Path:
@@ -99,6 +103,16 @@ class ImageStore:
         assert_patient_disjoint(self.patient, self.split)
         self._executor: ThreadPoolExecutor | None = None
         self._fast = ShardedImageReader.open(self.path / "images")
+        if self._fast is not None:
+            self._fast.hint, self._fast.noun = DAMAGED_HINT, "images"
+            self._fast.layout.check(hint=DAMAGED_HINT, noun="images")  # missing shards read as zeros: 1 stat each
+
+    def verify(self) -> int:
+        """Check every shard file of ``images``: present, index whole and CRC-valid, chunks inside the file (no
+        image is decoded). Raises :class:`~ingest.shards.ShardError` naming the first bad one; returns the number
+        of shards checked."""
+        layout = self._fast.layout if self._fast is not None else ShardLayout.open(self.path / "images")
+        return layout.check(read_index=True, hint=DAMAGED_HINT, noun="images") if layout is not None else 0
 
     def __len__(self) -> int:
         return int(self.label.shape[0])

@@ -22,6 +22,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from histo_bench.files import discard_dir, replace_dir
+from ingest.disk import raise_if_environment, writing
 from ingest.locks import WorkLock
 from ingest.output_guard import refusal, store_format
 from ingest.shards import ShardLayout
@@ -129,7 +130,13 @@ class ImageStoreWriter:
                 "format": FORMAT, "format_version": FORMAT_VERSION, "complete": False, "resume_key": resume_key,
                 "progress": self.progress})
         except OSError as exc:
+            raise_if_environment(exc, self.partial)
             raise StoreError(f"cannot write store at {self.partial}: {exc.strerror or exc}") from exc
+        with writing(self.partial):
+            self._create_arrays(group, clevel)
+        return group
+
+    def _create_arrays(self, group, clevel: int) -> None:
         n, h, w = self.capacity, self.height, self.width
         group.create_array("images", shape=(n, h, w, 3), dtype="uint8", chunks=(1, h, w, 3),
                            shards=(self.shard_size, h, w, 3), compressors=_blosc(clevel), fill_value=0)
@@ -138,7 +145,6 @@ class ImageStoreWriter:
                             ("source", str)):
             group.create_array(name, shape=(n,), dtype=dtype, chunks=(meta_chunk,))
         group.create_array("orig_size", shape=(n, 2), dtype="int32", chunks=(meta_chunk, 2))
-        return group
 
     @property
     def written(self) -> int:
@@ -162,8 +168,14 @@ class ImageStoreWriter:
             self._flush()
 
     def _flush(self) -> None:
+        """Write the buffered images and checkpoint; a full disk raises one error naming the shard file."""
+        start = int(self.progress["written"])
+        layout = ShardLayout.open(self.partial / "images")
+        with writing(layout.shard_file(start // self.shard_size) if layout is not None else self.partial / "images"):
+            self._write_buffer(start)
+
+    def _write_buffer(self, start: int) -> None:
         if self._buffer:
-            start = int(self.progress["written"])
             stop = start + len(self._buffer)
             g = self.group
             g["images"][start:stop] = np.stack([img for img, _ in self._buffer])
@@ -195,6 +207,15 @@ class ImageStoreWriter:
         if n == 0:
             shutil.rmtree(self.partial, ignore_errors=True)
             raise StoreError("no image could be ingested; nothing was written")
+        with writing(self.partial):
+            self._finish(n, attrs, split)
+        if not still_mine():
+            raise StoreError(f"{self.out}: this process lost the store's lock while ingesting (stalled past the "
+                             "stale age?); the other writer's result stands, this one is dropped")
+        return _atomic_replace(self.partial, self.out, overwrite)
+
+
+    def _finish(self, n: int, attrs: dict[str, Any], split: SplitResult) -> None:
         g = self.group
         for name in ("images", "label", "malignant", "patient", "magnification", "source", "orig_size"):
             arr = g[name]
@@ -207,11 +228,7 @@ class ImageStoreWriter:
         final_attrs["progress"] = self.progress
         final_attrs["complete"] = True
         final_attrs["completed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        g.attrs.update(final_attrs)
-        if not still_mine():
-            raise StoreError(f"{self.out}: this process lost the store's lock while ingesting (stalled past the "
-                             "stale age?); the other writer's result stands, this one is dropped")
-        return _atomic_replace(self.partial, self.out, overwrite)
+        g.attrs.update(final_attrs)  # the last write: "complete" never precedes a whole store
 
 
 def _atomic_replace(src: Path, dst: Path, overwrite: bool) -> Path:

@@ -2,7 +2,8 @@
 
 Each slide is one task (:func:`ingest.tiling.tile_slide`), writing its own group of the store, so tasks share
 nothing but the store folder. Finished slides are skipped on a rerun; interrupted ones are redone. With a local
-pool, workers report per-slide tile progress through a queue; Dask tasks report when they finish.
+pool, workers report per-slide tile progress through a queue; Dask tasks report when they finish. A full disk or a
+read-only output in any worker ends the run (slides not yet started are cancelled) with that one error.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from histo_bench.errors import HistoBenchError
 from histo_bench.optional import require
+from ingest.disk import environment_failure
 from ingest.slide_store import init_store
 from ingest.tiling import SlideResult, TileConfig, slide_id_for, tile_slide
 from ingest.workers import mp_context, process_pool
@@ -164,15 +166,20 @@ def _run_pool(slides, store, config, workers, overlay_dir, events) -> list[Slide
         with process_pool(min(workers, len(slides)), _set_queue, (q,)) as pool:
             futures = {pool.submit(_pool_task, str(p), str(store), config, overlay_dir): p for p in slides}
             pending = set(futures)
-            while pending:
-                _drain(q, events)
-                finished = [f for f in pending if f.done()]
-                for fut in finished:
-                    pending.discard(fut)
+            try:
+                while pending:
                     _drain(q, events)
-                    results.append(_finished(_result_or_failure(fut, futures[fut]), events))
-                if pending:
-                    time.sleep(0.05)
+                    finished = [f for f in pending if f.done()]
+                    for fut in finished:
+                        pending.discard(fut)
+                        _drain(q, events)
+                        results.append(_finished(_result_or_failure(fut, futures[fut]), events))
+                    if pending:
+                        time.sleep(0.05)
+            except BaseException:  # a full disk (or Ctrl-C): slides not started yet are not started at all
+                for fut in pending:
+                    fut.cancel()
+                raise
             _drain(q, events)
     finally:
         q.close()
@@ -193,9 +200,14 @@ def _drain(q, events: TileEvents) -> None:
 
 
 def _result_or_failure(fut, path: Path) -> SlideResult:
+    """The slide's result; a worker that died (e.g. killed for memory) fails only its slide, a full disk or a
+    read-only output (re-raised by the worker, errno kept through pickling) ends the run."""
     try:
         return fut.result()
-    except Exception as exc:  # a worker that died (e.g. killed for memory) fails only its slide
+    except Exception as exc:
+        failure = environment_failure(exc, path)
+        if failure is not None:
+            raise failure from None
         return SlideResult(path=str(path), slide_id=slide_id_for(path), status="failed",
                            error=f"worker failed: {type(exc).__name__}: {exc}")
 

@@ -3,7 +3,9 @@
 For each slide: open it with the first reader that can (cuCIM, OpenSlide, tifffile), build a thumbnail and a
 tissue mask, lay a grid per requested scale, keep the tiles whose tissue fraction reaches the threshold, read only
 those (batched, from the best pyramid level), resize the rest of the way, and write them to the slide store. Each
-stage is timed. Any failure becomes a one-line :class:`SlideResult` error; it never stops the other slides.
+stage is timed. Any failure of a slide becomes a one-line :class:`SlideResult` error and never stops the other
+slides, except a full disk or a read-only output (:mod:`ingest.disk`), which would fail every slide after it: that
+aborts the run with one error naming the file, and a rerun resumes once there is space.
 """
 
 from __future__ import annotations
@@ -22,9 +24,20 @@ from PIL import Image, ImageDraw
 from scipy.ndimage import binary_erosion
 
 from histo_bench.errors import ConfigError
+from ingest.disk import raise_if_environment
 from ingest.grid import BaseResolution, Scale, ScaleError, concentric_boxes, grid
 from ingest.readers.base import ReaderError, SlideReader, open_slide
-from ingest.slide_store import SlideStoreError, SlideWriter, check_slide_id, init_store, slide_lock, slide_status
+from ingest.shards import ShardError
+from ingest.slide_store import (
+    PARTIAL,
+    SlideStoreError,
+    SlideWriter,
+    check_slide_id,
+    check_slide_shards,
+    init_store,
+    slide_lock,
+    slide_status,
+)
 from ingest.tissue import MaskError, TissueConfig, detect_tissue, load_mask, tile_fractions
 
 log = logging.getLogger(__name__)
@@ -78,6 +91,13 @@ class TileConfig:
     def __post_init__(self) -> None:
         if not self.magnifications and not self.mpps:
             raise ConfigError("give at least one --mag or --mpp")
+        bad = [f"--mag {m:g}" for m in self.magnifications if not m > 0] + [
+            f"--mpp {m:g}" for m in self.mpps if not m > 0]
+        if bad:
+            raise ConfigError(f"{', '.join(bad)}: magnifications and µm per pixel must be > 0")
+        for name, value in (("--base-mag", self.base_magnification), ("--base-mpp", self.base_mpp)):
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} {value:g}: must be > 0")
         if self.tile_size < 16:
             raise ConfigError("tile_size must be >= 16")
         if not 0.0 <= self.tissue_threshold <= 1.0:
@@ -213,8 +233,13 @@ def overlay_png(thumbnail: np.ndarray, mask: np.ndarray, boxes: np.ndarray, box_
     draw = ImageDraw.Draw(pil)
     for x, y in boxes:
         draw.rectangle([float(x), float(y), float(x + box_size), float(y + box_size)], outline=(20, 40, 160))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pil.save(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pil.save(out)
+    except OSError as exc:
+        out.unlink(missing_ok=True)  # no half-written PNG under the slide's name
+        raise_if_environment(exc, out)
+        raise
     return out
 
 
@@ -231,7 +256,7 @@ def tile_slide(path: str | Path, store: str | Path, config: TileConfig, *, overl
             raise SlideStoreError(bad_name)
         init_store(store)
         lock = slide_lock(store, sid)
-        if slide_status(store, sid) == "complete":
+        if _intact(store, sid):
             lock.clear_if_stale()  # a run killed between finishing the slide and releasing its lock
             result.status = "skipped"
             return result
@@ -241,7 +266,7 @@ def tile_slide(path: str | Path, store: str | Path, config: TileConfig, *, overl
             result.error = f"being tiled by {holder.describe() if holder else 'another process'}"
             return result
         with lock:
-            if slide_status(store, sid) == "complete":  # finished by that worker between the two checks
+            if _intact(store, sid):  # finished by that worker between the two checks
                 result.status = "skipped"
                 return result
             with timer("open"):
@@ -253,11 +278,25 @@ def tile_slide(path: str | Path, store: str | Path, config: TileConfig, *, overl
     except (ReaderError, ScaleError, SlideStoreError, MaskError) as exc:
         result.error = str(exc).removeprefix(f"{path}: ")
     except (OSError, ValueError, RuntimeError, MemoryError) as exc:  # a slide that breaks mid-read
+        raise_if_environment(exc, Path(store) / (sid + PARTIAL))  # a full disk ends the run, not just this slide
         result.error = f"{type(exc).__name__}: {exc}"
     result.timings = {k: round(v, 4) for k, v in timer.seconds.items()}
     if result.status == "failed":
         log.warning("failed %s: %s", path, result.error)
     return result
+
+
+def _intact(store: str | Path, slide_id: str) -> bool:
+    """True when slide ``slide_id`` is complete and every shard file of it is there with a readable index; a
+    damaged one (a shard deleted or cut short) is tiled again, with a warning."""
+    if slide_status(store, slide_id) != "complete":
+        return False
+    try:
+        check_slide_shards(store, slide_id, read_index=True, hint="")
+    except ShardError as exc:
+        log.warning("%s; tiling the slide again", exc)
+        return False
+    return True
 
 
 def tissue_mask(thumb: np.ndarray, slide_id: str, config: TileConfig) -> tuple[np.ndarray, str]:

@@ -13,11 +13,13 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
 import select
 import threading
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -80,6 +82,23 @@ def process_pool(workers: int, initializer: Callable[..., None] | None = None,
     ``initializer(*initargs)`` runs in each worker after its watchdog is set up."""
     return ProcessPoolExecutor(max_workers=workers, mp_context=mp_context(), initializer=_init_worker,
                                initargs=(os.getpid(), initializer, initargs))
+
+
+def release_frames(exc: BaseException) -> None:
+    """Drop the local variables of the finished frames in ``exc``'s traceback chain and collect garbage, so the
+    process pools and queues a failed command left in them are finalised now (their semaphores unregistered)
+    rather than at exit, after :func:`stop_helpers` has stopped the resource tracker (which would then warn about
+    "leaked" semaphores and print tracebacks). Used on the way out of a command that ended on an error."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        traceback.clear_frames(err.__traceback__)
+        todo.extend((err.__cause__, err.__context__))
+    gc.collect()
 
 
 def stop_helpers() -> None:

@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from histo_bench.errors import ConfigError
 from ingest.breakhis_names import CLASSES, MAGNIFICATIONS, relative_path
+from ingest.disk import raise_if_environment
 from ingest.synthetic.he_render import render_field
 from ingest.workers import process_pool
 
@@ -149,6 +150,9 @@ def _write_one(job: tuple[str, str, str, int, Path, int, int, int]) -> Path:
     try:
         Image.fromarray(arr).save(tmp, format="PNG", compress_level=1)
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk: one error naming the image, returned whole by a worker process
+        raise_if_environment(exc, path)
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

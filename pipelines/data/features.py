@@ -3,7 +3,9 @@
 Features live beside the tiles, at ``<slide>/features/<scale>/<extractor>`` (N, D) float16, so bags are read
 without touching the pixels again. The array's ``weights`` attribute says which encoder made it (the seeded random
 initialisation, or a weights file by name and content hash): a cached array is reused only when its row count
-matches the tiles and it came from the same encoder; otherwise it is recomputed.
+matches the tiles and it came from the same encoder; otherwise it is recomputed. The tiles' shard files are checked
+before they are encoded (a missing one is an error naming it, never zeros), and a full disk while the array is
+written is one error naming it (:mod:`ingest.disk`), with nothing half-written left behind.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,7 +22,9 @@ import torch
 import zarr
 
 from histo_bench.files import replace_dir
+from ingest.disk import raise_if_environment, writing
 from ingest.locks import WorkLock
+from ingest.slide_store import check_slide_shards
 from models.mil import EXTRACTOR_SEED, feature_extractor
 from pipelines.data.augment import normalize
 
@@ -78,9 +83,13 @@ def extract_slide_features(store_path: str | Path, slide_id: str, scale: str, ex
     if cached is not None:
         return cached
     lock = features_lock(store_path, slide_id)
-    lock.acquire(on_wait=lambda holder: log.warning(
-        "%s: features are being computed by %s; waiting for them", slide_id,
-        holder.describe() if holder else "another process"))
+    try:
+        lock.acquire(on_wait=lambda holder: log.warning(
+            "%s: features are being computed by %s; waiting for them", slide_id,
+            holder.describe() if holder else "another process"))
+    except OSError as exc:  # a full disk or read-only store: one error naming the lock file
+        raise_if_environment(exc, lock.path)
+        raise
     with lock:
         cached = cached_features(store_path, slide_id, scale, extractor, weights=weights, pretrained=pretrained)
         if cached is not None:  # the process we waited for cached them
@@ -99,6 +108,7 @@ def _compute_and_cache(store_path, slide_id, scale, extractor, *, weights, pretr
 
 
     group = zarr.open_group(str(store_path), mode="r+")
+    check_slide_shards(store_path, slide_id, read_index=True)  # zarr would encode a missing shard's zeros
     tiles = group[f"{slide_id}/tiles/{scale}"]
     key = features_key(slide_id, scale, extractor)
     identity = encoder_identity(weights, pretrained)
@@ -116,12 +126,25 @@ def _compute_and_cache(store_path, slide_id, scale, extractor, *, weights, pretr
             batch = torch.from_numpy(tiles[start:start + batch_size]).to(device).permute(0, 3, 1, 2)
             chunks.append(model(normalize(batch.float() / 255.0)).float().cpu().numpy())
     feats = (np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)).astype(np.float16)
-    parent = group.require_group(f"{slide_id}/features/{scale}")
-    aside = f".{extractor}.{os.getpid()}.tmp"
-    array = parent.create_array(aside, data=feats, chunks=(max(1, len(feats)), feats.shape[1] or 1),
-                                attributes={"weights": identity}, overwrite=True)
-    del array
-    folder = Path(store_path) / slide_id / "features" / scale
-    replace_dir(folder / aside, folder / extractor)  # readers see the old array or the whole new one
+    _write_features(group, Path(store_path), slide_id, scale, extractor, feats, identity)
     log.debug("%s: %d tile features (%s, %d-d) cached", slide_id, len(feats), extractor, feats.shape[1])
     return feats.astype(np.float32)  # the same values a later read of the cache gives
+
+
+def _write_features(group, store_path: Path, slide_id: str, scale: str, extractor: str, feats: np.ndarray,
+                    identity: str) -> None:
+    """Write the array aside and rename it into place: readers see the old array or the whole new one. A write
+    that fails (a full disk) removes the aside copy, leaves the old array as it was, and raises."""
+    folder = store_path / slide_id / "features" / scale
+    aside = f".{extractor}.{os.getpid()}.tmp"
+    try:
+        with writing(folder / extractor):
+            parent = group.require_group(f"{slide_id}/features/{scale}")
+            parent.create_array(aside, data=feats, chunks=(max(1, len(feats)), feats.shape[1] or 1),
+                                attributes={"weights": identity}, overwrite=True)
+        replace_dir(folder / aside, folder / extractor)
+    except BaseException as exc:
+        shutil.rmtree(folder / aside, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise_if_environment(exc, folder / extractor)
+        raise
