@@ -84,3 +84,16 @@ bench-save: install
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .benchmarks
+
+# The wheels the GPU check carries to the lent H200 (benchmark/gpu_check.sh), at the versions constraints.txt pins,
+# for CPython 3.12 manylinux x86_64, into the ignored .whl/zarr and .whl/cucim; then their sizes are recorded in
+# benchmark/gpu_check/wheels.txt (what the rehearsal counts where the folders are absent, as in CI).
+WHEEL_PLATFORM := --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	--platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any -c constraints.txt
+.PHONY: gpu-wheels
+gpu-wheels: install
+	rm -rf .whl/zarr .whl/cucim
+	$(BIN)/python -m pip download -q $(WHEEL_PLATFORM) -d .whl/zarr zarr numcodecs donfig msgspec google-crc32c crc32c
+	$(BIN)/python -m pip download -q $(WHEEL_PLATFORM) -d .whl/cucim cucim-cu13 lazy_loader nvidia-nvimgcodec-cu13
+	$(BIN)/python -m benchmark.gpu_check.cli wheels --write-manifest
