@@ -20,6 +20,16 @@ def print_error(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
 
 
+def one_line(message: str) -> str:
+    """An expected error's own message: a torch DataLoader worker re-raises it as "Caught X in DataLoader worker
+    process N" + the worker's traceback, whose last line holds it (``pkg.X: message``)."""
+    if "\nOriginal Traceback" not in message:
+        return message
+    last = [line for line in message.strip().splitlines() if line.strip()][-1]
+    name, sep, rest = last.partition(": ")
+    return rest if sep and " " not in name else last
+
+
 class HandledGroup(TyperGroup):
     """A typer group whose commands' expected errors end as one line (see the module docstring)."""
 
@@ -27,7 +37,7 @@ class HandledGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except HistoBenchError as exc:
-            print_error(str(exc))
+            print_error(one_line(str(exc)))
             raise typer.Exit(exc.exit_code) from None  # typer's own Exit: click's is not caught there
         except OSError as exc:  # a full disk, a read-only or forbidden folder: the machine's state, not a bug
             message = environment_message(exc)

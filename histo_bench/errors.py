@@ -45,9 +45,8 @@ class MissingDependencyError(HistoBenchError, ImportError):
 #: CLIs print them as one line like a :class:`HistoBenchError` (:mod:`histo_bench.command_group`).
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
-#: Below this many free bytes a failed write is taken for a full disk (torch's zip writer reports ENOSPC as a
-#: ``RuntimeError`` about file positions, never as an ``OSError``).
-NEARLY_FULL = 16 * 2**20
+#: What torch's zip writer raises (a ``RuntimeError``, never an ``OSError``) when the disk or quota fills mid-save.
+TORCH_WRITE_FAILED = ("PytorchStreamWriter failed writing", "unexpected pos", "file write failed")
 
 
 class DiskFullError(HistoBenchError, OSError):
@@ -69,20 +68,26 @@ def free_bytes(path: str | Path) -> int | None:
 
 
 def disk_full(path: str | Path, exc: BaseException) -> DiskFullError | None:
-    """A :class:`DiskFullError` naming ``path`` when ``exc`` (raised while writing it) comes from a full disk."""
+    """A :class:`DiskFullError` naming ``path`` when ``exc`` (raised while writing it) says the disk or quota is full:
+    an ``OSError`` with errno ENOSPC / EDQUOT, or torch's writer failure (:data:`TORCH_WRITE_FAILED`). Anything else
+    (a permission error, a bug) is not one: None, so it keeps its own message or traceback."""
+    torch_write = isinstance(exc, RuntimeError) and any(text in str(exc) for text in TORCH_WRITE_FAILED)
+    if not (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) and not torch_write:
+        return None
     free = free_bytes(path)
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) or (free is not None
-                                                                                  and free < NEARLY_FULL):
-        left = f"{free / 2**20:.1f} MiB free" if free is not None else "free space unknown"
-        return DiskFullError(errno.ENOSPC, f"{path}: no space left on device ({left} in {Path(path).parent}); "
-                                           "free some space and rerun")
-    return None
+    left = f"{free / 2**20:.1f} MiB free" if free is not None else "free space unknown"
+    what = "the write failed: no space left on device or quota exceeded" if torch_write else (
+        "disk quota exceeded" if exc.errno == errno.EDQUOT else "no space left on device")
+    return DiskFullError(errno.ENOSPC, f"{path}: {what} ({left} in {Path(path).parent}); free some space and rerun")
 
 
 def environment_message(exc: OSError) -> str | None:
-    """One line for an ``OSError`` in :data:`ENVIRONMENT_ERRNOS` (None for any other): the path and the reason."""
+    """One line for an ``OSError`` in :data:`ENVIRONMENT_ERRNOS` that names its path (a full disk also without one),
+    None for any other: the path and the reason."""
     if exc.errno not in ENVIRONMENT_ERRNOS:
         return None
+    if exc.filename is None and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None  # a permission error with no path (a signal, a semaphore): a bug to see whole
     where = exc.filename if exc.filename is not None else "a write"
     reason = exc.strerror or os.strerror(exc.errno)
     hint = {errno.ENOSPC: "free some space and rerun", errno.EDQUOT: "free some space and rerun",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -45,13 +46,19 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     return path
 
 
+#: The temporary name :func:`atomic_write` gives a run's own outputs (checkpoints, JSON files, the ``complete``
+#: marker): ``.<name>.<pid>.tmp``, pid at most 7 digits (Linux's pid_max is 2**22).
+_STRAY = re.compile(r"\.(?P<name>[\w.-]+\.(?:pt|pt\.pending|json)|complete)\.(?P<pid>\d{1,7})\.tmp")
+
+
 def remove_stray_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the ``.<name>.<pid>.tmp`` files in ``folder`` that :func:`atomic_write` left when process ``pid`` was
-    killed mid-write (only those of processes no longer alive); returns what was removed."""
+    """Delete the ``.<name>.<pid>.tmp`` files that :func:`atomic_write` left in ``folder`` when process ``pid`` was
+    killed mid-write: only names of a run's outputs (:data:`_STRAY`) and only of processes not alive on this host
+    (a folder shared by several hosts should not be written by two at once anyway). Returns what was removed."""
     removed = []
-    for tmp in Path(folder).glob(".*.tmp"):
-        pid = tmp.name[:-len(".tmp")].rsplit(".", 1)[-1]
-        if not pid.isdigit() or _alive(int(pid)):
+    for tmp in sorted(Path(folder).glob(".*.tmp")):
+        match = _STRAY.fullmatch(tmp.name)
+        if match is None or _alive(int(match["pid"])):
             continue
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -67,6 +74,18 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's live process
         return True
     return True
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append ``line`` + newline to ``path`` (a log of rows); a failure that names no file (``write`` on a full
+    disk) is re-raised naming ``path``."""
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

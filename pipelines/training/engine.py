@@ -38,7 +38,7 @@ import torch
 
 from histo_bench.device import PRECISIONS, autocast, autocast_dtype
 from histo_bench.errors import ConfigError
-from histo_bench.files import atomic_write_json
+from histo_bench.files import append_line, atomic_write_json
 from pipelines.training.checkpoint import Checkpoint, save_checkpoint
 from pipelines.training.distributed import DistContext, all_finite, broadcast_flag
 from pipelines.training.run_directory import (
@@ -254,8 +254,7 @@ def fit(recipe: Recipe, config: FitConfig, run_dir: str | Path, resolved: dict[s
             row = json.loads(json.dumps(row, default=float))  # numpy numbers as plain floats, in the file and best
             if epoch == start and config.monitor is not None and config.monitor not in row:
                 raise FitError(f"the recipe's evaluation has no {config.monitor!r} (it gives {', '.join(row)})")
-            with metrics_path.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            append_line(metrics_path, json.dumps(row))
             extra_row = {k: v for k, v in row.items() if k.startswith("val_")}
             improved = _better(row, best, config)
             if improved:

@@ -1,6 +1,7 @@
 """``histo-bench`` as a subprocess for the CLI tests: the real command line, plus the test-only tiny models, and,
 with ``HISTO_TEST_PAUSE_S`` set, a pause after each epoch's row is logged (so a test can SIGKILL the run between
-its first and second epoch without racing it); with ``HISTO_TEST_STALL_WRITE=NAME:N``, the Nth checkpoint write to a
+its first and second epoch without racing it; with ``HISTO_TEST_PAUSED`` set it also writes the epoch into that
+file when the pause begins); with ``HISTO_TEST_STALL_WRITE=NAME:N``, the Nth checkpoint write to a
 file named NAME writes half its bytes, touches the file ``HISTO_TEST_MARKER`` and hangs (a slow disk, so a test can
 SIGKILL the run in the middle of that write)."""
 
@@ -47,6 +48,8 @@ if __name__ == "__main__":
 
         def log_then_pause(self, row, epoch):
             logged(self, row, epoch)
+            if os.environ.get("HISTO_TEST_PAUSED"):  # tell the test the epoch is whole (row, last.pt, best.pt)
+                Path(os.environ["HISTO_TEST_PAUSED"]).write_text(str(epoch))
             time.sleep(pause)
 
         tracking.RunLogger.log_epoch = log_then_pause
