@@ -39,6 +39,7 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	touch $@
 
 install: $(STAMP)
+	@$(BIN)/python tests/ingest/dicom_fixtures.py || true  # small DICOM test slides; skipped quietly offline
 
 demo: install
 	$(BIN)/histo-ingest demo --out $(DEMO_DIR)/breakhis --slides $(DEMO_DIR)/slides

@@ -14,9 +14,8 @@ import json
 import logging
 import os
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,13 @@ from ingest.breakhis_names import (
     resolve_magnifications,
     tumour_group,
 )
-from ingest.decode import DecodeError, decode_file, read_size
+from ingest.decode import read_size
 from ingest.disk import raise_if_environment
+from ingest.image_pool import encoded_images
 from ingest.output_guard import refusal, store_format
 from ingest.splits import SplitConfig, patient_split
 from ingest.store import FORMAT, StoreError, is_complete, partial_path
 from ingest.store_writer import ImageMeta, ImageStoreWriter, partial_refusal, store_lock
-from ingest.workers import process_pool
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ class IngestConfig:
             in the input; near-equal sizes such as 700x456 are padded to it, the original size is kept per image).
         magnifications: which magnifications to ingest.
         split: patient-level split settings.
-        workers: decoder processes; 0 = one per CPU core (at most 8); 1 = decode in this process.
+        workers: processes that decode and compress; 0 = one per CPU core (at most 8); 1 = all in this process.
         shard_size: images per shard file.
         clevel: zstd compression level (1 fastest .. 9 smallest).
         overwrite: replace the histo-bench image store at ``out`` and discard any interrupted ``<out>.partial``;
@@ -218,34 +217,6 @@ def drop_duplicates(candidates: list[Candidate]) -> tuple[list[Candidate], list[
     return kept, problems
 
 
-def _decode_task(args: tuple[str, tuple[int, int], bool]):
-    path, size, resize = args
-    try:
-        return decode_file(path, size, resize)
-    except DecodeError as exc:
-        return str(exc)
-
-
-def _bounded_imap(fn, tasks: list, workers: int, window: int) -> Iterator:
-    """Ordered map over a process pool with at most ``window`` results in flight (bounded memory)."""
-    if workers <= 1:
-        yield from map(fn, tasks)
-        return
-    with process_pool(workers) as pool:
-        pending: deque[Future] = deque()
-        it = iter(tasks)
-        for task in it:
-            pending.append(pool.submit(fn, task))
-            if len(pending) >= window:
-                break
-        while pending:
-            result = pending.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(fn, nxt))
-            yield result
-
-
 def _target_size(config: IngestConfig, candidates: list[Candidate]) -> tuple[int, int]:
     if config.size is not None:
         return tuple(config.size)  # type: ignore[return-value]
@@ -339,11 +310,11 @@ def _ingest_locked(config: IngestConfig, root: Path, out: Path, summary: IngestS
     summary.converted.extend(Problem(**p) for p in writer.progress["converted"])
 
     tasks = [(str(c.path), size, config.size is not None) for c in candidates[start:]]
-    window = max(4 * config.n_workers, config.shard_size)
     total = len(candidates)
     if progress:
         progress(start, total)
-    for i, result in enumerate(_bounded_imap(_decode_task, tasks, config.n_workers, window), start=start):
+    results = encoded_images(tasks, writer.codec_config, config.n_workers)
+    for i, result in enumerate(results, start=start):
         cand = candidates[i]
         skipped, converted = [], []
         if isinstance(result, str):
@@ -353,9 +324,9 @@ def _ingest_locked(config: IngestConfig, root: Path, out: Path, summary: IngestS
             summary.skipped.append(problem)
         else:
             n = cand.name
-            writer.add(result.image, ImageMeta(label=CLASSES.index(n.class_name), malignant=n.class_name not in BENIGN,
-                                               patient=n.patient, magnification=n.magnification, source=cand.rel,
-                                               orig_size=result.orig_size))
+            writer.add_encoded(result.blob, ImageMeta(
+                label=CLASSES.index(n.class_name), malignant=n.class_name not in BENIGN, patient=n.patient,
+                magnification=n.magnification, source=cand.rel, orig_size=result.orig_size))
             for note in result.notes:
                 problem = Problem(cand.rel, note)
                 log.info("converted %s", problem.line())

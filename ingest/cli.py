@@ -97,6 +97,10 @@ def breakhis(
 ) -> None:
     """Ingest a BreakHis tree into a zarr store with patient-level splits, then print its summary."""
     given = dict(locals())  # first: the command line's options, nothing else
+    if workers != 1:  # the worker processes' imports run on another core while this one imports zarr
+        from ingest.workers import start_forkserver
+
+        start_forkserver(("ingest.image_pool",))
     from ingest.breakhis import IngestConfig, ingest_breakhis
     from ingest.splits import SplitConfig, SplitError
     from ingest.synthetic.demo import data_home, demo_tree
@@ -135,7 +139,7 @@ def breakhis(
 #: ``tile``'s options -> :class:`ingest.tiling.TileConfig` fields (their help is the field's).
 TILE_FIELDS = {"mag": "magnifications", "mpp": "mpps", "tile_size": "tile_size", "tissue_threshold": "tissue_threshold",
                "base_mag": "base_magnification", "base_mpp": "base_mpp", "reader": "reader", "multiscale": "multiscale",
-               "masks": "masks", "read_workers": "read_workers"}
+               "masks": "masks", "read_workers": "read_workers", "codec": "codec", "quality": "quality"}
 _TILE = "ingest.tiling:TileConfig"
 
 
@@ -158,6 +162,8 @@ def tile(
     masks: Annotated[Optional[Path], typer.Option(help=field_help(_TILE, "masks"))] = None,
     workers: Annotated[int, typer.Option(help="Slides in parallel (local processes).")] = 2,
     read_workers: Annotated[int, typer.Option(help=field_help(_TILE, "read_workers"))] = 2,
+    codec: Annotated[str, typer.Option(help=field_help(_TILE, "codec", "Trade-offs: docs/ingest.md."))] = "auto",
+    quality: Annotated[int, typer.Option(help=field_help(_TILE, "quality"))] = 90,
     scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address (tcp://HOST:PORT).")] = None,
 ) -> None:
     """Tile whole-slide images: tissue detection, tiles at each magnification, a zarr slide store + overlays."""

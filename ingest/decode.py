@@ -1,10 +1,13 @@
 """Decode one image file to RGB uint8 and fit it to the store size, or say in one line why it cannot be.
 
-Runs inside worker processes, so everything here is a plain function of picklable arguments.
+Runs inside worker processes, so everything here is a plain function of picklable arguments. The common case, an
+8-bit RGB PNG (all of BreakHis), is decoded by libspng through imagecodecs (~1.5x faster than Pillow, the same
+pixels); anything else, and any PNG libspng refuses, goes through Pillow, whose checks and messages are the reference.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 
@@ -34,6 +37,36 @@ class Decoded:
     image: np.ndarray
     orig_size: tuple[int, int]
     notes: list[str]
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _plain_rgb_png(data: bytes) -> tuple[int, int] | None:
+    """(width, height) when ``data`` starts like an 8-bit RGB PNG (colour type 2, no palette, no alpha); else None."""
+    if len(data) < 33 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+        return None
+    if data[24] != 8 or data[25] != 2:
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _fast_png(data: bytes) -> np.ndarray | None:
+    """The pixels of a plain 8-bit RGB PNG via libspng (bomb-checked from the header first); None when ``data`` is
+    not one or libspng cannot decode it (the caller then asks Pillow, for the reference error or result)."""
+    size = _plain_rgb_png(data)
+    if size is None:
+        return None
+    check_pixel_count(size)
+    try:
+        import imagecodecs
+
+        arr = imagecodecs.spng_decode(data)
+    except Exception:  # imagecodecs missing or built without spng, or a damaged file: Pillow decides
+        return None
+    if arr.dtype != np.uint8 or arr.shape != (size[1], size[0], 3):
+        return None
+    return arr
 
 
 def _png_bit_depth(path: str) -> int | None:
@@ -119,10 +152,29 @@ def decode_file(path: str, size: tuple[int, int], resize: bool) -> Decoded:
         raise DecodeError("empty file (0 bytes)")
     notes: list[str] = []
     try:
-        with Image.open(path) as im:
+        with open(path, "rb") as fh:
+            data = fh.read(33)
+            if _plain_rgb_png(data) is not None:  # only then is the whole file read at once
+                data += fh.read()
+    except OSError as exc:
+        raise DecodeError(f"cannot read file: {exc.strerror}") from exc
+    arr = _fast_png(data)
+    if arr is None:
+        arr = _decode_with_pillow(io.BytesIO(data) if len(data) == n_bytes else path, path, notes)
+    orig = (int(arr.shape[0]), int(arr.shape[1]))
+    arr, note = fit(arr, size, resize=resize)
+    if note:
+        notes.append(note)
+    return Decoded(np.ascontiguousarray(arr, dtype=np.uint8), orig, notes)
+
+
+def _decode_with_pillow(source, path: str, notes: list[str]) -> np.ndarray:
+    """Decode with Pillow, checking the mode (see :func:`_to_rgb`); raises :class:`DecodeError` with the reason."""
+    try:
+        with Image.open(source) as im:
             check_pixel_count(im.size)
             im.load()
-            arr = _to_rgb(im, path, notes)
+            return _to_rgb(im, path, notes)
     except UnidentifiedImageError as exc:
         raise DecodeError("not an image file (no known image format)") from exc
     except Image.DecompressionBombError as exc:  # Pillow's own, stricter-than-ours check fired first
@@ -131,16 +183,17 @@ def decode_file(path: str, size: tuple[int, int], resize: bool) -> Decoded:
         raise
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow reports truncation/corruption as these
         raise DecodeError(f"corrupt or truncated image: {exc}") from exc
-    orig = (int(arr.shape[0]), int(arr.shape[1]))
-    arr, note = fit(arr, size, resize=resize)
-    if note:
-        notes.append(note)
-    return Decoded(np.ascontiguousarray(arr, dtype=np.uint8), orig, notes)
 
 
 def read_size(path: str) -> tuple[int, int] | None:
     """(height, width) from the image header without decoding pixels; None when unreadable."""
     try:
+        with open(path, "rb") as fh:
+            head = fh.read(33)
+        size = _plain_rgb_png(head)  # the common case, without Pillow's per-file set-up
+        if size is not None:
+            check_pixel_count(size)
+            return size[1], size[0]
         with Image.open(path) as im:
             check_pixel_count(im.size)
             return int(im.size[1]), int(im.size[0])

@@ -28,6 +28,7 @@ import numpy as np
 from numcodecs import Blosc, blosc
 
 from histo_bench.errors import HistoBenchError
+from ingest.tile_codecs import JPEG_CODEC, JpegItemCodec, jpeg_decode
 
 _EMPTY = 2**64 - 1
 
@@ -54,6 +55,9 @@ class ShardLayout:
     shard_size: int
     separator: str
     blosc: dict
+    #: the inner chunk codec: ``blosc`` (config in ``blosc``) or ``jpeg`` (:mod:`ingest.tile_codecs`, quality in
+    #: ``blosc["quality"]``)
+    codec: str = "blosc"
 
     @classmethod
     def open(cls, array_dir: str | Path) -> ShardLayout | None:
@@ -70,7 +74,7 @@ class ShardLayout:
             key = meta["chunk_key_encoding"]
             endian = (cfg["index_codecs"][0].get("configuration") or {}).get("endian", "little")
             ok = (meta.get("zarr_format") == 3 and meta["data_type"] == "uint8"
-                  and codec["name"] == "sharding_indexed" and inner == ["bytes", "blosc"]
+                  and codec["name"] == "sharding_indexed" and inner in (["bytes", "blosc"], [JPEG_CODEC])
                   and index_codecs == ["bytes", "crc32c"] and endian == "little"
                   and cfg.get("index_location", "end") == "end" and len(shape) >= 2
                   and tuple(cfg["chunk_shape"]) == (1, *shape[1:]) and shard_shape[1:] == shape[1:]
@@ -80,7 +84,9 @@ class ShardLayout:
         if not ok:
             return None
         separator = (key.get("configuration") or {}).get("separator", "/")
-        return cls(array_dir, shape, int(shard_shape[0]), separator, dict(cfg["codecs"][1].get("configuration", {})))
+        inner_cfg = dict(cfg["codecs"][-1].get("configuration") or {})
+        return cls(array_dir, shape, int(shard_shape[0]), separator, inner_cfg,
+                   "jpeg" if inner == [JPEG_CODEC] else "blosc")
 
     def shard_file(self, shard: int) -> Path:
         return self.array_dir / self.separator.join(["c", str(shard), *["0"] * (len(self.shape) - 1)])
@@ -190,6 +196,8 @@ class ShardedImageReader:
         finally:
             os.close(fd)
         try:
+            if self.layout.codec == "jpeg":
+                return jpeg_decode(raw, self.layout.item_shape)
             data = blosc.decompress(raw)
         except (RuntimeError, ValueError) as exc:
             raise ShardError(f"{self._shard_file(shard)}: chunk {j} cannot be decoded ({exc}); the store is "
@@ -200,16 +208,21 @@ class ShardedImageReader:
         return np.frombuffer(data, dtype=np.uint8).reshape(self.layout.item_shape)
 
 
+def blosc_codec(cfg: dict) -> Blosc:
+    """The numcodecs Blosc codec of a zarr ``blosc`` codec configuration (``ShardLayout.blosc``)."""
+    shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
+    return Blosc(cname=cfg.get("cname", "zstd"), clevel=int(cfg.get("clevel", 5)),
+                 shuffle=shuffle[cfg.get("shuffle", "bitshuffle")], blocksize=int(cfg.get("blocksize", 0)))
+
+
 class ShardWriter:
     """Writes whole shards of a sharded array created by zarr (which must stay the only writer of the metadata)."""
 
     def __init__(self, layout: ShardLayout) -> None:
 
         self.layout = layout
-        shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
-        cfg = layout.blosc
-        self.codec = Blosc(cname=cfg.get("cname", "zstd"), clevel=int(cfg.get("clevel", 5)),
-                           shuffle=shuffle[cfg.get("shuffle", "bitshuffle")], blocksize=int(cfg.get("blocksize", 0)))
+        self.codec = (JpegItemCodec(int(layout.blosc.get("quality", 90))) if layout.codec == "jpeg"
+                      else blosc_codec(layout.blosc))
 
     @classmethod
     def open(cls, array_dir: str | Path) -> ShardWriter | None:
@@ -224,7 +237,13 @@ class ShardWriter:
                              f"got {items.shape}")
         if items.dtype != np.uint8:
             raise ValueError(f"expected uint8 items, got {items.dtype}")
-        encoded = [self.codec.encode(np.ascontiguousarray(item)) for item in items]
+        self.write_encoded(shard, [self.codec.encode(np.ascontiguousarray(item)) for item in items])
+
+    def write_encoded(self, shard: int, encoded: list[bytes]) -> None:
+        """Write already Blosc-encoded items (:func:`blosc_codec` of the array's config) as shard file ``shard``,
+        atomically; an encoder in another process makes the same bytes as :meth:`write_shard`."""
+        if not 1 <= len(encoded) <= self.layout.shard_size:
+            raise ValueError(f"expected 1..{self.layout.shard_size} encoded items, got {len(encoded)}")
         index = np.full((self.layout.shard_size, 2), _EMPTY, dtype="<u8")
         offset = 0
         for j, blob in enumerate(encoded):

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
 
 from histo_bench.errors import HistoBenchError
 from histo_bench.files import discard_dir
@@ -39,6 +38,7 @@ from ingest.disk import writing
 from ingest.locks import WorkLock, create_exclusive
 from ingest.output_guard import refusal, store_format
 from ingest.shards import ShardLayout, ShardWriter
+from ingest.tile_codecs import zarr_codecs
 
 log = logging.getLogger(__name__)
 
@@ -179,21 +179,17 @@ def slide_status(store: str | Path, slide_id: str) -> str:
     return "missing" if problem == "missing" else "partial"
 
 
-def _blosc(clevel: int):
-
-    return BloscCodec(cname="zstd", clevel=clevel, shuffle="bitshuffle")
-
-
 class SlideWriter:
     """Builds one slide group under ``<slide_id>.partial``; :meth:`finalize` renames it into place."""
 
     def __init__(self, store: str | Path, slide_id: str, tile_size: int, *, shard_size: int = 64,
-                 clevel: int = 3) -> None:
+                 clevel: int = 3, codec: str = "blosc-zstd", quality: int = 90) -> None:
         self.store = Path(store)
         self.slide_id = slide_id
         self.tile_size = tile_size
         self.shard_size = shard_size
         self.clevel = clevel
+        self.codec, self.quality = codec, quality  # the default of create_scale (ingest.tile_codecs)
         self.partial = self.store / (slide_id + PARTIAL)
         reason = check_slide_id(slide_id)
         if reason:
@@ -206,24 +202,25 @@ class SlideWriter:
             self.group = zarr.open_group(str(self.partial), mode="w")
         self._writers: dict[str, ShardWriter | None] = {}
 
-    def create_scale(self, label: str, n: int, fields: int = 0) -> None:
-        """Arrays for ``n`` tiles of scale ``label`` (plus ``fields`` concentric views per tile when > 0)."""
+    def create_scale(self, label: str, n: int, fields: int = 0, codec: str | None = None) -> None:
+        """Arrays for ``n`` tiles of scale ``label`` (plus ``fields`` concentric views per tile when > 0), encoded
+        with ``codec`` (:data:`ingest.tile_codecs.TILE_CODECS` but ``auto``; the writer's default when None)."""
         with writing(self.partial):
-            self._create_scale(label, n, fields)
+            self._create_scale(label, n, fields, zarr_codecs(codec or self.codec, self.clevel, self.quality))
 
-    def _create_scale(self, label: str, n: int, fields: int) -> None:
+    def _create_scale(self, label: str, n: int, fields: int, codecs: dict) -> None:
         t = self.tile_size
         cap = max(n, 1)
         shard = min(self.shard_size, cap)
         self.group.require_group("tiles").create_array(
             label, shape=(n, t, t, 3), dtype="uint8", chunks=(1, t, t, 3), shards=(shard, t, t, 3),
-            compressors=_blosc(self.clevel), fill_value=0)
+            fill_value=0, **codecs)
         self.group.require_group("coords").create_array(label, shape=(n, 2), dtype="int64", chunks=(cap, 2))
         self.group.require_group("tissue").create_array(label, shape=(n,), dtype="float32", chunks=(cap,))
         if fields:
             self.group.require_group("multiscale").create_array(
                 label, shape=(n, fields, t, t, 3), dtype="uint8", chunks=(1, fields, t, t, 3),
-                shards=(shard, fields, t, t, 3), compressors=_blosc(self.clevel), fill_value=0)
+                shards=(shard, fields, t, t, 3), fill_value=0, **codecs)
 
     def write_tiles(self, label: str, start: int, tiles: np.ndarray, kind: str = "tiles") -> None:
         """Write ``tiles`` at ``start``; whole shards go straight to their files (:mod:`ingest.shards`)."""
@@ -245,6 +242,20 @@ class SlideWriter:
             tiles, start = tiles[whole:], start + whole
         if len(tiles):
             self.group[name][start:start + len(tiles)] = tiles
+
+    def write_encoded_tiles(self, label: str, start: int, blobs: list[bytes]) -> None:
+        """Write tiles already encoded with the array's codec (e.g. a slide's own JPEG tiles) at ``start``, a
+        shard boundary, as whole shards (the last may be short only at the end of the array)."""
+        name = f"tiles/{label}"
+        if name not in self._writers:
+            self._writers[name] = ShardWriter.open(self.partial / "tiles" / label)
+        fast = self._writers[name]
+        if fast is None or start % fast.layout.shard_size:
+            raise SlideStoreError(f"{name}: encoded tiles must start on a shard of a sharded array")
+        size = fast.layout.shard_size
+        with writing(fast.layout.shard_file(start // size)):
+            for k in range(0, len(blobs), size):
+                fast.write_encoded((start + k) // size, blobs[k:k + size])
 
     def write_meta(self, label: str, coords: np.ndarray, tissue: np.ndarray) -> None:
         with writing(self.partial):

@@ -25,7 +25,7 @@ from histo_bench.files import discard_dir, replace_dir
 from ingest.disk import raise_if_environment, writing
 from ingest.locks import WorkLock
 from ingest.output_guard import refusal, store_format
-from ingest.shards import ShardLayout
+from ingest.shards import ShardLayout, ShardWriter
 from ingest.splits import SplitResult, as_str_array, assert_patient_disjoint
 from ingest.store import FORMAT, FORMAT_VERSION, StoreError, partial_path
 
@@ -93,7 +93,11 @@ class ImageStoreWriter:
                 discard_dir(self.partial)
         if not self.resumed:
             self.group = self._create(zarr, clevel, resume_key)
-        self._buffer: list[tuple[np.ndarray, ImageMeta]] = []
+        shards = ShardWriter.open(self.partial / "images")
+        if shards is None:  # created above in this layout, or checked to be in it by _resume_problem
+            raise StoreError(f"{self.partial / 'images'} is not in the sharded layout this writer makes")
+        self._shards = shards
+        self._buffer: list[tuple[bytes, ImageMeta]] = []
         self._pending_consumed = self.progress["consumed"]
 
     def _resume_problem(self, zarr, resume_key: str) -> str | None:
@@ -150,12 +154,27 @@ class ImageStoreWriter:
     def written(self) -> int:
         return int(self.progress["written"]) + len(self._buffer)
 
+    @property
+    def codec_config(self) -> dict:
+        """The images array's Blosc configuration: what :meth:`add_encoded`'s chunks must be encoded with
+        (:func:`ingest.shards.blosc_codec`)."""
+        return dict(self._shards.layout.blosc)
+
     def add(self, image: np.ndarray, meta: ImageMeta) -> None:
-        """Queue one image (H, W, 3) uint8; full shards are written as they fill."""
+        """Queue one image (H, W, 3) uint8 (encoded here); full shards are written as they fill."""
         if image.shape != (self.height, self.width, 3) or image.dtype != np.uint8:
             raise StoreError(f"image {meta.source} has shape {image.shape} {image.dtype}, "
                              f"store expects ({self.height}, {self.width}, 3) uint8")
-        self._buffer.append((image, meta))
+        self._buffer.append((bytes(self._shards.codec.encode(np.ascontiguousarray(image))), meta))
+
+    def add_encoded(self, blob: bytes, meta: ImageMeta) -> None:
+        """Queue one image already Blosc-encoded with :attr:`codec_config` (by a worker process); the size its
+        Blosc header records must be that of one (H, W, 3) uint8 image."""
+        nbytes = int.from_bytes(blob[4:8], "little") if len(blob) >= 16 else -1
+        if nbytes != self.height * self.width * 3:
+            raise StoreError(f"image {meta.source}: encoded chunk holds {nbytes} bytes, store expects "
+                             f"({self.height}, {self.width}, 3) uint8 = {self.height * self.width * 3}")
+        self._buffer.append((blob, meta))
 
     def consumed(self, n_inputs: int, skipped: list | None = None, converted: list | None = None) -> None:
         """Record that the first ``n_inputs`` inputs are handled; checkpoint whenever a shard is full."""
@@ -177,8 +196,8 @@ class ImageStoreWriter:
     def _write_buffer(self, start: int) -> None:
         if self._buffer:
             stop = start + len(self._buffer)
-            g = self.group
-            g["images"][start:stop] = np.stack([img for img, _ in self._buffer])
+            g = self._arrays()
+            self._shards.write_encoded(start // self.shard_size, [blob for blob, _ in self._buffer])
             metas = [m for _, m in self._buffer]
             g["label"][start:stop] = np.array([m.label for m in metas], dtype=np.int16)
             g["malignant"][start:stop] = np.array([m.malignant for m in metas], dtype=bool)
@@ -190,6 +209,13 @@ class ImageStoreWriter:
             self._buffer = []
         self.progress["consumed"] = self._pending_consumed
         self.group.attrs["progress"] = self.progress  # the checkpoint: only whole shards are ever counted
+
+    def _arrays(self) -> dict[str, Any]:
+        """The metadata arrays, opened once (opening one reads its zarr.json)."""
+        if not hasattr(self, "_meta_arrays"):
+            names = ("label", "malignant", "patient", "magnification", "source", "orig_size")
+            self._meta_arrays = {name: self.group[name] for name in names}
+        return self._meta_arrays
 
     def read_meta(self) -> dict[str, np.ndarray]:
         """The metadata of everything written so far (after a final flush)."""

@@ -2,7 +2,9 @@
 
 For each slide: open it with the first reader that can (cuCIM, OpenSlide, tifffile), build a thumbnail and a
 tissue mask, lay a grid per requested scale, keep the tiles whose tissue fraction reaches the threshold, read only
-those (batched, from the best pyramid level), resize the rest of the way, and write them to the slide store. Each
+those (batched, from the best pyramid level), resize the rest of the way, and write them to the slide store, or,
+where the level's own JPEG tiles are the store's tiles, copy their bytes without decoding (:func:`tile_route`,
+:mod:`ingest.tile_reads`, :mod:`ingest.tile_codecs`). Each
 stage is timed. Any failure of a slide becomes a one-line :class:`SlideResult` error and never stops the other
 slides, except a full disk or a read-only output (:mod:`ingest.disk`), which would fail every slide after it: that
 aborts the run with one error naming the file, and a rerun resumes once there is space.
@@ -11,10 +13,9 @@ aborts the run with one error naming the file, and a rerun resumes once there is
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from scipy.ndimage import binary_erosion
 from histo_bench.errors import ConfigError
 from ingest.disk import raise_if_environment
 from ingest.grid import BaseResolution, Scale, ScaleError, concentric_boxes, grid
-from ingest.readers.base import ReaderError, SlideReader, open_slide
+from ingest.readers.base import DICOM_SUFFIX, ReaderError, SlideReader, open_slide
 from ingest.shards import ShardError
 from ingest.slide_store import (
     PARTIAL,
@@ -38,12 +39,16 @@ from ingest.slide_store import (
     slide_lock,
     slide_status,
 )
+from ingest.tile_codecs import check_codec
+from ingest.tile_copy import JpegTiles, jpeg_tiles
+from ingest.tile_reads import copy_tiles, copyable_level, decode_and_write, read_tiles
+from ingest.tile_reads import resize_batch as resize_batch  # re-exported: its historic home
 from ingest.tissue import MaskError, TissueConfig, detect_tissue, load_mask, tile_fractions
 
 log = logging.getLogger(__name__)
 
 SLIDE_EXTENSIONS = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".scn", ".mrxs", ".vms", ".vmu", ".bif",
-                              ".svslide", ".png", ".jpg", ".jpeg"})
+                              ".svslide", ".png", ".jpg", ".jpeg", DICOM_SUFFIX})
 #: (slide_id, done, total) for the tiles of one slide.
 SlideProgress = Callable[[str, int, int], None]
 
@@ -66,7 +71,11 @@ class TileConfig:
         batch_size: regions per batched read (and per write).
         read_workers: threads the reader may use for a batch (cuCIM's ``num_workers``).
         shard_size: tiles per shard file.
-        clevel: zstd level of the tile store.
+        clevel: Blosc level of the tile store.
+        codec: how tiles are stored (:mod:`ingest.tile_codecs`): ``auto`` (the slide's own JPEG tiles copied
+            where they are the store's tiles, else ``blosc-zstd``), ``blosc-zstd``, ``blosc-lz4`` or ``jpeg``.
+        quality: JPEG quality of tiles the ``jpeg`` codec encodes (copied tiles keep the slide's).
+        write_workers: threads that encode and write tiles while the next batch is read.
         tissue: tissue-detection settings.
         masks: folder of user tissue masks, ``<slide id>.png`` (any size, nonzero = tissue), used instead of
             automatic detection; a slide without one falls back to detection; an unreadable one fails its slide.
@@ -85,6 +94,9 @@ class TileConfig:
     read_workers: int = 2
     shard_size: int = 64
     clevel: int = 1
+    codec: str = "auto"
+    quality: int = 90
+    write_workers: int = 2
     tissue: TissueConfig = field(default_factory=TissueConfig)
     masks: str | None = None
 
@@ -102,8 +114,9 @@ class TileConfig:
             raise ConfigError("tile_size must be >= 16")
         if not 0.0 <= self.tissue_threshold <= 1.0:
             raise ConfigError("tissue_threshold must be in [0, 1]")
-        if self.batch_size < 1 or self.read_workers < 1 or self.shard_size < 1:
-            raise ConfigError("batch_size, read_workers and shard_size must be >= 1")
+        if min(self.batch_size, self.read_workers, self.shard_size, self.write_workers) < 1:
+            raise ConfigError("batch_size, read_workers, write_workers and shard_size must be >= 1")
+        check_codec(self.codec, self.quality)
 
 
 @dataclass
@@ -128,8 +141,11 @@ class SlideResult:
 
 
 class _Timer:
+    """Seconds per stage, summed over threads (writer threads add theirs too)."""
+
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {"open": 0.0, "tissue": 0.0, "read": 0.0, "resize": 0.0, "write": 0.0}
+        self._lock = threading.Lock()
 
     @contextmanager
     def __call__(self, stage: str):
@@ -137,35 +153,29 @@ class _Timer:
         try:
             yield
         finally:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+            with self._lock:
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
 
 
 def slide_id_for(path: Path) -> str:
-    """The store name of a slide: its file name without the extension (spaces and non-ASCII are kept)."""
+    """The store name of a slide: its file name without the extension (spaces and non-ASCII are kept); a DICOM
+    slide (a folder of instances) is named after its folder."""
+    if path.is_dir():
+        return path.name
     return path.name[: -len(path.suffix)] if path.suffix else path.name
 
 
 def find_slides(root: str | Path) -> list[Path]:
-    """Slide files under ``root`` (a file is taken as is), sorted; hidden files are ignored."""
+    """Slide files under ``root`` (a file is taken as is), sorted; hidden files are ignored. The ``.dcm`` instances
+    of a DICOM slide are one slide: the folder that holds them (:func:`ingest.readers.base.dicom_instance`)."""
     root = Path(root)
     if root.is_file():
-        return [root]
+        return [root.parent if root.suffix.lower() == DICOM_SUFFIX else root]
     if not root.is_dir():
         raise ConfigError(f"{root}: no such file or directory")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS
-                  and not p.name.startswith("."))
-
-
-def resize_batch(batch: np.ndarray, size: int) -> np.ndarray:
-    """(N, s, s, 3) -> (N, size, size, 3): exact block averaging for integer factors (Pillow's ``reduce``, ~10x
-    faster than a numpy reshape-mean), Pillow's box filter otherwise."""
-    s = batch.shape[1]
-    if s == size:
-        return batch
-    if s % size == 0:
-        return np.stack([np.asarray(Image.fromarray(t).reduce(s // size)) for t in batch])
-    resample = Image.Resampling.BOX if s > size else Image.Resampling.BILINEAR
-    return np.stack([np.asarray(Image.fromarray(t).resize((size, size), resample)) for t in batch])
+    found = {p.parent if p.suffix.lower() == DICOM_SUFFIX else p for p in root.rglob("*")
+             if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS and not p.name.startswith(".")}
+    return sorted(found)
 
 
 def _scales(reader: SlideReader, config: TileConfig) -> list[Scale]:
@@ -173,52 +183,6 @@ def _scales(reader: SlideReader, config: TileConfig) -> list[Scale]:
                           mpp=config.base_mpp or reader.mpp)
     return ([base.resolve(magnification=m) for m in config.magnifications]
             + [base.resolve(mpp=m) for m in config.mpps])
-
-
-#: At most this many horizontally adjacent tiles are read as one region.
-MAX_RUN = 16
-
-
-def _runs(chunk: list[tuple[int, int]], step0: float | None) -> list[tuple[int, int]]:
-    """(start, length) runs of consecutive tiles in ``chunk`` that touch left-to-right on one row (``step0`` apart
-    in level-0 pixels); every tile is its own run when ``step0`` is None."""
-    runs: list[tuple[int, int]] = []
-    for k, (x, y) in enumerate(chunk):
-        if (step0 is not None and runs and runs[-1][1] < MAX_RUN
-                and chunk[k - 1][1] == y and x - chunk[k - 1][0] == step0):
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((k, 1))
-    return runs
-
-
-def _read_tiles(reader: SlideReader, xys: np.ndarray, downsample: float, config: TileConfig, timer: _Timer):
-    """Yield (start, (N, T, T, 3)) batches of the tiles at level-0 ``xys`` for a scale of ``downsample``.
-
-    Tiles that touch on a row are read as one wider region and cut up: fewer calls, and each JPEG tile of the
-    slide is decoded once instead of once per overlapping tile (the pixels are the same when the level's
-    downsample is a whole number, which is when runs are formed).
-    """
-    level = reader.best_level_for_downsample(downsample)
-    level_ds = reader.levels[level].downsample
-    region = max(1, round(config.tile_size * downsample / level_ds))
-    step0 = region * level_ds if float(level_ds).is_integer() else None
-    for start in range(0, len(xys), config.batch_size):
-        chunk = [(int(x), int(y)) for x, y in xys[start:start + config.batch_size]]
-        runs = _runs(chunk, step0)
-        with timer("read"):
-            batch = np.empty((len(chunk), region, region, 3), np.uint8)
-            by_width: dict[int, list[tuple[int, int]]] = {}
-            for k, n in runs:
-                by_width.setdefault(n, []).append((k, n))
-            for n, group in by_width.items():
-                strips = reader.read_regions([chunk[k] for k, _ in group], (region * n, region), level,
-                                             num_workers=config.read_workers)
-                for (k, _), strip in zip(group, strips, strict=True):
-                    batch[k:k + n] = strip.reshape(region, n, region, 3).transpose(1, 0, 2, 3)
-        with timer("resize"):
-            batch = resize_batch(batch, config.tile_size)
-        yield start, batch
 
 
 def overlay_png(thumbnail: np.ndarray, mask: np.ndarray, boxes: np.ndarray, box_size: float, out: Path) -> Path:
@@ -241,6 +205,20 @@ def overlay_png(thumbnail: np.ndarray, mask: np.ndarray, boxes: np.ndarray, box_
         raise_if_environment(exc, out)
         raise
     return out
+
+
+def tile_route(reader: SlideReader, path: Path, downsample: float, config: TileConfig
+               ) -> tuple[str, JpegTiles | None]:
+    """(store codec, the slide's JPEG tiles to copy or None) for a scale of ``downsample``: the tiles are copied
+    when the codec is ``auto`` or ``jpeg`` and the level read is JPEG-tiled at the tile size with no resize."""
+    level = copyable_level(reader, downsample, config.tile_size)
+    source = None
+    if config.codec in ("auto", "jpeg") and level is not None:
+        lv = reader.levels[level]
+        source = jpeg_tiles(path, lv.width, lv.height, config.tile_size)
+    if source is not None:
+        return "jpeg", source
+    return ("blosc-zstd" if config.codec == "auto" else config.codec), None
 
 
 def tile_slide(path: str | Path, store: str | Path, config: TileConfig, *, overlay_dir: str | Path | None = None,
@@ -327,32 +305,33 @@ def _tile_open_slide(reader: SlideReader, path: Path, sid: str, store: Path, con
         plans.append((scale, np.stack([xs[keep], ys[keep]], axis=1), frac[keep], size0))
     total = sum(len(p[1]) for p in plans) * (1 + (len(config.fields) if config.multiscale else 0))
     with timer("write"):
-        writer = SlideWriter(store, sid, config.tile_size, shard_size=config.shard_size, clevel=config.clevel)
+        writer = SlideWriter(store, sid, config.tile_size, shard_size=config.shard_size, clevel=config.clevel,
+                             quality=config.quality)
         writer.write_thumbnail(thumb, mask)
     done = 0
     scale_attrs = {}
     for k, (scale, xys, frac, size0) in enumerate(plans):
         fields = len(config.fields) if (config.multiscale and k == 0) else 0
+        codec, source = tile_route(reader, path, scale.downsample, config)
         with timer("write"):
-            writer.create_scale(scale.label, len(xys), fields)
+            writer.create_scale(scale.label, len(xys), fields, codec)
             writer.write_meta(scale.label, xys.reshape(-1, 2), frac)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-write") as write_pool:
-            pending: deque[Future] = deque()
-            for start, batch in _read_tiles(reader, xys, scale.downsample, config, timer):
-                # the next batch is read while this one is encoded and written (bounded: two in flight)
-                pending.append(write_pool.submit(_timed_write, timer, writer, scale.label, start, batch))
-                if len(pending) > 2:
-                    pending.popleft().result()
-                done += len(batch)
-                if progress:
-                    progress(sid, done, total)
-            while pending:
-                pending.popleft().result()
+
+        def step(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress:
+                progress(sid, done, total)
+
+        if source is not None:
+            copy_tiles(source, writer, scale.label, xys, scale.downsample, config, timer, step)
+        else:
+            decode_and_write(reader, writer, scale.label, xys, scale.downsample, config, timer, step)
         if fields:
             done = _write_multiscale(reader, writer, scale, xys, size0, config, timer, progress, sid, done, total)
         level = reader.best_level_for_downsample(scale.downsample)
         scale_attrs[scale.label] = {"downsample": scale.downsample, "level": level, "tiles": int(len(xys)),
-                                    "tile_size0": size0}
+                                    "tile_size0": size0, "codec": codec, "copied": source is not None}
         result.tiles[scale.label] = int(len(xys))
     if overlay_dir is not None and plans:
         scale, xys, _, size0 = plans[0]
@@ -374,11 +353,6 @@ def _tile_open_slide(reader: SlideReader, path: Path, sid: str, store: Path, con
                     path, config.tissue_threshold, 100 * float(mask.mean()))
 
 
-def _timed_write(timer: _Timer, writer: SlideWriter, label: str, start: int, batch: np.ndarray) -> None:
-    with timer("write"):
-        writer.write_tiles(label, start, batch)
-
-
 def _write_multiscale(reader, writer, scale, xys, size0, config, timer, progress, sid, done, total) -> int:
     """Concentric fields of view around each tile, batch by batch (memory stays bounded by one batch)."""
     boxes = concentric_boxes(xys[:, 0], xys[:, 1], size0, config.fields)
@@ -386,7 +360,7 @@ def _write_multiscale(reader, writer, scale, xys, size0, config, timer, progress
         views = []
         for k, f in enumerate(config.fields):
             chunk = boxes[start:start + config.batch_size, k]
-            views.extend(batch for _, batch in _read_tiles(reader, chunk, scale.downsample * f, config, timer))
+            views.extend(batch for _, batch in read_tiles(reader, chunk, scale.downsample * f, config, timer))
         stacked = np.stack(views, axis=1)
         with timer("write"):
             writer.write_tiles(scale.label, start, stacked, kind="multiscale")

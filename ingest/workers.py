@@ -77,11 +77,32 @@ def _init_worker(parent_pid: int, initializer: Callable[..., None] | None, inita
 
 
 def process_pool(workers: int, initializer: Callable[..., None] | None = None,
-                 initargs: tuple[Any, ...] = ()) -> ProcessPoolExecutor:
+                 initargs: tuple[Any, ...] = (), preload: tuple[str, ...] = ()) -> ProcessPoolExecutor:
     """A ``ProcessPoolExecutor`` of ``workers`` processes that exit when this process dies (see the module doc);
-    ``initializer(*initargs)`` runs in each worker after its watchdog is set up."""
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp_context(), initializer=_init_worker,
+    ``initializer(*initargs)`` runs in each worker after its watchdog is set up. ``preload`` names modules the
+    forkserver imports once, when it starts, so that each worker forked from it has them already (no effect on a
+    forkserver already running, or with ``spawn``)."""
+    ctx = mp_context()
+    if preload:
+        start_forkserver(preload)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                                initargs=(os.getpid(), initializer, initargs))
+
+
+def start_forkserver(preload: tuple[str, ...] = ()) -> None:
+    """Start the forkserver now, importing ``preload`` in it, so that it starts up beside whatever this process
+    does next (on another core) and every worker forked from it has those modules already. Nothing happens when a
+    forkserver is already running or the start method is ``spawn``; :func:`stop_helpers` stops it."""
+    if start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is not None and getattr(server, "_forkserver_pid", None) is not None:
+        return
+    if preload:
+        mp_context().set_forkserver_preload(list(preload))
+    forkserver.ensure_running()
 
 
 def release_frames(exc: BaseException) -> None:

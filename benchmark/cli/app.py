@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from benchmark.cli.ingest_bench import ingest_bench_command
 from benchmark.cli.studies import explain_command, report_command, suite_command
 from benchmark.cli.train import evaluate_command, models_command, predict_command, train_command
 from histo_bench.command_group import HandledGroup
@@ -38,6 +39,7 @@ app.command("predict")(predict_command)
 app.command("suite")(suite_command)
 app.command("report")(report_command)
 app.command("explain")(explain_command)
+app.command("ingest-bench")(ingest_bench_command)
 
 
 @app.command()
@@ -59,19 +61,44 @@ def env(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead
 
 @app.command("tile-bench")
 def tile_bench(
-    size: Annotated[int, typer.Option(help="Side of the synthetic slide (pixels).")] = 20000,
-    mag: Annotated[float, typer.Option("--mag", help="Target magnification (the slide is 40x).")] = 40,
-    tile_size: Annotated[int, typer.Option(help="Tile side in pixels.")] = 224,
+    slide: Annotated[str, typer.Option(help="synthetic (40x synthetic H&E), real (20x real tissue mirrored to --size), "
+                                       "gigapixel (peak RSS of tiling + MIL features on a streamed slide), or a "
+                                       "slide path.")] = "synthetic",
+    size: Annotated[Optional[int], typer.Option(help="Slide side in pixels (synthetic 20000, real 24000, "
+                                                "gigapixel 100000).")] = None,
+    mag: Annotated[Optional[float], typer.Option("--mag", help="Target magnification (synthetic 40, real 20).")
+                   ] = None,
+    tile_size: Annotated[Optional[int], typer.Option(help="Tile side in pixels (synthetic 224, real 256).")] = None,
+    reader: Annotated[Optional[list[str]], typer.Option(help="Readers to measure (repeatable; default all).")
+                      ] = None,
+    codec: Annotated[Optional[list[str]], typer.Option(
+        help="Tile codecs to measure (repeatable): auto, blosc-zstd, blosc-lz4, jpeg; default auto.")] = None,
+    repeat: Annotated[int, typer.Option(help="Alternating runs of each method; the fastest is reported.")] = 1,
     read_workers: Annotated[int, typer.Option(help="Reader threads per batch.")] = 2,
+    feature_tiles: Annotated[int, typer.Option(help="gigapixel: tiles a resnet34 encodes (all tiles go through "
+                                               "a cheap stand-in encoder).")] = 256,
     workdir: Annotated[Path, typer.Option(help="Where the slide and scratch stores go.")] = Path("data/tile-bench"),
     out: Annotated[Path, typer.Option(help="Where the JSON + Markdown results go.")] = Path("bench_results/tiling"),
 ) -> None:
-    """Tiles/s of `histo-ingest tile` per reader vs a naive OpenSlide read_region + PNG loop, same slide, same run."""
+    """Tiles/s of `histo-ingest tile` per reader and codec vs a naive OpenSlide read_region + PNG loop, same run."""
+    if repeat < 1:
+        fail(f"--repeat {repeat}: must be >= 1")
+    if slide == "gigapixel":
+        from benchmark.gigapixel import run_gigapixel_benchmark
+        from benchmark.gigapixel import save as save_gigapixel
+
+        result = run_gigapixel_benchmark(workdir, size=size or 100_000, feature_tiles=feature_tiles)
+        stdout.print(f"saved to {save_gigapixel(result, out)}")
+        return
     from benchmark.tiling import run_tiling_benchmark, save, to_markdown
 
-    result = run_tiling_benchmark(workdir, size=size, magnification=mag, tile_size=tile_size,
-                                  read_workers=read_workers)
-    path = save(result, out)
+    result = run_tiling_benchmark(workdir, slide=slide, size=size, magnification=mag, tile_size=tile_size,
+                                  readers=tuple(reader) if reader else None, codecs=tuple(codec or ["auto"]),
+                                  read_workers=read_workers, repeat=repeat)
+    path = save(result, out, None if slide == "synthetic" and not codec else
+                f"tiling_{slide if slide in ('real', 'synthetic') else 'file'}_{result['tile_size']}px_"
+                f"{'-'.join(codec or ['auto'])}_{result['machine']['cpus']}cpu_"
+                f"{'gpu' if result['machine']['gpus'] else 'nogpu'}")
     stdout.print(to_markdown(result), markup=False)
     stdout.print(f"saved to {path}")
 

@@ -24,6 +24,10 @@ from histo_bench.registry import Registry
 log = logging.getLogger(__name__)
 
 READERS: Registry[type[SlideReader]] = Registry("slide reader")
+#: DICOM whole-slide images are folders of instances with this suffix, one folder per slide; only OpenSlide (>= 4)
+#: reads them.
+DICOM_SUFFIX = ".dcm"
+DICOM_READERS = ("openslide",)
 #: Rows of the read level decoded at a time when a thumbnail must be built from a large level.
 _THUMB_STRIP = 2048
 
@@ -151,14 +155,40 @@ def available_readers() -> list[str]:
             if READERS.get(n).unavailable() is None]
 
 
+def dicom_instance(path: str | Path) -> Path | None:
+    """The instance to open a DICOM slide by: ``path`` itself when it is a ``.dcm`` file, the first ``.dcm`` file
+    (sorted, not hidden) when it is a folder holding some (OpenSlide finds the series' other instances beside it);
+    else None."""
+    path = Path(path)
+    if path.is_file():
+        return path if path.suffix.lower() == DICOM_SUFFIX else None
+    if not path.is_dir():
+        return None
+    return next((p for p in sorted(path.iterdir()) if p.suffix.lower() == DICOM_SUFFIX and p.is_file()
+                 and not p.name.startswith(".")), None)
+
+
 def open_slide(path: str | Path, reader: str = "auto", *, candidates: Iterable[str] | None = None) -> SlideReader:
     """Open ``path`` with the named reader, or with ``auto``: each available reader in priority order, falling
-    back to the next with the reason logged. Raises :class:`ReaderError` naming the file and every reason."""
+    back to the next with the reason logged. A DICOM slide (a folder of ``.dcm`` instances, or one of them) goes
+    to the readers that read DICOM (:data:`DICOM_READERS`) only. Raises :class:`ReaderError` naming the file and
+    every reason."""
     import ingest.readers  # noqa: F401 - registers the backends
 
     path = Path(path)
     if not path.exists():
         raise ReaderError(f"{path}: no such file")
+    if dicom_instance(path) is not None:
+        if reader not in ("auto", *DICOM_READERS):
+            raise ReaderError(f"{path}: a DICOM slide; reader {reader!r} cannot read DICOM (use "
+                              f"{' or '.join(DICOM_READERS)}, or auto)")
+        usable = [n for n in DICOM_READERS if READERS.get(n).unavailable() is None]
+        if not usable:
+            why = "; ".join(f"{n}: {READERS.get(n).unavailable()}" for n in DICOM_READERS)
+            raise ReaderError(f"{path}: a DICOM slide needs OpenSlide >= 4 ({why})")
+        candidates = [n for n in (candidates or usable) if n in usable]
+    elif path.is_dir():
+        raise ReaderError(f"{path}: a folder, and not a DICOM slide (no {DICOM_SUFFIX} files in it)")
     if reader != "auto":
         cls = READERS.get(reader)
         why = cls.unavailable()

@@ -1,5 +1,6 @@
 """OpenSlide backend (``pip install openslide-python openslide-bin``): Aperio, Hamamatsu, Leica, MIRAX, Philips,
-Sakura, Trestle, Ventana and generic tiled TIFF."""
+Sakura, Trestle, Ventana, generic tiled TIFF and (OpenSlide >= 4) DICOM: a DICOM slide is opened by its folder of
+instances (or any one of them)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,26 @@ from pathlib import Path
 import numpy as np
 
 from histo_bench.optional import missing_modules
-from ingest.readers.base import READERS, Level, ReaderError, SlideReader, one_line, positive_float, to_rgb
+from ingest.readers.base import (
+    READERS,
+    Level,
+    ReaderError,
+    SlideReader,
+    dicom_instance,
+    one_line,
+    positive_float,
+    to_rgb,
+)
 
 log = logging.getLogger(__name__)
 
 
+def _library_major(openslide) -> int:
+    """The major version of the OpenSlide C library that openslide-python loaded (0 when unknown)."""
+    try:
+        return int(str(openslide.__library_version__).split(".")[0])
+    except (AttributeError, ValueError):
+        return 0
 
 @READERS.register("openslide")
 class OpenSlideReader(SlideReader):
@@ -35,8 +51,12 @@ class OpenSlideReader(SlideReader):
             import openslide
         except Exception as exc:  # the shared library itself may be missing
             raise ReaderError(f"{self.path}: cannot load OpenSlide: {one_line(exc)}") from None
+        dicom = dicom_instance(self.path)
+        if dicom is not None and _library_major(openslide) < 4:
+            raise ReaderError(f"{self.path}: DICOM needs OpenSlide >= 4 (this is {openslide.__library_version__}; "
+                              "pip install -U openslide-bin)")
         try:
-            self._slide = openslide.OpenSlide(str(self.path))
+            self._slide = openslide.OpenSlide(str(dicom or self.path))
         except Exception as exc:  # OpenSlideUnsupportedFormatError, OpenSlideError, OSError
             raise ReaderError(f"{self.path}: {one_line(exc)}") from None
         try:

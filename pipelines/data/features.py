@@ -30,6 +30,10 @@ from pipelines.data.augment import normalize
 
 log = logging.getLogger(__name__)
 
+#: On the CPU a feature batch holds at most this many pixels (32 tiles of 256 px): a resnet34 batch of 64 such
+#: tiles peaks above 1.5 GB of RSS, 32 stay near 1.2 GB (bench_results/tiling/gigapixel_2cpu.md).
+CPU_BATCH_PIXELS = 32 * 256 * 256
+
 
 def features_key(slide_id: str, scale: str, extractor: str) -> str:
     return f"{slide_id}/features/{scale}/{extractor}"
@@ -120,12 +124,16 @@ def _compute_and_cache(store_path, slide_id, scale, extractor, *, weights, pretr
     if model is None:
         model, _ = feature_extractor(extractor, pretrained=pretrained, weights=weights)
     model = model.to(device).eval()
-    chunks = []
-    with torch.inference_mode():
+    if str(device).startswith("cpu"):  # host memory: a batch's activations are bounded, whatever the tile size
+        batch_size = max(1, min(batch_size, CPU_BATCH_PIXELS // max(1, tiles.shape[1] * tiles.shape[2])))
+    feats = np.zeros((0, 0), np.float16)
+    with torch.inference_mode():  # filled in place: memory is the float16 result plus one batch, whatever N
         for start in range(0, tiles.shape[0], batch_size):
             batch = torch.from_numpy(tiles[start:start + batch_size]).to(device).permute(0, 3, 1, 2)
-            chunks.append(model(normalize(batch.float() / 255.0)).float().cpu().numpy())
-    feats = (np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)).astype(np.float16)
+            out = model(normalize(batch.float() / 255.0)).float().cpu().numpy()
+            if start == 0:
+                feats = np.empty((tiles.shape[0], out.shape[1]), np.float16)
+            feats[start:start + len(out)] = out
     _write_features(group, Path(store_path), slide_id, scale, extractor, feats, identity)
     log.debug("%s: %d tile features (%s, %d-d) cached", slide_id, len(feats), extractor, feats.shape[1])
     return feats.astype(np.float32)  # the same values a later read of the cache gives

@@ -118,3 +118,26 @@ def test_store_random_reads_beat_png_folder(dataset, record_property):
     record_property("store_vs_png_speedup", round(ratio, 2))
     assert np.array_equal(read_store(store, np.arange(4)), read_pngs(pngs, np.arange(4)))
     assert ratio >= 3.0, f"store random reads only {ratio:.1f}x faster than the PNG folder"
+
+
+def test_bench_ingest_against_pure_decode(benchmark, tmp_path, record_property):
+    """``histo-ingest breakhis`` wall time over a Pillow-only decode of the same files with the same two processes,
+    alternating in one run (:mod:`benchmark.ingest_speed`), on real BreakHis pixels when the sample is present (its
+    12 images copied 24 times under new patients: 288 images), else on the synthetic tree. The README's figure is
+    from ``histo-bench ingest-bench`` on 432 real images. The guard (2.5x) catches a return to the old serial path
+    (3.4x in the same run on the same machine); the goal of 1.2x is not reached yet (1.6-1.8x measured)."""
+    from benchmark.ingest_speed import IngestBenchConfig, measure, replicate_breakhis
+    from tests.conftest import REAL_BREAKHIS
+
+    if REAL_BREAKHIS.exists():
+        root = tmp_path / "tree"
+        replicate_breakhis(REAL_BREAKHIS, root, 24)
+    else:
+        root = tmp_path / "tree"
+        generate_tree(root, SyntheticConfig(patients_per_class=3, images_per_magnification=3), workers=2)
+    config = IngestBenchConfig(root=str(root), workdir=str(tmp_path / "work"), workers=2, repeats=2)
+    result = benchmark.pedantic(measure, args=(config,), rounds=1, iterations=1)
+    benchmark.extra_info.update(result.to_dict())
+    record_property("ingest_over_decode", round(result.ratio, 3))
+    print(f"\ningest/decode wall {result.ratio:.2f}x (CPU {result.cpu_ratio:.2f}x) on {result.images} images")
+    assert result.ratio <= 2.5, f"ingest takes {result.ratio:.2f}x the time of decoding the same files"

@@ -1,0 +1,170 @@
+"""``histo-ingest breakhis`` against pure decoding, measured in one run: the ingest's overhead as a ratio.
+
+The baseline decodes every image of the tree with Pillow and nothing else (``np.asarray(Image.open(p).convert(
+"RGB"))``) in a pool of the same number of processes; the ingest is the real command (``python -m ingest.cli
+breakhis ROOT --out STORE --workers N``, a fresh store each time). Both run as subprocesses, so both include their
+interpreter start, and they alternate (decode, ingest, decode, ...) so a load change on the machine hits both. CPU
+time is that of each subprocess and its reaped descendants (``RUSAGE_CHILDREN``). The ratio reported is the
+minimum ingest wall over the minimum decode wall (noise only ever adds time), with the spread of every run.
+
+:func:`replicate_breakhis` makes a large tree from a few real images (new patient ids and sequence numbers, real
+BreakHis naming), for measuring on real pixels without committing data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from histo_bench.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestBenchConfig:
+    """What ``histo-bench ingest-bench`` measures.
+
+    Attributes:
+        root: the BreakHis tree to ingest (decoded by the baseline too).
+        workdir: scratch folder for the stores (emptied per run).
+        workers: processes for both the decode baseline and the ingest (``--workers``).
+        repeats: decode/ingest pairs, alternating.
+    """
+
+    root: str
+    workdir: str = "data/ingest-bench"
+    workers: int = 2
+    repeats: int = 3
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError("workers must be >= 1")
+        if self.repeats < 1:
+            raise ConfigError("repeats must be >= 1")
+
+
+@dataclass
+class IngestBenchResult:
+    """Wall and CPU seconds of every run, and the ratio of the fastest of each."""
+
+    images: int
+    workers: int
+    decode_wall: list[float] = field(default_factory=list)
+    decode_cpu: list[float] = field(default_factory=list)
+    ingest_wall: list[float] = field(default_factory=list)
+    ingest_cpu: list[float] = field(default_factory=list)
+    load_before: float = 0.0
+    load_after: float = 0.0
+
+    @property
+    def ratio(self) -> float:
+        """Fastest ingest wall / fastest decode wall (the goal is <= 1.2)."""
+        return min(self.ingest_wall) / min(self.decode_wall)
+
+    @property
+    def cpu_ratio(self) -> float:
+        return min(self.ingest_cpu) / min(self.decode_cpu)
+
+    def to_dict(self) -> dict:
+        return {"images": self.images, "workers": self.workers, "ratio": round(self.ratio, 3),
+                "cpu_ratio": round(self.cpu_ratio, 3), "decode_wall": self.decode_wall, "decode_cpu": self.decode_cpu,
+                "ingest_wall": self.ingest_wall, "ingest_cpu": self.ingest_cpu,
+                "load_before": self.load_before, "load_after": self.load_after}
+
+
+def image_files(root: str | Path) -> list[str]:
+    """The image files the baseline decodes: every PNG/JPEG/TIFF under ``root``, sorted."""
+    exts = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+    return sorted(str(p) for p in Path(root).rglob("*") if p.suffix.lower() in exts and p.is_file())
+
+
+def _decode_one(path: str) -> int:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return int(np.asarray(im.convert("RGB")).shape[0])
+
+
+def decode_tree(root: str, workers: int) -> int:
+    """The baseline: decode every image under ``root`` with Pillow in ``workers`` processes; returns the count."""
+    import multiprocessing
+
+    files = image_files(root)
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:  # direct children: their CPU is counted
+        done = sum(1 for _ in pool.imap_unordered(_decode_one, files, chunksize=4))
+    return done
+
+
+def _timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds of one subprocess and its reaped descendants; raises if it fails."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode not in (0, 3):  # 3: written, some files skipped
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return wall, cpu
+
+
+def measure(config: IngestBenchConfig, progress: Callable[[str], None] | None = None) -> IngestBenchResult:
+    """Alternate the decode baseline and the ingest ``config.repeats`` times; see the module doc."""
+    root = Path(config.root).resolve()
+    work = Path(config.workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    repo = Path(__file__).resolve().parents[1]
+    result = IngestBenchResult(images=len(image_files(root)), workers=config.workers,
+                               load_before=round(os.getloadavg()[0], 2))
+    decode = [sys.executable, "-c", f"from benchmark.ingest_speed import decode_tree; "
+                                    f"decode_tree({str(root)!r}, {config.workers})"]
+    for r in range(config.repeats):
+        wall, cpu = _timed(decode, repo)
+        result.decode_wall.append(round(wall, 3))
+        result.decode_cpu.append(round(cpu, 3))
+        store = work / "store.zarr"
+        shutil.rmtree(store, ignore_errors=True)
+        wall, cpu = _timed([sys.executable, "-m", "ingest.cli", "-q", "breakhis", str(root), "--out", str(store),
+                            "--workers", str(config.workers)], repo)
+        result.ingest_wall.append(round(wall, 3))
+        result.ingest_cpu.append(round(cpu, 3))
+        line = (f"run {r + 1}/{config.repeats}: decode {result.decode_wall[-1]:.2f} s, ingest "
+                f"{result.ingest_wall[-1]:.2f} s ({result.ingest_wall[-1] / result.decode_wall[-1]:.2f}x)")
+        log.debug(line)
+        if progress:
+            progress(line)
+    shutil.rmtree(work / "store.zarr", ignore_errors=True)
+    result.load_after = round(os.getloadavg()[0], 2)
+    return result
+
+
+def replicate_breakhis(src: str | Path, out: str | Path, copies: int) -> int:
+    """Copy every BreakHis image under ``src`` ``copies`` times into a new original-layout tree at ``out``, each
+    copy under a new patient id (six images per patient) and sequence number; returns the number of files."""
+    from ingest.breakhis_names import CLASS_TO_CODE, parse_name, tumour_group
+
+    out = Path(out)
+    n = 0
+    for k, path in enumerate(sorted(Path(src).rglob("*.png"))):
+        name = parse_name(path.name)
+        group = tumour_group(name.class_name)
+        code, mag = CLASS_TO_CODE[name.class_name], name.magnification[:-1]
+        for c in range(copies):
+            patient = f"14-{70000 + k * 1000 + c // 6}"
+            prefix = f"SOB_{group[0].upper()}_{code}"
+            folder = (out / "BreaKHis_v1" / "histology_slides" / "breast" / group / "SOB" / name.class_name
+                      / f"{prefix}_{patient}" / f"{mag}X")
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, folder / f"{prefix}-{patient}-{mag}-{c % 6 + 1:03d}.png")
+            n += 1
+    return n

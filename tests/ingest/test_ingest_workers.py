@@ -1,0 +1,63 @@
+"""The parallel ingest path: workers decode *and* compress, the writer only moves bytes. The store it makes is the
+one the in-process path makes (byte for byte), zarr reads it, the fast PNG decoder gives Pillow's pixels, and no
+process is left running once ``ingest_breakhis`` (the library call, not only the CLI) has returned."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import zarr
+from PIL import Image
+
+from ingest.breakhis import IngestConfig, ingest_breakhis
+from ingest.decode import _fast_png, decode_file, read_size
+from ingest.store import ImageStore
+from tests.ingest import procs
+
+
+def test_workers_write_the_store_the_single_process_path_writes(tiny_tree, tmp_path):
+    one, two = tmp_path / "one.zarr", tmp_path / "two.zarr"
+    ingest_breakhis(IngestConfig(root=str(tiny_tree), out=str(one), workers=1, shard_size=8))
+    ingest_breakhis(IngestConfig(root=str(tiny_tree), out=str(two), workers=2, shard_size=8))
+    a, b = procs.store_digest(one), procs.store_digest(two)
+    a = {k: v for k, v in a.items() if k != "zarr.json"}  # the root attrs hold the config (workers differ)
+    b = {k: v for k, v in b.items() if k != "zarr.json"}
+    assert a == b, procs.diff(a, b)
+    store = ImageStore(two)
+    images = zarr.open_group(str(two), mode="r")["images"][:]  # zarr's own reader agrees with the direct one
+    assert np.array_equal(images, store.read(np.arange(len(store))))
+    src = np.stack([np.asarray(Image.open(tiny_tree / s).convert("RGB")) for s in store.source()])
+    assert np.array_equal(images, src)
+
+
+def test_fast_png_path_gives_pillows_pixels(real_breakhis, tmp_path):
+    path = sorted(real_breakhis.rglob("*.png"))[0]
+    data = path.read_bytes()
+    fast = _fast_png(data)
+    assert fast is not None
+    assert np.array_equal(fast, np.asarray(Image.open(path).convert("RGB")))
+    assert read_size(str(path)) == fast.shape[:2]
+    interlaced = tmp_path / "i.png"  # Adam7: decoded by libspng too, same pixels
+    Image.fromarray(fast[:40, :60]).save(interlaced, interlace=1)
+    assert np.array_equal(decode_file(str(interlaced), (40, 60), False).image, fast[:40, :60])
+
+
+def test_library_ingest_leaves_no_process_behind(tiny_tree, tmp_path):
+    """After ``ingest_breakhis`` returns inside a long-lived process, that process has no children left (no pool
+    worker, no forkserver, no resource tracker)."""
+    script = textwrap.dedent(f"""
+        import psutil
+        from ingest.breakhis import IngestConfig, ingest_breakhis
+        ingest_breakhis(IngestConfig(root={str(tiny_tree)!r}, out={str(tmp_path / 's.zarr')!r}, workers=2))
+        import gc, time
+        gc.collect()  # the finished pool's queues are finalised: that must not restart a helper either
+        time.sleep(0.3)
+        kids = psutil.Process().children(recursive=True)
+        print("CHILDREN", [(p.pid, " ".join(p.cmdline())[:120]) for p in kids if p.status() != "zombie"])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "CHILDREN []" in proc.stdout, proc.stdout
