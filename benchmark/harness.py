@@ -8,6 +8,7 @@ Every number is per batch: ``latency_*_ms`` is the time of one call on a batch o
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ class TimingConfig:
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.min_iters < 3:
             raise ConfigError("warmup must be >= 0 and min_iters >= 3 (p99 of fewer calls means nothing)")
+        if not (math.isfinite(self.min_time_s) and math.isfinite(self.max_time_s)):
+            raise ConfigError(f"--min-time {self.min_time_s} / --max-time {self.max_time_s}: not finite numbers")
         if self.min_time_s < 0 or self.max_time_s <= 0:
             raise ConfigError(f"--min-time {self.min_time_s:g} / --max-time {self.max_time_s:g}: times must be "
                               "positive (--min-time may be 0)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.util
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path, PurePath
@@ -37,6 +38,7 @@ def config_from(cls, fields: Mapping[str, str], given: Mapping[str, Any], **pars
     strings and lists as tuples; an option left out keeps the field's default. ``parsed`` holds options the command
     converted itself (option -> value), e.g. a comma list split into a tuple."""
     values = {**given, **parsed}
+    check_finite(values)
     kwargs = {}
     for option, name in fields.items():
         value = values.get(option)
@@ -44,6 +46,14 @@ def config_from(cls, fields: Mapping[str, str], given: Mapping[str, Any], **pars
             continue
         kwargs[name] = str(value) if isinstance(value, PurePath) else tuple(value) if isinstance(value, list) else value
     return cls(**kwargs)
+
+
+def check_finite(options: Mapping[str, Any]) -> None:
+    """Fail on a float option given as ``nan`` or ``inf`` (click's FLOAT parses both; no size, time or rate means
+    anything there)."""
+    for option, value in options.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            fail(f"--{option.replace('_', '-')} {value}: not a finite number")
 
 
 def field_help(where: str, name: str, more: str = "") -> str:

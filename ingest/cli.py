@@ -231,15 +231,9 @@ def _print_info(path: Path, patients: bool = False) -> None:
 
 
 def main() -> None:
-    from ingest.workers import release_frames, stop_helpers
+    from ingest.workers import run_app
 
-    try:
-        app()
-    except SystemExit as exc:  # a finished command, or one that ended on an error (printed in one line)
-        release_frames(exc)  # a pool it aborted is finalised before its helpers are stopped
-        raise
-    finally:
-        stop_helpers()  # no forkserver or resource tracker outlives the command
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -205,7 +205,8 @@ def _result_or_failure(fut, path: Path) -> SlideResult:
     try:
         return fut.result()
     except Exception as exc:
-        failure = environment_failure(exc, path)
+        # the file being written when the worker says which, else the slide (whose output could not be written)
+        failure = environment_failure(exc, getattr(exc, "filename", None) or path)
         if failure is not None:
             raise failure from None
         return SlideResult(path=str(path), slide_id=slide_id_for(path), status="failed",

@@ -122,6 +122,19 @@ def release_frames(exc: BaseException) -> None:
     gc.collect()
 
 
+def run_app(app: Callable[[], Any]) -> None:
+    """Run a CLI app (``histo-ingest``, ``histo-bench``) as a command: on the way out, pools and loader workers the
+    command left are finalised (:func:`release_frames`) and then no forkserver or resource tracker outlives it
+    (:func:`stop_helpers`)."""
+    try:
+        app()
+    except SystemExit as exc:  # a finished command, or one that ended on an error (printed in one line)
+        release_frames(exc)
+        raise
+    finally:
+        stop_helpers()
+
+
 def stop_helpers() -> None:
     """Stop multiprocessing's forkserver and resource tracker if this process started them (they would otherwise
     linger until the interpreter exits). Called by the CLIs when a command ends; it does nothing while a child

@@ -256,12 +256,9 @@ def compare(
 
 
 def main() -> None:
-    from ingest.workers import stop_helpers
+    from ingest.workers import run_app
 
-    try:
-        app()
-    finally:
-        stop_helpers()  # no forkserver or resource tracker outlives the command
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from histo_bench.command_options import fail
+from histo_bench.command_options import check_finite, fail
 from histo_bench.console import stdout
 
 
@@ -87,6 +87,7 @@ def train_command(
 
     given = {name: str(value) if isinstance(value, Path) else value for name, value in arguments.items()
              if name != "model" and value is not None}
+    check_finite(given)
     plan = plan_training(model, given)
     with progress_bar(f"training {model}") as bar:
         def step(epoch: int, done: int, total: int, loss: float) -> None:

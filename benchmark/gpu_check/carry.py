@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 LIMIT_MIB = 60.0
 WHEEL_DIRS = (".whl/zarr", ".whl/cucim")
-#: The wheels ``../shared/tools/device-wheels.sh`` downloaded (2026-12-02), with their sizes in bytes.
+#: The wheels ``make gpu-wheels`` downloaded (2026-12-02, versions pinned by constraints.txt), sizes in bytes.
 MANIFEST = Path(__file__).with_name("wheels.txt")
 #: Distribution -> wheel folder: what the device machine lacks and the check needs.
 REQUIRED = {"zarr": ".whl/zarr", "numcodecs": ".whl/zarr", "donfig": ".whl/zarr", "msgspec": ".whl/zarr",
@@ -123,7 +123,7 @@ def read_manifest(path: Path = MANIFEST) -> dict[str, int]:
 
 def write_manifest(root: Path, path: Path = MANIFEST) -> Path:
     """Record the sizes of the wheels now in the wheel folders (after ``make gpu-wheels``)."""
-    lines = ["# wheels of .whl/zarr and .whl/cucim (../shared/tools/device-wheels.sh): <bytes> <file name>"]
+    lines = ["# wheels of .whl/zarr and .whl/cucim (make gpu-wheels): <bytes> <file name>"]
     for d in WHEEL_DIRS:
         lines += [f"{p.stat().st_size} {p.name}" for p in sorted((root / d).glob("*.whl"))]
     path.write_text("\n".join(lines) + "\n")

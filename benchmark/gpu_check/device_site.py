@@ -43,7 +43,7 @@ transformers treescope triton typer typing-extensions typing-inspect urllib3 uvl
 wrapt xarray xxhash yarl zipp
 """.split())
 
-#: What the GPU check carries as wheels (``.whl/zarr``, ``.whl/cucim``; ``../shared/tools/device-wheels.sh``).
+#: What the GPU check carries as wheels (``.whl/zarr``, ``.whl/cucim``; ``make gpu-wheels``).
 CARRIED_DISTRIBUTIONS: frozenset[str] = frozenset(
     {"zarr", "numcodecs", "donfig", "msgspec", "crc32c", "google-crc32c", "cucim-cu13", "nvidia-nvimgcodec-cu13",
      "lazy-loader"})

@@ -9,7 +9,11 @@ read-only folder or a full disk mount a tmpfs and skip where this user may not m
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +146,9 @@ def _option_cases() -> dict[str, Case]:
                            r"max.images"),
         "--steps 0": ("loader-bench --model tiny_cnn_test --data {img.zarr} --steps 0 --device cpu --out {out}",
                       r"steps"),
+        "--lr nan": ("train --model tiny_cnn_test --data {img.zarr} --lr nan --out {out}", r"--lr nan: not a finite"),
+        "--max-time inf": ("run --model tiny_cnn_test --checkpoint {cls/best.pt} --max-time inf --out {out}",
+                           r"--max-time inf: not a finite"),
         "unknown model": ("train --model resnet_nope --data {img.zarr} --out {out}", r"resnet_nope"),
         "unknown magnification": ("evaluate --checkpoint {cls/best.pt} --data {img.zarr} --mag 37X", r"37X"),
         "unknown split": ("evaluate --checkpoint {cls/best.pt} --data {img.zarr} --split nope", r"nope"),
@@ -178,6 +185,7 @@ def _ingest_cases() -> dict[str, Case]:
         "tile: --mag -5": ("tile {slides} --mag -5 --out {out}", r"--mag -5: .* must be > 0"),
         "tile: --mpp 0": ("tile {slides} --mpp 0 --out {out}", r"--mpp 0: .* must be > 0"),
         "tile: --base-mag -1": ("tile {slides} --base-mag -1 --out {out}", r"--base-mag -1: must be > 0"),
+        "tile: --tissue-threshold nan": ("tile {slides} --tissue-threshold nan --out {out}", r"not a finite"),
         "tile: --tissue-threshold 2": ("tile {slides} --tissue-threshold 2 --out {out}", r"tissue.threshold"),
         "demo: --patients-per-class 0": ("demo --patients-per-class 0 --out {out}", r"patients"),
         "demo: --images -1": ("demo --images -1 --out {out}", r"images"),
@@ -233,12 +241,18 @@ def _argv(case: Case, world: World, out: Path, special: dict[str, Path]) -> list
     return [re.sub(r"\{([^{}]+)\}", fill, word) for word in case.args.split()]
 
 
-def _looks_complete(out: Path) -> list[str]:
-    """Files under ``out`` that a finished command leaves (a run's ``complete`` marker, a checkpoint, results)."""
-    if not out.exists():
-        return []
+def _looks_complete(folders: list[Path]) -> list[str]:
+    """What a finished command leaves under ``folders``: a run's ``complete`` marker, a checkpoint, results, or a
+    store whose attributes say it is complete."""
     finished = {"complete", "best.pt", "predictions.csv", "report.md", "results.jsonl", "explain.json"}
-    return sorted(str(p) for p in out.rglob("*") if p.name in finished)
+    found = []
+    for folder in (f for f in folders if f.exists()):
+        for path in folder.rglob("*"):
+            if path.name in finished:
+                found.append(str(path))
+            elif path.name == "zarr.json" and json.loads(path.read_text()).get("attributes", {}).get("complete"):
+                found.append(str(path.parent))
+    return sorted(found)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -256,6 +270,7 @@ def test_bad_input_is_one_line_error(name, world, tmp_path):
         out = tmp_path / "out"
         argv = _argv(case, world, out, special)
         result = CliRunner().invoke(bench_app if case.cli == "bench" else ingest_app, argv)
+        left = _looks_complete([out, *special.values()])  # before the mounts go
     text = result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), (
         f"{' '.join(argv)} raised {result.exception!r}\n{text}")
@@ -265,7 +280,7 @@ def test_bad_input_is_one_line_error(name, world, tmp_path):
     if case.code == EXIT_ERROR:
         assert len(errors) == 1, f"{' '.join(argv)}: want one error line\n{text}"
         assert re.search(case.reason, errors[0]), f"{errors[0]!r} does not match {case.reason!r}"
-        assert not _looks_complete(out), _looks_complete(out)
+        assert not left, left
     else:  # some inputs skipped: each reported on one line, the others done
         assert re.search(case.reason, text), text
 
@@ -274,3 +289,23 @@ def test_the_catalogue_covers_at_least_thirty_kinds():
     """Kinds = the distinct bad inputs (a case name up to its arrow), each fed to every command that takes it."""
     kinds = {name.split(" -> ")[0] for name in CASES}
     assert len(kinds) >= 30, sorted(kinds)
+
+
+REAL_ENTRY_CASES = {  # through the installed console scripts: what main() prints on the way out is checked too
+    "histo-bench: a truncated checkpoint": ("histo-bench", "evaluate --checkpoint {truncated.pt} --data {img.zarr}"),
+    "histo-ingest: a missing shard": ("histo-ingest", "info {missing_shard.zarr}"),
+    "histo-ingest: a bomb and a truncated PNG, the rest ingested": ("histo-ingest", "breakhis {bomb_tree} --out {out}"),
+}
+
+
+@pytest.mark.parametrize("name", list(REAL_ENTRY_CASES))
+def test_the_real_entry_points_print_one_line_and_nothing_at_exit(name, world, tmp_path):
+    script, args = REAL_ENTRY_CASES[name]
+    argv = _argv(Case("bench", args, ""), world, tmp_path / "out", {})
+    proc = subprocess.run([str(Path(sys.executable).parent / script), *argv], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "COLUMNS": "200"})
+    text = proc.stdout + proc.stderr
+    assert proc.returncode in (EXIT_ERROR, EXIT_SKIPPED), text
+    assert "Traceback" not in text and "leaked" not in text and "Exception ignored" not in text, text
+    if proc.returncode == EXIT_ERROR:
+        assert len([line for line in text.splitlines() if line.startswith("error:")]) == 1, text
