@@ -58,7 +58,7 @@ def remove_stray_temporaries(folder: str | Path) -> list[Path]:
     removed = []
     for tmp in sorted(Path(folder).glob(".*.tmp")):
         match = _STRAY.fullmatch(tmp.name)
-        if match is None or _alive(int(match["pid"])):
+        if match is None or pid_alive(int(match["pid"])):
             continue
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -66,14 +66,19 @@ def remove_stray_temporaries(folder: str | Path) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's live process
+    except PermissionError:  # alive, owned by another user
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2:].split()[0] not in ("Z", "X")
+    except (OSError, ValueError, IndexError):
         return True
-    return True
 
 
 def append_line(path: str | Path, line: str) -> None:

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from histo_bench.errors import HistoBenchError
+from histo_bench.files import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +66,6 @@ def _process_start(pid: int) -> int | None:
         return int(stat[stat.rindex(")") + 2:].split()[19])
     except (ValueError, IndexError):
         return None
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rindex(")") + 2:].split()[0] not in ("Z", "X")
-    except (OSError, ValueError, IndexError):
-        return True
 
 
 def _machine_id() -> str:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from ingest.locks import pid_alive
+from histo_bench.files import pid_alive
 
 log = logging.getLogger(__name__)
 

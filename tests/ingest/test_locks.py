@@ -11,6 +11,7 @@ from dataclasses import asdict, replace
 
 import pytest
 
+from histo_bench.files import pid_alive
 from ingest import locks
 from ingest.locks import LockBusy, LockOwner, WorkLock, read_owner
 from ingest.workers import mp_context
@@ -130,7 +131,7 @@ def test_a_zombie_holder_is_dead():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     time.sleep(0.5)  # exited, not reaped: a zombie
     try:
-        assert not locks.pid_alive(proc.pid)
+        assert not pid_alive(proc.pid)
     finally:
         proc.wait()
 
