@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,3 +56,18 @@ def writing(path: str | Path) -> Iterator[None]:
     except OSError as exc:
         raise_if_environment(exc, path)
         raise
+
+
+#: zarr's LocalStore writes a chunk to ``<chunk>.<uuid4 hex>.partial`` and renames it: a kill in between leaves one.
+_ZARR_TEMPORARY = re.compile(r".+\.[0-9a-f]{32}\.partial")
+
+
+def remove_zarr_temporaries(root: str | Path) -> int:
+    """Delete the half-written chunk files a killed zarr write left under ``root`` (only zarr's own temporary names;
+    call it only where this process is the store's one writer). Returns how many were removed."""
+    removed = 0
+    for path in Path(root).rglob("*.partial"):
+        if path.is_file() and _ZARR_TEMPORARY.fullmatch(path.name):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed

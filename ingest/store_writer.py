@@ -22,7 +22,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from histo_bench.files import discard_dir, replace_dir
-from ingest.disk import raise_if_environment, writing
+from ingest.disk import raise_if_environment, remove_zarr_temporaries, writing
 from ingest.locks import WorkLock
 from ingest.output_guard import refusal, store_format
 from ingest.shards import ShardLayout, ShardWriter
@@ -87,7 +87,9 @@ class ImageStoreWriter:
                 self.group = zarr.open_group(str(self.partial), mode="r+")
                 self.progress = dict(self.group.attrs["progress"])
                 self.resumed = True
-                log.info("resuming %s: %d inputs already done", self.partial, self.progress["consumed"])
+                stray = remove_zarr_temporaries(self.partial)  # we hold the store's lock: nobody else writes it
+                log.info("resuming %s: %d inputs already done%s", self.partial, self.progress["consumed"],
+                         f" ({stray} half-written chunk file(s) of the killed run removed)" if stray else "")
             else:
                 log.warning("discarding the partial store %s: %s", self.partial, problem)
                 discard_dir(self.partial)

@@ -153,3 +153,19 @@ def test_a_read_only_output_is_one_line_for_breakhis_tile_and_demo(tree, slides,
             line = one_error(runner.invoke(app, args))
             assert str(ro / name) in line and "Read-only file system" in line, line
         assert not list(ro.iterdir())
+
+
+def test_a_resumed_ingest_drops_the_chunk_file_a_killed_zarr_write_left(tmp_path):
+    """zarr writes ``<chunk>.<uuid4 hex>.partial`` then renames it; a SIGKILL in between leaves it (seen once in
+    the SIGKILL-mid-ingest test). Only those names go: a slide's ``<id>.partial`` folder and other files stay."""
+    from ingest.disk import remove_zarr_temporaries
+
+    stray = tmp_path / "malignant" / "c" / "0.d3a708634c7f474995c9fe98a52428ca.partial"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"")
+    kept = [tmp_path / "malignant" / "c" / "0", tmp_path / "notes.partial", tmp_path / "s0.partial" / "zarr.json"]
+    for path in kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    assert remove_zarr_temporaries(tmp_path) == 1
+    assert not stray.exists() and all(path.exists() for path in kept)
