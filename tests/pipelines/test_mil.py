@@ -40,14 +40,17 @@ def test_features_are_cached_in_the_store(slide_store):
     assert np.array_equal(again, feats)
 
 
-def test_feature_caching_is_one_process_at_a_time_and_atomic(slide_store):
+def test_feature_caching_is_one_process_at_a_time_and_atomic(slide_store, tmp_path):
     """A second caller waits on the slide's features lock, then reads what the holder cached instead of computing
-    it again (its ``model=object()`` would fail if it were used); no half-written array is left beside it."""
+    it again (its ``model=object()`` would fail if it were used); no half-written array is left beside it. On a copy
+    of the store without features: another test of this module may have cached them already (any order)."""
+    import shutil
     import threading
 
     from pipelines.data.features import _compute_and_cache, features_lock
 
-    store = slide_store / "tiles.zarr"
+    store = tmp_path / "tiles.zarr"
+    shutil.copytree(slide_store / "tiles.zarr", store, ignore=shutil.ignore_patterns("features", "*.lock"))
     holder = features_lock(store, "s1")
     assert holder.try_acquire()
     got: list = []
