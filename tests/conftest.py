@@ -54,6 +54,16 @@ def write_colour_store(root: Path, patients: int, images: int, size: tuple[int, 
     return root / "s.zarr"
 
 
+def write_slides(root: Path, n: int, width: int, height: int, seed: int, prefix: str = "s") -> Path:
+    """``n`` synthetic 40x slides ``<prefix><i>.tiff`` (seeds ``seed + i``) in ``root``, for the tiling tests'
+    module fixtures; returns ``root``."""
+    from ingest.synthetic.slide import write_synthetic_slide
+
+    for i in range(n):
+        write_synthetic_slide(root / f"{prefix}{i}.tiff", width=width, height=height, seed=seed + i)
+    return root
+
+
 @pytest.fixture
 def one_torch_thread():
     """One intra-op torch thread for the test: on a 2-core machine shared with other jobs, two OpenMP threads

@@ -14,8 +14,7 @@ import pytest
 from ingest.breakhis import IngestConfig, IngestError, ingest_breakhis
 from ingest.slide_store import SlideStore, slide_problem
 from ingest.store import ImageStore, is_complete, partial_path
-from ingest.synthetic.slide import write_synthetic_slide
-from tests.conftest import write_tree
+from tests.conftest import write_slides, write_tree
 from tests.ingest import procs
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
@@ -25,10 +24,7 @@ TILE_ARGS = ("--mag", "20", "--mag", "10", "--tile-size", "128", "--tissue-thres
 
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("safety-slides")
-    for i in range(4):
-        write_synthetic_slide(root / f"slide-{i}.tiff", width=3072, height=2048, seed=10 + i)
-    return root
+    return write_slides(tmp_path_factory.mktemp("safety-slides"), 4, 3072, 2048, seed=10, prefix="slide-")
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,9 @@ from typer.testing import CliRunner
 from histo_bench.errors import DiskFullError
 from ingest.cli import app
 from ingest.slide_store import check_slide_shards, slide_problem
-from ingest.synthetic.slide import write_synthetic_slide
 from ingest.tile_runner import run_tiling
 from ingest.tiling import TileConfig, find_slides
-from tests.conftest import write_tree
+from tests.conftest import write_slides, write_tree
 from tests.ingest import procs
 from tests.ingest.test_loud_damage import one_error
 
@@ -85,10 +84,7 @@ def test_a_full_disk_during_breakhis_is_one_line_and_the_rerun_resumes(tree, tmp
 
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("full-slides")
-    for i in range(3):
-        write_synthetic_slide(root / f"s{i}.tiff", width=2048, height=1536, seed=30 + i)
-    return root
+    return write_slides(tmp_path_factory.mktemp("full-slides"), 3, 2048, 1536, seed=30)
 
 
 def test_a_full_disk_during_tiling_stops_the_workers_and_the_rerun_resumes(slides, tmp_path):

@@ -18,10 +18,9 @@ from ingest.cli import app
 from ingest.shards import ShardError
 from ingest.slide_store import SlideStore
 from ingest.store import ImageStore
-from ingest.synthetic.slide import write_synthetic_slide
 from ingest.tile_runner import run_tiling
 from ingest.tiling import TileConfig, find_slides
-from tests.conftest import write_tree
+from tests.conftest import write_slides, write_tree
 from tests.ingest import procs
 
 runner = CliRunner()
@@ -82,10 +81,7 @@ def test_info_of_a_sound_store_passes_and_checks_every_shard(image_store):
 
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("loud-slides")
-    for i in range(2):
-        write_synthetic_slide(root / f"s{i}.tiff", width=1536, height=1024, seed=20 + i)
-    return root
+    return write_slides(tmp_path_factory.mktemp("loud-slides"), 2, 1536, 1024, seed=20)
 
 
 @pytest.fixture(scope="module")
