@@ -12,9 +12,10 @@
 * ``auto`` (the default): ``jpeg`` where the slide's tiles can be copied, else ``blosc-zstd``.
 
 The JPEG arrays use the zarr v3 array-to-bytes codec :class:`JpegTileCodec` (``"histo_bench.jpeg"``), registered
-with zarr when this module is imported (every module that opens slide stores imports it through
-:mod:`ingest.shards`) and declared as a ``zarr.codecs`` entry point of the package, so plain ``zarr.open`` reads
-such a store wherever histo-bench is installed.
+with zarr when this module is imported (the slide store writer imports it) and declared as a ``zarr.codecs`` entry
+point of the package, so plain ``zarr.open`` reads such a store wherever histo-bench is installed. The JPEG bytes
+themselves are made and read by :mod:`ingest.jpeg_items`, which the direct shard reads and writes use without
+importing zarr.
 """
 
 from __future__ import annotations
@@ -28,9 +29,8 @@ from zarr.codecs import BloscCodec
 from zarr.registry import register_codec
 
 from histo_bench.errors import ConfigError
+from ingest.jpeg_items import JPEG_CODEC, jpeg_decode, jpeg_encode
 
-#: The zarr codec name of JPEG tiles.
-JPEG_CODEC = "histo_bench.jpeg"
 #: The ``--codec`` choices.
 TILE_CODECS = ("auto", "blosc-zstd", "blosc-lz4", "jpeg")
 
@@ -41,30 +41,6 @@ def check_codec(codec: str, quality: int) -> None:
         raise ConfigError(f"--codec {codec}: unknown (choose from {', '.join(TILE_CODECS)})")
     if not 1 <= quality <= 100:
         raise ConfigError(f"--quality {quality}: must be in 1..100")
-
-
-def _imagecodecs():
-    try:
-        import imagecodecs
-    except ImportError as exc:  # pragma: no cover - imagecodecs is a core dependency
-        raise ConfigError("JPEG tiles need imagecodecs: pip install imagecodecs") from exc
-    return imagecodecs
-
-
-def jpeg_encode(tile: np.ndarray, quality: int) -> bytes:
-    """One (T, T, 3) uint8 tile as a baseline JPEG (4:2:0 YCbCr; releases the GIL)."""
-    return bytes(_imagecodecs().jpeg8_encode(np.ascontiguousarray(tile), level=quality))
-
-
-def jpeg_decode(blob: bytes, shape: tuple[int, ...]) -> np.ndarray:
-    """A JPEG tile as RGB uint8 of ``shape`` (raises ValueError when the bytes are not such a JPEG)."""
-    try:
-        out = _imagecodecs().jpeg8_decode(blob)
-    except Exception as exc:  # imagecodecs raises its own Jpeg8Error
-        raise ValueError(f"not a decodable JPEG ({exc})") from exc
-    if out.size != int(np.prod(shape)):
-        raise ValueError(f"JPEG of shape {out.shape}, expected {tuple(shape)}")
-    return out.reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -113,13 +89,3 @@ def zarr_codecs(codec: str, clevel: int, quality: int) -> dict[str, Any]:
     if codec == "blosc-zstd":
         return {"compressors": BloscCodec(cname="zstd", clevel=clevel, shuffle="bitshuffle")}
     raise ConfigError(f"no zarr codec for {codec!r}")
-
-
-class JpegItemCodec:
-    """The item encoder :class:`~ingest.shards.ShardWriter` uses for a JPEG array (same bytes as zarr's)."""
-
-    def __init__(self, quality: int) -> None:
-        self.quality = quality
-
-    def encode(self, item: np.ndarray) -> bytes:
-        return jpeg_encode(item.reshape(-1, item.shape[-2], 3), self.quality)
