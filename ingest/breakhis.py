@@ -33,12 +33,13 @@ from ingest.breakhis_names import (
     tumour_group,
 )
 from ingest.decode import read_size
-from ingest.disk import raise_if_environment
-from ingest.image_pool import encoded_images
+from ingest.image_pool import ImagePool
 from ingest.output_guard import refusal, store_format
+from ingest.shards import image_blosc_config
 from ingest.splits import SplitConfig, patient_split
-from ingest.store import FORMAT, StoreError, is_complete, partial_path
-from ingest.store_writer import ImageMeta, ImageStoreWriter, partial_refusal, store_lock
+
+# The store modules (ingest.disk, ingest.store, ingest.store_writer) import zarr (~0.4 s): imported inside the
+# functions below, so that importing this module (the CLI does, beside the forkserver's start-up) stays light.
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ class IngestConfig:
         split: patient-level split settings.
         workers: processes that decode and compress; 0 = one per CPU core (at most 8); 1 = all in this process.
         shard_size: images per shard file.
-        clevel: zstd compression level (1 fastest .. 9 smallest).
+        clevel: zstd compression level (1 fastest .. 9 smallest; 1 with 512 KiB Blosc blocks is both faster and
+            smaller than Blosc's automatic blocks at 3, see docs/ingest.md).
         overwrite: replace the histo-bench image store at ``out`` and discard any interrupted ``<out>.partial``;
             without it a complete store makes the ingest a no-op. Whatever is not a histo-bench image store (a
             folder with files in it, a slide store) is refused, never replaced
@@ -100,7 +102,7 @@ class IngestConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     workers: int = 0
     shard_size: int = 32
-    clevel: int = 3
+    clevel: int = 1
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -256,6 +258,10 @@ def ingest_breakhis(config: IngestConfig, progress: Progress | None = None) -> I
         raise IngestError(f"{root}: no such directory")
     if not root.is_dir():
         raise IngestError(f"{root}: not a directory")
+    from ingest.disk import raise_if_environment
+    from ingest.store import FORMAT, is_complete, partial_path
+    from ingest.store_writer import partial_refusal, store_lock
+
     summary = IngestSummary(store=str(out))
     reason = refusal(out, FORMAT, "image store")
     if reason:
@@ -283,12 +289,17 @@ def ingest_breakhis(config: IngestConfig, progress: Progress | None = None) -> I
         reason = partial_refusal(partial_path(out))  # checked under the lock: no other writer is mid-way
         if reason:
             raise IngestError(reason)
-        return _ingest_locked(config, root, out, summary, t0, progress, lock.still_mine)
+        with ImagePool(config.n_workers) as pool:
+            return _ingest_locked(config, root, out, summary, t0, progress, lock.still_mine, pool)
 
 
 def _ingest_locked(config: IngestConfig, root: Path, out: Path, summary: IngestSummary, t0: float,
-                   progress: Progress | None, still_mine) -> IngestSummary:
+                   progress: Progress | None, still_mine, pool: ImagePool) -> IngestSummary:
     """The ingest proper, run by the one process that holds the store's lock."""
+    from ingest.disk import raise_if_environment
+    from ingest.store import StoreError, partial_path
+    from ingest.store_writer import ImageMeta, ImageStoreWriter
+
     candidates, problems = discover(root, config.magnifications)
     for p in problems:
         log.warning("skipped %s", p.line())
@@ -297,6 +308,12 @@ def _ingest_locked(config: IngestConfig, root: Path, out: Path, summary: IngestS
         detail = f" ({len(problems)} file(s) were not usable, see above)" if problems else ""
         raise IngestError(f"no BreakHis images found under {root}{detail}")
     size = _target_size(config, candidates)
+    tasks = [(str(c.path), size, config.size is not None) for c in candidates]
+    # A new store starts at the first image: the workers decode while this process creates the store. A resumed
+    # one must first be opened to know where it stopped.
+    codec_config = image_blosc_config(config.clevel)
+    fresh = config.overwrite or not partial_path(out).exists()
+    results = pool.encoded(tasks, codec_config) if fresh else None
     try:
         writer = ImageStoreWriter(out, capacity=len(candidates), height=size[0], width=size[1],
                                   shard_size=config.shard_size, clevel=config.clevel,
@@ -308,33 +325,40 @@ def _ingest_locked(config: IngestConfig, root: Path, out: Path, summary: IngestS
     start = int(writer.progress["consumed"])
     summary.skipped.extend(Problem(**p) for p in writer.progress["skipped"])
     summary.converted.extend(Problem(**p) for p in writer.progress["converted"])
+    if results is not None and (start or writer.codec_config != codec_config):  # cannot happen: created above
+        raise IngestError(f"{partial_path(out)}: the new store starts at input {start} with codec "
+                          f"{writer.codec_config}, not at 0 with {codec_config}")
+    if results is None:
+        results = pool.encoded(tasks[start:], writer.codec_config)
 
-    tasks = [(str(c.path), size, config.size is not None) for c in candidates[start:]]
     total = len(candidates)
     if progress:
         progress(start, total)
-    results = encoded_images(tasks, writer.codec_config, config.n_workers)
-    for i, result in enumerate(results, start=start):
-        cand = candidates[i]
-        skipped, converted = [], []
-        if isinstance(result, str):
-            problem = Problem(cand.rel, result)
-            log.warning("skipped %s", problem.line())
-            skipped.append(asdict(problem))
-            summary.skipped.append(problem)
-        else:
-            n = cand.name
-            writer.add_encoded(result.blob, ImageMeta(
-                label=CLASSES.index(n.class_name), malignant=n.class_name not in BENIGN, patient=n.patient,
-                magnification=n.magnification, source=cand.rel, orig_size=result.orig_size))
-            for note in result.notes:
-                problem = Problem(cand.rel, note)
-                log.info("converted %s", problem.line())
-                converted.append(asdict(problem))
-                summary.converted.append(problem)
-        writer.consumed(i + 1, skipped, converted)
-        if progress:
-            progress(i + 1, total)
+    try:
+        for i, result in enumerate(results, start=start):
+            cand = candidates[i]
+            skipped, converted = [], []
+            if isinstance(result, str):
+                problem = Problem(cand.rel, result)
+                log.warning("skipped %s", problem.line())
+                skipped.append(asdict(problem))
+                summary.skipped.append(problem)
+            else:
+                n = cand.name
+                writer.add_encoded(result.blob, ImageMeta(
+                    label=CLASSES.index(n.class_name), malignant=n.class_name not in BENIGN, patient=n.patient,
+                    magnification=n.magnification, source=cand.rel, orig_size=result.orig_size))
+                for note in result.notes:
+                    problem = Problem(cand.rel, note)
+                    log.info("converted %s", problem.line())
+                    converted.append(asdict(problem))
+                    summary.converted.append(problem)
+            writer.consumed(i + 1, skipped, converted)
+            if progress:
+                progress(i + 1, total)
+    except BaseException:  # an interrupt, a full disk, a broken worker: keep every shard already written
+        writer.checkpoint_on_exit()
+        raise
 
     meta = writer.read_meta()
     split = patient_split(meta["patient"], meta["label"], CLASSES, config.split)

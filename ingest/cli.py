@@ -16,6 +16,7 @@ from histo_bench.command_group import HandledGroup
 from histo_bench.command_options import config_from, fail, field_help
 from histo_bench.console import console, progress_bar, setup_logging, stdout
 from histo_bench.errors import EXIT_ERROR, EXIT_SKIPPED
+from histo_bench.optional import hidden
 from ingest.synthetic.demo_size import DEMO_IMAGES_PER_MAGNIFICATION, DEMO_PATIENTS_PER_CLASS
 
 app = typer.Typer(cls=HandledGroup, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -100,12 +101,16 @@ def breakhis(
     if workers != 1:  # the worker processes' imports run on another core while this one imports zarr
         from ingest.workers import start_forkserver
 
-        start_forkserver(("ingest.image_pool",))
-    from ingest.breakhis import IngestConfig, ingest_breakhis
+        # this module too: each worker runs the main module again (multiprocessing's spawn preparation), which
+        # then costs nothing, its imports (typer, rich) already done in the forkserver it is forked from
+        start_forkserver(("ingest.image_pool", "ingest.cli"))
+    with hidden("cupy"):  # zarr's GPU buffers are never used here (see hidden)
+        from ingest.breakhis import IngestConfig, ingest_breakhis
     from ingest.splits import SplitConfig, SplitError
-    from ingest.synthetic.demo import data_home, demo_tree
 
     if root is None:
+        from ingest.synthetic.demo import data_home, demo_tree  # here only: it imports the tiler (and scipy)
+
         with progress_bar("generating demo data") as progress:
             root = demo_tree(progress=progress)
         out = out or data_home() / "demo" / "breakhis.zarr"

@@ -5,11 +5,17 @@ Blosc-encodes each with the store's own codec configuration (:func:`ingest.shard
 encoded chunks (or the one-line reason a file is unusable). The writer then puts those bytes straight into shard
 files (:meth:`ingest.shards.ShardWriter.write_encoded`): the bytes are exactly those it would have encoded itself,
 and decoding and compression run on every core instead of compression running serially in the writer.
+
+An :class:`ImagePool` starts its processes when it is made and :meth:`ImagePool.encoded` submits its first batches
+at once, so the workers start up and decode while the caller goes on (discovering files, creating the store): the
+ingest's fixed costs overlap its work instead of preceding it. Nothing here imports zarr, so a worker process
+forked from a forkserver that preloads this module starts in milliseconds.
 """
 
 from __future__ import annotations
 
 import gc
+import itertools
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -21,11 +27,13 @@ from ingest.workers import process_pool, stop_helpers
 
 #: Files per task: few enough to keep both cores fed to the end, enough to make the per-task overhead negligible.
 BATCH = 4
+#: Batches in flight per worker: enough that a worker never waits for the writer, few enough to bound memory.
+WINDOW = 3
 
 #: A task: (path, store size (height, width), resize or only fit).
 Task = tuple[str, tuple[int, int], bool]
 
-_WORKER: dict = {}
+_CODECS: dict[str, object] = {}  # in each worker: the Blosc codec of each configuration met
 
 
 @dataclass(frozen=True)
@@ -37,11 +45,21 @@ class EncodedImage:
     notes: tuple[str, ...]
 
 
-def _init_worker(codec_config: dict) -> None:
+def _init_worker() -> None:
     from numcodecs import blosc
 
     blosc.set_nthreads(1)  # one process per core already; Blosc's own threads would only contend
-    _WORKER["codec"] = blosc_codec(codec_config)
+
+
+def _ready() -> None:
+    """A no-op task: submitting one per worker makes the executor start its processes now."""
+
+
+def _codec(codec_config: dict):
+    key = repr(sorted(codec_config.items()))
+    if key not in _CODECS:
+        _CODECS[key] = blosc_codec(codec_config)
+    return _CODECS[key]
 
 
 def _encode(task: Task, codec) -> EncodedImage | str:
@@ -53,41 +71,56 @@ def _encode(task: Task, codec) -> EncodedImage | str:
     return EncodedImage(bytes(codec.encode(decoded.image)), decoded.orig_size, tuple(decoded.notes))
 
 
-def encode_batch(tasks: list[Task]) -> list[EncodedImage | str]:
+def encode_batch(tasks: list[Task], codec_config: dict) -> list[EncodedImage | str]:
     """Worker entry point: each task's :class:`EncodedImage`, or the reason it was skipped, in order."""
-    codec = _WORKER["codec"]
+    codec = _codec(codec_config)
     return [_encode(task, codec) for task in tasks]
 
 
-def encoded_images(tasks: list[Task], codec_config: dict, workers: int, batch: int = BATCH
-                   ) -> Iterator[EncodedImage | str]:
-    """Every task's result, in task order, from ``workers`` processes (in this process when ``workers <= 1``),
-    with at most a few batches per worker in flight (bounded memory). The pool is shut down (its processes joined)
-    and multiprocessing's helper processes stopped (:func:`ingest.workers.stop_helpers`) before this returns or
-    raises, so a library caller is left with no process running either."""
-    if workers <= 1:
-        codec = blosc_codec(codec_config)
-        for task in tasks:
-            yield _encode(task, codec)
-        return
-    batches = [tasks[i:i + batch] for i in range(0, len(tasks), batch)]
-    window = 3 * workers
-    pending: deque[Future] = deque()
-    pool = process_pool(workers, _init_worker, (codec_config,), preload=(__name__,))
-    try:
-        it = iter(batches)
-        for chunk in it:
-            pending.append(pool.submit(encode_batch, chunk))
-            if len(pending) >= window:
-                break
+class ImagePool:
+    """``workers`` processes (none when ``workers <= 1``: then everything runs in this process, lazily) that decode
+    and encode images; started when made. Use it as a context manager: on the way out, finished or interrupted, the
+    pool is shut down (its processes joined, queued work dropped) and multiprocessing's helper processes stopped
+    (:func:`ingest.workers.stop_helpers`), so a library caller is left with no process running either."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool = None
+        if workers > 1:
+            self._pool = process_pool(workers, _init_worker, preload=(__name__,))
+            for _ in range(workers):
+                self._pool.submit(_ready)
+
+    def encoded(self, tasks: list[Task], codec_config: dict, batch: int = BATCH) -> Iterator[EncodedImage | str]:
+        """Every task's result, in task order. The first :data:`WINDOW` batches per worker are submitted before
+        this returns; the rest as results are taken (bounded memory)."""
+        if self._pool is None:
+            codec = blosc_codec(codec_config)
+            return (_encode(task, codec) for task in tasks)
+        batches = (tasks[i:i + batch] for i in range(0, len(tasks), batch))
+        pending: deque[Future] = deque(self._pool.submit(encode_batch, chunk, codec_config)
+                                       for chunk in itertools.islice(batches, WINDOW * self.workers))
+        return self._drain(pending, batches, codec_config)
+
+    def _drain(self, pending: deque[Future], batches: Iterator[list[Task]], codec_config: dict
+               ) -> Iterator[EncodedImage | str]:
         while pending:
             results = pending.popleft().result()
-            nxt = next(it, None)
+            nxt = next(batches, None)
             if nxt is not None:
-                pending.append(pool.submit(encode_batch, nxt))
+                pending.append(self._pool.submit(encode_batch, nxt, codec_config))
             yield from results
-    finally:  # done, or interrupted (an error, Ctrl-C, the consumer stopped): drop queued work, join the workers
-        pool.shutdown(wait=True, cancel_futures=True)
-        del pool, pending
-        gc.collect()  # its queues' semaphores are released now, while the resource tracker still runs
-        stop_helpers()  # no forkserver or resource tracker outlives the ingest either
+
+    def close(self) -> None:
+        """Drop queued work, join the workers and stop the helper processes (idempotent)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            gc.collect()  # its queues' semaphores are released now, while the resource tracker still runs
+            stop_helpers()  # no forkserver or resource tracker outlives the ingest either
+
+    def __enter__(self) -> ImagePool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
