@@ -228,6 +228,42 @@ def _target_size(config: IngestConfig, candidates: list[Candidate]) -> tuple[int
     return sizes.most_common(1)[0][0]
 
 
+
+def _write_all(writer, results, candidates: list[Candidate], start: int, summary: IngestSummary,
+               progress: Progress | None) -> None:
+    """Hand every worker result (from input ``start`` on) to the writer, noting skipped and converted files."""
+    from ingest.store_writer import ImageMeta
+
+    total = len(candidates)
+    if progress:
+        progress(start, total)
+    try:
+        for i, result in enumerate(results, start=start):
+            cand = candidates[i]
+            skipped, converted = [], []
+            if isinstance(result, str):
+                problem = Problem(cand.rel, result)
+                log.warning("skipped %s", problem.line())
+                skipped.append(asdict(problem))
+                summary.skipped.append(problem)
+            else:
+                n = cand.name
+                writer.add_encoded(result.blob, ImageMeta(
+                    label=CLASSES.index(n.class_name), malignant=n.class_name not in BENIGN, patient=n.patient,
+                    magnification=n.magnification, source=cand.rel, orig_size=result.orig_size))
+                for note in result.notes:
+                    problem = Problem(cand.rel, note)
+                    log.info("converted %s", problem.line())
+                    converted.append(asdict(problem))
+                    summary.converted.append(problem)
+            writer.consumed(i + 1, skipped, converted)
+            if progress:
+                progress(i + 1, total)
+    except BaseException:  # an interrupt, a full disk, a broken worker: keep every shard already written
+        writer.checkpoint_on_exit()
+        raise
+
+
 def _resume_key(config: IngestConfig, candidates: list[Candidate], size: tuple[int, int]) -> str:
     h = hashlib.sha256()
     cfg = asdict(config)
@@ -298,7 +334,7 @@ def _ingest_locked(config: IngestConfig, root: Path, out: Path, summary: IngestS
     """The ingest proper, run by the one process that holds the store's lock."""
     from ingest.disk import raise_if_environment
     from ingest.store import StoreError, partial_path
-    from ingest.store_writer import ImageMeta, ImageStoreWriter
+    from ingest.store_writer import ImageStoreWriter
 
     candidates, problems = discover(root, config.magnifications)
     for p in problems:
@@ -331,35 +367,7 @@ def _ingest_locked(config: IngestConfig, root: Path, out: Path, summary: IngestS
     if results is None:
         results = pool.encoded(tasks[start:], writer.codec_config)
 
-    total = len(candidates)
-    if progress:
-        progress(start, total)
-    try:
-        for i, result in enumerate(results, start=start):
-            cand = candidates[i]
-            skipped, converted = [], []
-            if isinstance(result, str):
-                problem = Problem(cand.rel, result)
-                log.warning("skipped %s", problem.line())
-                skipped.append(asdict(problem))
-                summary.skipped.append(problem)
-            else:
-                n = cand.name
-                writer.add_encoded(result.blob, ImageMeta(
-                    label=CLASSES.index(n.class_name), malignant=n.class_name not in BENIGN, patient=n.patient,
-                    magnification=n.magnification, source=cand.rel, orig_size=result.orig_size))
-                for note in result.notes:
-                    problem = Problem(cand.rel, note)
-                    log.info("converted %s", problem.line())
-                    converted.append(asdict(problem))
-                    summary.converted.append(problem)
-            writer.consumed(i + 1, skipped, converted)
-            if progress:
-                progress(i + 1, total)
-    except BaseException:  # an interrupt, a full disk, a broken worker: keep every shard already written
-        writer.checkpoint_on_exit()
-        raise
-
+    _write_all(writer, results, candidates, start, summary, progress)
     meta = writer.read_meta()
     split = patient_split(meta["patient"], meta["label"], CLASSES, config.split)
     for note in split.notes:

@@ -62,12 +62,21 @@ def writing(path: str | Path) -> Iterator[None]:
 _ZARR_TEMPORARY = re.compile(r".+\.[0-9a-f]{32}\.partial")
 
 
+#: :class:`ingest.shards.ShardWriter` writes a shard to ``.<shard>.<pid>.<thread id>.tmp`` and renames it.
+_SHARD_TEMPORARY = re.compile(r"\.\d+\.\d+\.\d+\.tmp")
+
+
 def remove_zarr_temporaries(root: str | Path) -> int:
-    """Delete the half-written chunk files a killed zarr write left under ``root`` (only zarr's own temporary names;
-    call it only where this process is the store's one writer). Returns how many were removed."""
+    """Delete the half-written chunk and shard files a killed write left under ``root`` (only zarr's and the shard
+    writer's own temporary names; call it only where this process is the store's one writer). Returns how many were
+    removed."""
     removed = 0
     for path in Path(root).rglob("*.partial"):
         if path.is_file() and _ZARR_TEMPORARY.fullmatch(path.name):
+            path.unlink(missing_ok=True)
+            removed += 1
+    for path in Path(root).rglob(".*.tmp"):
+        if path.is_file() and _SHARD_TEMPORARY.fullmatch(path.name):
             path.unlink(missing_ok=True)
             removed += 1
     return removed
