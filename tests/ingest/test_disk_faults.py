@@ -165,3 +165,18 @@ def test_a_resumed_ingest_drops_the_chunk_file_a_killed_zarr_write_left(tmp_path
         path.write_bytes(b"x")
     assert remove_zarr_temporaries(tmp_path) == 1
     assert not stray.exists() and all(path.exists() for path in kept)
+
+
+def test_a_resumed_ingest_drops_the_shard_file_a_killed_shard_write_left(tmp_path):
+    """The shard writer writes ``.<shard>.<pid>.<thread id>.tmp`` then renames it; a SIGKILL in between leaves it
+    (seen once in the SIGKILL-mid-ingest test in CI). Other dot files (a checkpoint's temporary) stay."""
+    from ingest.disk import remove_zarr_temporaries
+
+    stray = tmp_path / "images" / "c" / "45" / "0" / "0" / ".0.10471.139695137000320.tmp"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"half a shard")
+    kept = [stray.parent / "0", tmp_path / ".last.pt.123.tmp"]
+    for path in kept:
+        path.write_bytes(b"x")
+    assert remove_zarr_temporaries(tmp_path) == 1
+    assert not stray.exists() and all(path.exists() for path in kept)
