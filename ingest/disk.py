@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import zarr
-
 from histo_bench.errors import DiskFullError, disk_full
 
 #: ``OSError`` numbers after which no further write to the output can succeed.
@@ -50,6 +48,8 @@ def writing(path: str | Path) -> Iterator[None]:
     """Around zarr writes to ``path``: every chunk is stored, all-zero ones included (so a missing shard file is
     always damage, never "fill value": :mod:`ingest.shards`), and a full disk or read-only output becomes the one
     error of :func:`environment_failure` naming ``path``."""
+    import zarr  # here: a caller checking errors only (the ingest before its workers start) need not import it
+
     try:
         with zarr.config.set({"array.write_empty_chunks": True}):
             yield

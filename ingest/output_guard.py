@@ -12,13 +12,19 @@ import re
 from pathlib import Path
 
 
+def store_attributes(path: str | Path) -> dict:
+    """The attributes of the zarr v3 group at ``path``, read from its ``zarr.json`` ({} when it has none, is not a
+    zarr group or cannot be read)."""
+    try:
+        attrs = json.loads((Path(path) / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return attrs if isinstance(attrs, dict) else {}
+
+
 def store_format(path: str | Path) -> str | None:
     """The ``format`` attribute of the zarr group at ``path`` (None when it has none or is not a zarr group)."""
-    meta = Path(path) / "zarr.json"
-    try:
-        return json.loads(meta.read_text()).get("attributes", {}).get("format")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return store_attributes(path).get("format")
 
 
 #: Names histo-bench itself leaves for a moment in a store it is creating (the root's metadata written aside, a

@@ -34,9 +34,8 @@ from histo_bench.errors import ConfigError, HistoBenchError
 from ingest.breakhis_names import resolve_magnifications
 from ingest.shards import ShardedImageReader, ShardLayout
 from ingest.splits import SPLIT_CODES, as_str_array, assert_patient_disjoint
+from ingest.store_paths import FORMAT, FORMAT_VERSION, is_complete, partial_path  # noqa: F401 (the store's API)
 
-FORMAT = "histo-bench/image-store"
-FORMAT_VERSION = 1
 #: Threads used to fetch and decode images concurrently in :meth:`ImageStore.read`.
 READ_THREADS = min(8, (os.cpu_count() or 1) * 2)
 
@@ -47,22 +46,6 @@ class StoreError(HistoBenchError, RuntimeError):
 
 #: Appended to the message of a damaged image store's :class:`~ingest.shards.ShardError`.
 DAMAGED_HINT = ": rebuild it (histo-ingest breakhis ... --overwrite)"
-
-
-def partial_path(out: Path) -> Path:
-    """Where a store is built before the atomic rename."""
-    return out.with_name(out.name + ".partial")
-
-
-def is_complete(path: str | Path) -> bool:
-    """True when ``path`` holds a finished store (its ``complete`` attribute is set)."""
-    path = Path(path)
-    if not (path / "zarr.json").exists():
-        return False
-    try:
-        return bool(zarr.open_group(str(path), mode="r").attrs.get("complete", False))
-    except Exception:  # unreadable metadata counts as incomplete
-        return False
 
 
 class ImageStore:

@@ -1,13 +1,14 @@
 """Writing an image store (the layout of :mod:`ingest.store`): atomic, resumable, one writer at a time.
 
-A store is written under ``<out>.partial``, by the one process holding ``<out>.lock`` (:func:`store_lock`,
-:mod:`ingest.locks`), and renamed to ``<out>`` only after ``complete`` is set, so a store at ``<out>`` is always
-whole. :class:`ImageStoreWriter` writes each shard file as it fills and checkpoints (the metadata of the images in
-finished shards, then the progress attribute) at a shard boundary at most every :data:`CHECKPOINT_SECONDS`, and
-once more when the run stops, finished or interrupted (:meth:`ImageStoreWriter.checkpoint`). Rewriting the
-metadata chunks after every shard cost a third of the writer's time; now a killed run loses at most those seconds.
-An interrupted write resumes from its last checkpoint when the same inputs and config are ingested again and every
-checkpointed array and shard is still there; any other partial store is discarded with a one-line note.
+A store is written under ``<out>.partial``, by the one process holding ``<out>.lock``
+(:func:`ingest.store_paths.store_lock`, :mod:`ingest.locks`), and renamed to ``<out>`` only after ``complete`` is
+set, so a store at ``<out>`` is always whole. :class:`ImageStoreWriter` writes each shard file as it fills and
+checkpoints (the metadata of the images in finished shards, then the progress attribute) at a shard boundary at
+most every :data:`CHECKPOINT_SECONDS`, and once more when the run stops, finished or interrupted
+(:meth:`ImageStoreWriter.checkpoint`). Rewriting the metadata chunks after every shard cost a third of the writer's
+time; now a killed run loses at most those seconds. An interrupted write resumes from its last checkpoint when the
+same inputs and config are ingested again and every checkpointed array and shard is still there; any other partial
+store is discarded with a one-line note.
 """
 
 from __future__ import annotations
@@ -26,31 +27,17 @@ from zarr.codecs import BloscCodec
 
 from histo_bench.files import discard_dir, replace_dir
 from ingest.disk import raise_if_environment, remove_zarr_temporaries, writing
-from ingest.locks import WorkLock
-from ingest.output_guard import refusal, store_format
+from ingest.output_guard import refusal
 from ingest.shards import ShardLayout, ShardWriter, image_blosc_config
 from ingest.splits import SplitResult, as_str_array, assert_patient_disjoint
-from ingest.store import FORMAT, FORMAT_VERSION, StoreError, partial_path
+from ingest.store import StoreError
+from ingest.store_paths import FORMAT, FORMAT_VERSION, partial_path
 
 log = logging.getLogger(__name__)
 
 _META_CHUNK = 8192
 #: At most this many seconds between two checkpoints (always at a shard boundary).
 CHECKPOINT_SECONDS = 2.0
-
-
-def partial_refusal(partial: Path) -> str | None:
-    """None when the ``<out>.partial`` at ``partial`` may be resumed or discarded (absent, empty, or a zarr group
-    this code wrote, even one cut short while its metadata was written); else why not (a user's folder or file)."""
-    if not partial.exists() or store_format(partial) == FORMAT or (partial / "zarr.json").is_file():
-        return None
-    return refusal(partial, FORMAT, "image store (interrupted ingest)")
-
-
-def store_lock(out: str | Path) -> WorkLock:
-    """The lock a process holds while it builds the image store ``out`` (``<out>.lock``, beside it)."""
-    out = Path(out)
-    return WorkLock(out.with_name(out.name + ".lock"), f"ingesting {out.name}")
 
 
 @dataclass
