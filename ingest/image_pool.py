@@ -2,7 +2,8 @@
 
 Each worker decodes a small batch of files (:func:`ingest.decode.decode_file`), fits them to the store size and
 Blosc-encodes each with the store's own codec configuration (:func:`ingest.shards.blosc_codec`), returning the
-encoded chunks (or the one-line reason a file is unusable). The writer then puts those bytes straight into shard
+encoded chunks (or the one-line reason a file is unusable), through shared memory where the machine has it
+(:mod:`ingest.shared_ring`), else through the pool's pipe. The writer then puts those bytes straight into shard
 files (:meth:`ingest.shards.ShardWriter.write_encoded`): the bytes are exactly those it would have encoded itself,
 and decoding and compression run on every core instead of compression running serially in the writer.
 
@@ -19,10 +20,11 @@ import itertools
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ingest.decode import DecodeError, decode_file
 from ingest.shards import blosc_codec
+from ingest.shared_ring import SharedRing, Slot
 from ingest.workers import process_pool, stop_helpers
 
 #: Files per task: few enough to keep both cores fed to the end, enough to make the per-task overhead negligible.
@@ -43,6 +45,8 @@ class EncodedImage:
     blob: bytes
     orig_size: tuple[int, int]
     notes: tuple[str, ...]
+    #: Where in the pool's shared ring the blob is instead (then ``blob`` is empty): (offset, size).
+    place: tuple[int, int] | None = None
 
 
 def _init_worker() -> None:
@@ -71,10 +75,17 @@ def _encode(task: Task, codec) -> EncodedImage | str:
     return EncodedImage(bytes(codec.encode(decoded.image)), decoded.orig_size, tuple(decoded.notes))
 
 
-def encode_batch(tasks: list[Task], codec_config: dict) -> list[EncodedImage | str]:
-    """Worker entry point: each task's :class:`EncodedImage`, or the reason it was skipped, in order."""
+def encode_batch(tasks: list[Task], codec_config: dict, slot: Slot | None = None) -> list[EncodedImage | str]:
+    """Worker entry point: each task's :class:`EncodedImage`, or the reason it was skipped, in order; with a
+    ``slot``, each blob that fits is put there and only its place returned."""
     codec = _codec(codec_config)
-    return [_encode(task, codec) for task in tasks]
+    results = [_encode(task, codec) for task in tasks]
+    if slot is not None:
+        for j, result in enumerate(results):
+            place = slot.put(j, result.blob) if isinstance(result, EncodedImage) else None
+            if place is not None:
+                results[j] = replace(result, blob=b"", place=place)
+    return results
 
 
 class ImagePool:
@@ -86,6 +97,7 @@ class ImagePool:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._pool = None
+        self._rings: list[SharedRing] = []
         if workers > 1:
             self._pool = process_pool(workers, _init_worker, preload=(__name__,))
             for _ in range(workers):
@@ -98,24 +110,42 @@ class ImagePool:
             codec = blosc_codec(codec_config)
             return (_encode(task, codec) for task in tasks)
         batches = (tasks[i:i + batch] for i in range(0, len(tasks), batch))
-        pending: deque[Future] = deque(self._pool.submit(encode_batch, chunk, codec_config)
-                                       for chunk in itertools.islice(batches, WINDOW * self.workers))
-        return self._drain(pending, batches, codec_config)
+        height, width = tasks[0][1] if tasks else (1, 1)
+        ring = SharedRing.create(WINDOW * self.workers, batch, height * width * 3)
+        if ring is not None:
+            self._rings.append(ring)  # removed on close, once no worker can write into it
+        pending: deque[tuple[Future, int]] = deque(
+            (self._submit(chunk, codec_config, ring, k), k)
+            for k, chunk in enumerate(itertools.islice(batches, WINDOW * self.workers)))
+        return self._drain(pending, batches, codec_config, ring)
 
-    def _drain(self, pending: deque[Future], batches: Iterator[list[Task]], codec_config: dict
-               ) -> Iterator[EncodedImage | str]:
+    def _submit(self, chunk: list[Task], codec_config: dict, ring: SharedRing | None, k: int) -> Future:
+        return self._pool.submit(encode_batch, chunk, codec_config, ring.slot(k) if ring is not None else None)
+
+    def _drain(self, pending: deque[tuple[Future, int]], batches: Iterator[list[Task]], codec_config: dict,
+               ring: SharedRing | None) -> Iterator[EncodedImage | str]:
         while pending:
-            results = pending.popleft().result()
-            nxt = next(batches, None)
+            future, k = pending.popleft()
+            results = [replace(r, blob=ring.take(r.place), place=None)
+                       if isinstance(r, EncodedImage) and r.place is not None else r for r in future.result()]
+            nxt = next(batches, None)  # slot k is free again: its images are copied out
             if nxt is not None:
-                pending.append(self._pool.submit(encode_batch, nxt, codec_config))
+                pending.append((self._submit(nxt, codec_config, ring, k), k))
             yield from results
+
+    def release(self) -> None:
+        """Tell the workers to exit once their work is done, without waiting for them (:meth:`close` joins them)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         """Drop queued work, join the workers and stop the helper processes (idempotent)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+            for ring in self._rings:
+                ring.close()
+            self._rings = []
             gc.collect()  # its queues' semaphores are released now, while the resource tracker still runs
             stop_helpers()  # no forkserver or resource tracker outlives the ingest either
 

@@ -1,0 +1,96 @@
+"""Shared memory in which worker processes hand encoded images to the writer, instead of a pipe.
+
+Sending a worker's results through the process pool's pipe costs both processes a pickle, a copy into and out of
+a 64 KiB pipe buffer and thousands of system calls: for 432 BreakHis images (328 MB) ~0.45 s of the writer's CPU
+and as much again in the workers, on a 2-core machine a tenth of the ingest. Through a :class:`SharedRing` the
+worker copies each encoded image into its batch's slot and returns only (offset, size); the writer copies it out
+(:meth:`SharedRing.take`, ~0.07 s for the same images) and the slot is given to the next batch.
+
+The segment is reserved in full when made (``posix_fallocate``): a ``/dev/shm`` too small for it (a container's
+64 MiB default, say) fails then, in this process, and the caller falls back to the pipe, instead of a worker
+dying of SIGBUS on its first write. It is unlinked when closed; a writer killed outright leaves it to
+multiprocessing's resource tracker, which removes it when the last process using it is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+
+log = logging.getLogger(__name__)
+
+#: The most shared memory one ring may take; a larger one (huge images, many workers) uses the pipe instead.
+MAX_RING_BYTES = 256 * 1024 * 1024
+#: Room above an image's raw size for the codec's header (Blosc adds at most 16 bytes to incompressible data).
+HEADROOM = 4096
+
+_ATTACHED: dict[str, shared_memory.SharedMemory] = {}  # in each worker: the rings it has written into
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one batch's images go: ring ``name``, from byte ``offset``, ``item_bytes`` per image (picklable)."""
+
+    name: str
+    offset: int
+    item_bytes: int
+
+    def put(self, j: int, blob: bytes) -> tuple[int, int] | None:
+        """Copy ``blob`` (the batch's ``j``-th image) into the ring (worker side): its (offset, size), or None when
+        it does not fit its place (then it travels through the pipe)."""
+        if len(blob) > self.item_bytes:
+            return None
+        ring = _ATTACHED.get(self.name)
+        if ring is None:
+            ring = _ATTACHED[self.name] = shared_memory.SharedMemory(self.name)
+        start = self.offset + j * self.item_bytes
+        ring.buf[start:start + len(blob)] = blob
+        return start, len(blob)
+
+
+class SharedRing:
+    """``slots`` places of ``items`` images of up to ``item_bytes`` bytes each, in one shared-memory segment."""
+
+    def __init__(self, memory: shared_memory.SharedMemory, slots: int, items: int, item_bytes: int) -> None:
+        self._memory = memory
+        self.slots, self.items, self.item_bytes = slots, items, item_bytes
+
+    @classmethod
+    def create(cls, slots: int, items: int, raw_bytes: int) -> SharedRing | None:
+        """A ring for images of ``raw_bytes`` raw bytes, or None (logged) when this machine cannot give one."""
+        item_bytes = raw_bytes + HEADROOM
+        size = slots * items * item_bytes
+        if size > MAX_RING_BYTES:
+            log.debug("encoded images travel by pipe: a shared ring would take %d MB", size >> 20)
+            return None
+        try:
+            memory = shared_memory.SharedMemory(create=True, size=size)
+        except OSError as exc:
+            log.info("encoded images travel by pipe: no shared memory (%s)", exc.strerror or exc)
+            return None
+        try:
+            os.posix_fallocate(memory._fd, 0, size)  # reserve it now: no SIGBUS later (see the module doc)
+        except (OSError, AttributeError) as exc:
+            log.info("encoded images travel by pipe: %d MB of shared memory cannot be reserved (%s)", size >> 20,
+                     getattr(exc, "strerror", None) or exc)
+            memory.close()
+            memory.unlink()
+            return None
+        return cls(memory, slots, items, item_bytes)
+
+    def slot(self, k: int) -> Slot:
+        return Slot(self._memory.name, k * self.items * self.item_bytes, self.item_bytes)
+
+    def take(self, place: tuple[int, int]) -> bytes:
+        """The bytes a worker put at ``place`` (a copy: the slot may then be reused)."""
+        start, n = place
+        return bytes(self._memory.buf[start:start + n])
+
+    def close(self) -> None:
+        """Unmap and remove the segment (idempotent); only once no worker writes into it any more."""
+        if self._memory is not None:
+            self._memory.close()
+            self._memory.unlink()
+            self._memory = None
