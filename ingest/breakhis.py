@@ -1,4 +1,5 @@
-"""BreakHis folders -> zarr image store: discovery, validation, parallel decode, patient-level splits.
+"""BreakHis folders -> zarr image store: discovery and validation (:mod:`ingest.breakhis_discovery`), parallel
+decode (:mod:`ingest.image_pool`), patient-level splits.
 
 Accepts the original tree (``BreaKHis_v1/histology_slides/breast/<group>/SOB/<class>/<patient>/<mag>X/*.png``)
 and flat folders of BreakHis-named files: class, patient and magnification are read from the file name and,
@@ -8,11 +9,11 @@ line (path + reason), skipped and counted; the rest of the run completes.
 
 from __future__ import annotations
 
-import filecmp
 import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,57 +22,27 @@ from pathlib import Path
 from typing import Any
 
 from histo_bench.errors import ConfigError, HistoBenchError
+from histo_bench.optional import hidden
 from ingest import __version__
-from ingest.breakhis_names import (
-    BENIGN,
-    CLASSES,
-    MAGNIFICATIONS,
-    BreakHisName,
-    BreakHisNameError,
-    parse_name,
-    resolve_magnifications,
-    tumour_group,
-)
+from ingest.breakhis_discovery import SYNTHETIC_MARKER, Candidate, Problem, discover  # noqa: F401 (the API)
+from ingest.breakhis_names import BENIGN, CLASSES, MAGNIFICATIONS, resolve_magnifications
 from ingest.decode import read_size
 from ingest.image_pool import ImagePool
 from ingest.output_guard import refusal, store_format
 from ingest.shards import image_blosc_config
 from ingest.splits import SplitConfig, patient_split
 
-# The store modules (ingest.disk, ingest.store, ingest.store_writer) import zarr (~0.4 s): imported inside the
-# functions below, so that importing this module (the CLI does, beside the forkserver's start-up) stays light.
+# The store modules (ingest.store, ingest.store_writer) import zarr (0.4-0.8 s of CPU): imported by a thread that
+# ingest_breakhis starts first (_import_store_modules), so that discovery, the forkserver's start-up and the
+# workers' first batches go on meanwhile.
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
-#: Written at the root of generated demo trees; its presence makes reports say "synthetic".
-SYNTHETIC_MARKER = "SYNTHETIC_DATA.json"
 
 Progress = Callable[[int, int], None]
 
 
 class IngestError(HistoBenchError, RuntimeError):
     """The ingest cannot run at all (missing root, no images, unwritable output); the message says why."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One input file that was skipped or changed, and why."""
-
-    path: str
-    reason: str
-
-    def line(self) -> str:
-        return f"{self.path}: {self.reason}"
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """An image file whose name and folders passed validation."""
-
-    path: Path
-    rel: str
-    name: BreakHisName
 
 
 @dataclass(frozen=True)
@@ -144,81 +115,6 @@ class IngestSummary:
                 "images_per_s": round(self.images_per_s, 2), "resumed": self.resumed}
 
 
-def _check_folders(rel_parts: tuple[str, ...], name: BreakHisName) -> str | None:
-    """Cross-check the folders of an original-tree path against the file name; None when consistent."""
-    folders = rel_parts[:-1]
-    if "SOB" in folders:
-        i = folders.index("SOB")
-        if i + 1 < len(folders):
-            class_folder = folders[i + 1]
-            if class_folder not in CLASSES:
-                return f"unknown class folder {class_folder!r} (known: {', '.join(CLASSES)})"
-            if class_folder != name.class_name:
-                return f"file name says {name.class_name} but it sits in folder {class_folder!r}"
-        if i >= 1 and folders[i - 1] in ("benign", "malignant") and folders[i - 1] != tumour_group(name.class_name):
-            return f"{name.class_name} is {tumour_group(name.class_name)} but sits under {folders[i - 1]!r}"
-    for part in folders:
-        if part.endswith("X") and part[:-1].isdigit() and part != name.magnification:
-            return f"file name says {name.magnification} but it sits in folder {part!r}"
-    return None
-
-
-def discover(root: Path, magnifications: tuple[str, ...] = MAGNIFICATIONS) -> tuple[list[Candidate], list[Problem]]:
-    """All usable BreakHis image files under ``root`` (sorted by magnification, class, patient, sequence) and a
-    line for every file that is not usable."""
-    candidates: list[Candidate] = []
-    problems: list[Problem] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for fname in sorted(filenames):
-            path = Path(dirpath) / fname
-            rel = path.relative_to(root)
-            if fname == SYNTHETIC_MARKER:
-                continue
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                problems.append(Problem(str(rel), f"not an image file (extension {path.suffix or 'none'!r})"))
-                continue
-            try:
-                name = parse_name(fname)
-            except BreakHisNameError as exc:
-                problems.append(Problem(str(rel), str(exc)))
-                continue
-            reason = _check_folders(rel.parts, name)
-            if reason:
-                problems.append(Problem(str(rel), reason))
-                continue
-            if name.magnification in magnifications:
-                candidates.append(Candidate(path, rel.as_posix(), name))
-    candidates, duplicates = drop_duplicates(candidates)
-    problems.extend(duplicates)
-    candidates.sort(key=lambda c: (MAGNIFICATIONS.index(c.name.magnification), CLASSES.index(c.name.class_name),
-                                   c.name.patient, c.name.seq, c.rel))
-    return candidates, problems
-
-
-def drop_duplicates(candidates: list[Candidate]) -> tuple[list[Candidate], list[Problem]]:
-    """One candidate per BreakHis file name (the name is the image's identity: class, patient, magnification,
-    sequence; the extension is ignored): the first by path is kept, every other one is skipped with a line naming
-    both paths and whether the two files hold the same bytes."""
-    first: dict[str, Candidate] = {}
-    kept: list[Candidate] = []
-    problems: list[Problem] = []
-    for cand in sorted(candidates, key=lambda c: c.rel):
-        key = cand.path.stem.upper()
-        if key not in first:
-            first[key] = cand
-            kept.append(cand)
-            continue
-        other = first[key]
-        try:
-            same = "the same bytes" if filecmp.cmp(other.path, cand.path, shallow=False) else "different bytes"
-        except OSError as exc:
-            same = f"not compared: {exc.strerror or exc}"
-        problems.append(Problem(cand.rel, f"same BreakHis file name as {other.rel} ({same}); that image is "
-                                          "ingested once, from the first path, and this copy is skipped"))
-    return kept, problems
-
-
 def _target_size(config: IngestConfig, candidates: list[Candidate]) -> tuple[int, int]:
     if config.size is not None:
         return tuple(config.size)  # type: ignore[return-value]
@@ -285,6 +181,19 @@ def data_origin(root: Path) -> dict[str, Any]:
     return {"kind": "user-provided", "root": str(root.resolve())}
 
 
+def _import_store_modules() -> threading.Thread:
+    """Import the store modules (zarr) in a thread, without cupy (zarr imports it for GPU buffers the ingest never
+    uses: ~0.25 s, :func:`histo_bench.optional.hidden`); join it before using them."""
+
+    def run() -> None:
+        with hidden("cupy"):
+            import ingest.store_writer  # noqa: F401
+
+    thread = threading.Thread(target=run, name="import-store-modules", daemon=True)
+    thread.start()
+    return thread
+
+
 def ingest_breakhis(config: IngestConfig, progress: Progress | None = None) -> IngestSummary:
     """Ingest a BreakHis tree into a zarr store; see :class:`IngestConfig`. Raises :class:`IngestError` when nothing
     can be done; individual bad files are skipped and listed in the returned summary."""
@@ -294,9 +203,9 @@ def ingest_breakhis(config: IngestConfig, progress: Progress | None = None) -> I
         raise IngestError(f"{root}: no such directory")
     if not root.is_dir():
         raise IngestError(f"{root}: not a directory")
+    importer = _import_store_modules()
     from ingest.disk import raise_if_environment
-    from ingest.store import FORMAT, is_complete, partial_path
-    from ingest.store_writer import partial_refusal, store_lock
+    from ingest.store_paths import FORMAT, is_complete, partial_path, partial_refusal, store_lock
 
     summary = IngestSummary(store=str(out))
     reason = refusal(out, FORMAT, "image store")
@@ -325,17 +234,15 @@ def ingest_breakhis(config: IngestConfig, progress: Progress | None = None) -> I
         reason = partial_refusal(partial_path(out))  # checked under the lock: no other writer is mid-way
         if reason:
             raise IngestError(reason)
+        candidates = _candidates(config, root, summary)  # while the forkserver starts up (ingest.cli)
+        size = _target_size(config, candidates)
         with ImagePool(config.n_workers) as pool:
-            return _ingest_locked(config, root, out, summary, t0, progress, lock.still_mine, pool)
+            return _ingest_locked(config, root, out, summary, t0, progress, lock.still_mine, pool, candidates, size,
+                                  importer)
 
 
-def _ingest_locked(config: IngestConfig, root: Path, out: Path, summary: IngestSummary, t0: float,
-                   progress: Progress | None, still_mine, pool: ImagePool) -> IngestSummary:
-    """The ingest proper, run by the one process that holds the store's lock."""
-    from ingest.disk import raise_if_environment
-    from ingest.store import StoreError, partial_path
-    from ingest.store_writer import ImageStoreWriter
-
+def _candidates(config: IngestConfig, root: Path, summary: IngestSummary) -> list[Candidate]:
+    """The usable files under ``root`` (each unusable one logged and noted in ``summary``); raises when none."""
     candidates, problems = discover(root, config.magnifications)
     for p in problems:
         log.warning("skipped %s", p.line())
@@ -343,13 +250,26 @@ def _ingest_locked(config: IngestConfig, root: Path, out: Path, summary: IngestS
     if not candidates:
         detail = f" ({len(problems)} file(s) were not usable, see above)" if problems else ""
         raise IngestError(f"no BreakHis images found under {root}{detail}")
-    size = _target_size(config, candidates)
+    return candidates
+
+
+def _ingest_locked(config: IngestConfig, root: Path, out: Path, summary: IngestSummary, t0: float,
+                   progress: Progress | None, still_mine, pool: ImagePool, candidates: list[Candidate],
+                   size: tuple[int, int], importer: threading.Thread) -> IngestSummary:
+    """The ingest proper, run by the one process that holds the store's lock."""
+    from ingest.disk import raise_if_environment
+    from ingest.store_paths import partial_path
+
     tasks = [(str(c.path), size, config.size is not None) for c in candidates]
     # A new store starts at the first image: the workers decode while this process creates the store. A resumed
     # one must first be opened to know where it stopped.
     codec_config = image_blosc_config(config.clevel)
     fresh = config.overwrite or not partial_path(out).exists()
     results = pool.encoded(tasks, codec_config) if fresh else None
+    importer.join()
+    from ingest.store import StoreError  # imported by now (a failed import in the thread is raised here)
+    from ingest.store_writer import ImageStoreWriter
+
     try:
         writer = ImageStoreWriter(out, capacity=len(candidates), height=size[0], width=size[1],
                                   shard_size=config.shard_size, clevel=config.clevel,
@@ -368,6 +288,7 @@ def _ingest_locked(config: IngestConfig, root: Path, out: Path, summary: IngestS
         results = pool.encoded(tasks[start:], writer.codec_config)
 
     _write_all(writer, results, candidates, start, summary, progress)
+    pool.release()  # every result is in: the workers exit while the store is finalized
     meta = writer.read_meta()
     split = patient_split(meta["patient"], meta["label"], CLASSES, config.split)
     for note in split.notes:

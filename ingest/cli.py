@@ -16,7 +16,6 @@ from histo_bench.command_group import HandledGroup
 from histo_bench.command_options import config_from, fail, field_help
 from histo_bench.console import console, progress_bar, setup_logging, stdout
 from histo_bench.errors import EXIT_ERROR, EXIT_SKIPPED
-from histo_bench.optional import hidden
 from ingest.synthetic.demo_size import DEMO_IMAGES_PER_MAGNIFICATION, DEMO_PATIENTS_PER_CLASS
 
 app = typer.Typer(cls=HandledGroup, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -98,14 +97,13 @@ def breakhis(
 ) -> None:
     """Ingest a BreakHis tree into a zarr store with patient-level splits, then print its summary."""
     given = dict(locals())  # first: the command line's options, nothing else
-    if workers != 1:  # the worker processes' imports run on another core while this one imports zarr
+    if workers != 1:  # the worker processes' imports run on another core while this one goes on
         from ingest.workers import start_forkserver
 
         # this module too: each worker runs the main module again (multiprocessing's spawn preparation), which
         # then costs nothing, its imports (typer, rich) already done in the forkserver it is forked from
         start_forkserver(("ingest.image_pool", "ingest.cli"))
-    with hidden("cupy"):  # zarr's GPU buffers are never used here (see hidden)
-        from ingest.breakhis import IngestConfig, ingest_breakhis
+    from ingest.breakhis import IngestConfig, ingest_breakhis  # light: zarr is imported beside the work
     from ingest.splits import SplitConfig, SplitError
 
     if root is None:
