@@ -1,8 +1,8 @@
 """``histo-ingest breakhis`` against pure decoding, measured in one run: the ingest's overhead as a ratio.
 
 The baseline decodes every image of the tree with Pillow and nothing else (``np.asarray(Image.open(p).convert(
-"RGB"))``) in a pool of the same number of processes; the ingest is the real command (``python -m ingest.cli
-breakhis ROOT --out STORE --workers N``, a fresh store each time). Both run as subprocesses, so both include their
+"RGB"))``) in a pool of the same number of processes; the ingest is the real command (``histo-ingest breakhis ROOT
+--out STORE --workers N``, a fresh store each time). Both run as subprocesses, so both include their
 interpreter start, and they alternate (decode, ingest, decode, ...) so a load change on the machine hits both. CPU
 time is that of each subprocess and its reaped descendants (``RUSAGE_CHILDREN``). The ratio reported is the
 minimum ingest wall over the minimum decode wall (noise only ever adds time), with the spread of every run.
@@ -105,6 +105,12 @@ def decode_tree(root: str, workers: int) -> int:
     return done
 
 
+def ingest_command() -> list[str]:
+    """The ``histo-ingest`` script beside this interpreter (what a user runs), else ``python -m ingest``."""
+    script = Path(sys.executable).with_name("histo-ingest")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "ingest"]
+
+
 def _timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
     """(wall, CPU) seconds of one subprocess and its reaped descendants; raises if it fails."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -134,7 +140,7 @@ def measure(config: IngestBenchConfig, progress: Callable[[str], None] | None = 
         result.decode_cpu.append(round(cpu, 3))
         store = work / "store.zarr"
         shutil.rmtree(store, ignore_errors=True)
-        wall, cpu = _timed([sys.executable, "-m", "ingest.cli", "-q", "breakhis", str(root), "--out", str(store),
+        wall, cpu = _timed([*ingest_command(), "-q", "breakhis", str(root), "--out", str(store),
                             "--workers", str(config.workers)], repo)
         result.ingest_wall.append(round(wall, 3))
         result.ingest_cpu.append(round(cpu, 3))

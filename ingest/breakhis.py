@@ -9,6 +9,7 @@ line (path + reason), skipped and counted; the rest of the run completes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -33,7 +34,7 @@ from ingest.shards import image_blosc_config
 from ingest.splits import SplitConfig, patient_split
 
 # The store modules (ingest.store, ingest.store_writer) import zarr (0.4-0.8 s of CPU): imported by a thread that
-# ingest_breakhis starts first (_import_store_modules), so that discovery, the forkserver's start-up and the
+# ingest_breakhis starts once the store is known to need writing (_StoreModules), so that discovery and the
 # workers' first batches go on meanwhile.
 
 log = logging.getLogger(__name__)
@@ -181,29 +182,42 @@ def data_origin(root: Path) -> dict[str, Any]:
     return {"kind": "user-provided", "root": str(root.resolve())}
 
 
-def _import_store_modules() -> threading.Thread:
-    """Import the store modules (zarr) in a thread, without cupy (zarr imports it for GPU buffers the ingest never
-    uses: ~0.25 s, :func:`histo_bench.optional.hidden`); join it before using them."""
+class _StoreModules(threading.Thread):
+    """Imports the store modules (zarr) in the background while files are discovered and the workers start;
+    :meth:`wait` joins it and raises what the import raised. ``without_cupy``: zarr is imported without cupy
+    (which it imports for GPU buffers the ingest never uses: ~0.25 s, :func:`histo_bench.optional.hidden`); only
+    for the ``histo-ingest`` command, whose process ends with the ingest, since ``sys.modules`` is every thread's
+    and what zarr set up without cupy stays so."""
 
-    def run() -> None:
-        with hidden("cupy"):
-            import ingest.store_writer  # noqa: F401
+    def __init__(self, without_cupy: bool) -> None:
+        super().__init__(name="import-store-modules", daemon=True)
+        self.without_cupy = without_cupy
+        self.error: BaseException | None = None
 
-    thread = threading.Thread(target=run, name="import-store-modules", daemon=True)
-    thread.start()
-    return thread
+    def run(self) -> None:
+        try:
+            with hidden("cupy") if self.without_cupy else contextlib.nullcontext():
+                import ingest.store_writer  # noqa: F401
+        except BaseException as exc:  # raised by wait(), in the caller's thread
+            self.error = exc
+
+    def wait(self) -> None:
+        self.join()
+        if self.error is not None:
+            raise self.error
 
 
-def ingest_breakhis(config: IngestConfig, progress: Progress | None = None) -> IngestSummary:
+def ingest_breakhis(config: IngestConfig, progress: Progress | None = None, command: bool = False) -> IngestSummary:
     """Ingest a BreakHis tree into a zarr store; see :class:`IngestConfig`. Raises :class:`IngestError` when nothing
-    can be done; individual bad files are skipped and listed in the returned summary."""
+    can be done; individual bad files are skipped and listed in the returned summary. ``command``: called by the
+    ``histo-ingest`` command, whose process ends with it (then zarr is imported without cupy, see
+    :class:`_StoreModules`)."""
     t0 = time.perf_counter()
     root, out = Path(config.root), Path(os.path.abspath(config.out))  # `--out .` names the current folder
     if not root.exists():
         raise IngestError(f"{root}: no such directory")
     if not root.is_dir():
         raise IngestError(f"{root}: not a directory")
-    importer = _import_store_modules()
     from ingest.disk import raise_if_environment
     from ingest.store_paths import FORMAT, is_complete, partial_path, partial_refusal, store_lock
 
@@ -234,11 +248,16 @@ def ingest_breakhis(config: IngestConfig, progress: Progress | None = None) -> I
         reason = partial_refusal(partial_path(out))  # checked under the lock: no other writer is mid-way
         if reason:
             raise IngestError(reason)
-        candidates = _candidates(config, root, summary)  # while the forkserver starts up (ingest.cli)
-        size = _target_size(config, candidates)
-        with ImagePool(config.n_workers) as pool:
-            return _ingest_locked(config, root, out, summary, t0, progress, lock.still_mine, pool, candidates, size,
-                                  importer)
+        importer = _StoreModules(without_cupy=command)
+        importer.start()
+        try:
+            candidates = _candidates(config, root, summary)  # while the forkserver starts up (ingest.__main__)
+            size = _target_size(config, candidates)
+            with ImagePool(config.n_workers) as pool:
+                return _ingest_locked(config, root, out, summary, t0, progress, lock.still_mine, pool, candidates,
+                                      size, importer)
+        finally:
+            importer.join()  # no import goes on behind the caller's back
 
 
 def _candidates(config: IngestConfig, root: Path, summary: IngestSummary) -> list[Candidate]:
@@ -255,7 +274,7 @@ def _candidates(config: IngestConfig, root: Path, summary: IngestSummary) -> lis
 
 def _ingest_locked(config: IngestConfig, root: Path, out: Path, summary: IngestSummary, t0: float,
                    progress: Progress | None, still_mine, pool: ImagePool, candidates: list[Candidate],
-                   size: tuple[int, int], importer: threading.Thread) -> IngestSummary:
+                   size: tuple[int, int], importer: _StoreModules) -> IngestSummary:
     """The ingest proper, run by the one process that holds the store's lock."""
     from ingest.disk import raise_if_environment
     from ingest.store_paths import partial_path
@@ -266,8 +285,8 @@ def _ingest_locked(config: IngestConfig, root: Path, out: Path, summary: IngestS
     codec_config = image_blosc_config(config.clevel)
     fresh = config.overwrite or not partial_path(out).exists()
     results = pool.encoded(tasks, codec_config) if fresh else None
-    importer.join()
-    from ingest.store import StoreError  # imported by now (a failed import in the thread is raised here)
+    importer.wait()
+    from ingest.store import StoreError  # imported by now (a failed import in the thread is raised above)
     from ingest.store_writer import ImageStoreWriter
 
     try:

@@ -100,9 +100,9 @@ def breakhis(
     if workers != 1:  # the worker processes' imports run on another core while this one goes on
         from ingest.workers import start_forkserver
 
-        # this module too: each worker runs the main module again (multiprocessing's spawn preparation), which
-        # then costs nothing, its imports (typer, rich) already done in the forkserver it is forked from
-        start_forkserver(("ingest.image_pool", "ingest.cli"))
+        # histo-ingest started it already (ingest.__main__). Run as `python -m ingest.cli`, each worker runs this
+        # module again (multiprocessing's spawn preparation): then it is preloaded too, typer and rich with it.
+        start_forkserver(("ingest.image_pool",) + (("ingest.cli",) if __name__ == "__main__" else ()))
     from ingest.breakhis import IngestConfig, ingest_breakhis  # light: zarr is imported beside the work
     from ingest.splits import SplitConfig, SplitError
 
@@ -122,7 +122,7 @@ def breakhis(
     config = config_from(IngestConfig, {**BREAKHIS_FIELDS, "split": "split"}, given, root=root, out=out,
                          size=_parse_size(size), split=split_config)
     with progress_bar("ingesting") as progress:
-        summary = ingest_breakhis(config, progress=progress)
+        summary = ingest_breakhis(config, progress=progress, command=True)
     if summary.already_complete:
         console.print(f"{out} is already complete; nothing to do (pass --overwrite to rebuild it)")
     else:

@@ -15,6 +15,7 @@ forked from a forkserver that preloads this module starts in milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 from collections import deque
@@ -98,6 +99,7 @@ class ImagePool:
         self.workers = workers
         self._pool = None
         self._rings: list[SharedRing] = []
+        self._released: list = []  # the worker processes of a released pool, joined on close
         if workers > 1:
             self._pool = process_pool(workers, _init_worker, preload=(__name__,))
             for _ in range(workers):
@@ -106,14 +108,14 @@ class ImagePool:
     def encoded(self, tasks: list[Task], codec_config: dict, batch: int = BATCH) -> Iterator[EncodedImage | str]:
         """Every task's result, in task order. The first :data:`WINDOW` batches per worker are submitted before
         this returns; the rest as results are taken (bounded memory)."""
-        if self._pool is None:
+        if self._pool is None or not tasks:
             codec = blosc_codec(codec_config)
             return (_encode(task, codec) for task in tasks)
         batches = (tasks[i:i + batch] for i in range(0, len(tasks), batch))
-        height, width = tasks[0][1] if tasks else (1, 1)
+        height, width = tasks[0][1]
         ring = SharedRing.create(WINDOW * self.workers, batch, height * width * 3)
         if ring is not None:
-            self._rings.append(ring)  # removed on close, once no worker can write into it
+            self._rings.append(ring)  # removed once every batch is in, else on close (no worker writes then)
         pending: deque[tuple[Future, int]] = deque(
             (self._submit(chunk, codec_config, ring, k), k)
             for k, chunk in enumerate(itertools.islice(batches, WINDOW * self.workers)))
@@ -132,20 +134,31 @@ class ImagePool:
             if nxt is not None:
                 pending.append((self._submit(nxt, codec_config, ring, k), k))
             yield from results
+        if ring is not None:  # every batch is in: no worker writes into it any more
+            ring.close()
+            self._rings.remove(ring)
 
     def release(self) -> None:
         """Tell the workers to exit once their work is done, without waiting for them (:meth:`close` joins them)."""
         if self._pool is not None:
+            # the executor forgets its processes on a shutdown that does not wait: kept to be joined on close
+            self._released.extend((getattr(self._pool, "_processes", None) or {}).values())
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         """Drop queued work, join the workers and stop the helper processes (idempotent)."""
-        if self._pool is not None:
+        if self._pool is None:
+            return
+        try:
             self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-            for ring in self._rings:
-                ring.close()
-            self._rings = []
+            for process in self._released:
+                process.join()
+        finally:
+            self._pool, self._released = None, []
+            rings, self._rings = self._rings, []
+            for ring in rings:
+                with contextlib.suppress(BufferError):  # still exported: the tracker removes it at exit
+                    ring.close()
             gc.collect()  # its queues' semaphores are released now, while the resource tracker still runs
             stop_helpers()  # no forkserver or resource tracker outlives the ingest either
 

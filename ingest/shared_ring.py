@@ -8,16 +8,23 @@ worker copies each encoded image into its batch's slot and returns only (offset,
 
 The segment is reserved in full when made (``posix_fallocate``): a ``/dev/shm`` too small for it (a container's
 64 MiB default, say) fails then, in this process, and the caller falls back to the pipe, instead of a worker
-dying of SIGBUS on its first write. It is unlinked when closed; a writer killed outright leaves it to
-multiprocessing's resource tracker, which removes it when the last process using it is gone.
+dying of SIGBUS on its first write. It is unlinked when closed, and on an interrupt or error by multiprocessing's
+resource tracker. A whole process group killed outright (SIGKILL, the OOM killer, ``docker kill``) takes the tracker
+with it; the segment is named after the writer's pid (``histo-ring-<pid>-<token>``), so the next ring made on the
+machine removes every one whose writer is gone (:func:`sweep`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import secrets
 from dataclasses import dataclass
 from multiprocessing import shared_memory
+from pathlib import Path
+
+from histo_bench.files import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +32,10 @@ log = logging.getLogger(__name__)
 MAX_RING_BYTES = 256 * 1024 * 1024
 #: Room above an image's raw size for the codec's header (Blosc adds at most 16 bytes to incompressible data).
 HEADROOM = 4096
+#: Every ring's name starts so, followed by ``<pid>-<token>``.
+PREFIX = "histo-ring-"
+#: Where Linux keeps POSIX shared memory (elsewhere :func:`sweep` finds nothing to do).
+SHM_DIR = Path("/dev/shm")
 
 _ATTACHED: dict[str, shared_memory.SharedMemory] = {}  # in each worker: the rings it has written into
 
@@ -44,7 +55,10 @@ class Slot:
             return None
         ring = _ATTACHED.get(self.name)
         if ring is None:
-            ring = _ATTACHED[self.name] = shared_memory.SharedMemory(self.name)
+            try:
+                ring = _ATTACHED[self.name] = shared_memory.SharedMemory(self.name)
+            except FileNotFoundError:  # removed under us (another machine's sweep through a shared /dev/shm)
+                return None
         start = self.offset + j * self.item_bytes
         ring.buf[start:start + len(blob)] = blob
         return start, len(blob)
@@ -65,20 +79,32 @@ class SharedRing:
         if size > MAX_RING_BYTES:
             log.debug("encoded images travel by pipe: a shared ring would take %d MB", size >> 20)
             return None
+        if not hasattr(os, "posix_fallocate"):  # macOS: no way to reserve it, so no ring (see the module doc)
+            log.debug("encoded images travel by pipe: shared memory cannot be reserved on this platform")
+            return None
+        sweep()
         try:
-            memory = shared_memory.SharedMemory(create=True, size=size)
+            memory = shared_memory.SharedMemory(f"{PREFIX}{os.getpid()}-{secrets.token_hex(4)}", create=True,
+                                                size=size)
         except OSError as exc:
             log.info("encoded images travel by pipe: no shared memory (%s)", exc.strerror or exc)
             return None
         try:
             os.posix_fallocate(memory._fd, 0, size)  # reserve it now: no SIGBUS later (see the module doc)
-        except (OSError, AttributeError) as exc:
-            log.info("encoded images travel by pipe: %d MB of shared memory cannot be reserved (%s)", size >> 20,
-                     getattr(exc, "strerror", None) or exc)
+        except BaseException as exc:  # an interrupt too: the segment goes first
             memory.close()
             memory.unlink()
+            if not isinstance(exc, OSError):
+                raise
+            log.info("encoded images travel by pipe: %d MB of shared memory cannot be reserved (%s)", size >> 20,
+                     exc.strerror or exc)
             return None
         return cls(memory, slots, items, item_bytes)
+
+    @property
+    def name(self) -> str | None:
+        """The segment's name (None once closed)."""
+        return self._memory.name if self._memory is not None else None
 
     def slot(self, k: int) -> Slot:
         return Slot(self._memory.name, k * self.items * self.item_bytes, self.item_bytes)
@@ -90,7 +116,23 @@ class SharedRing:
 
     def close(self) -> None:
         """Unmap and remove the segment (idempotent); only once no worker writes into it any more."""
-        if self._memory is not None:
-            self._memory.close()
-            self._memory.unlink()
-            self._memory = None
+        memory, self._memory = self._memory, None
+        if memory is not None:
+            try:
+                memory.unlink()
+            finally:
+                memory.close()  # BufferError while a view of it lives: then unmapped when this process exits
+
+
+def sweep() -> list[str]:
+    """Remove the rings of writers that are gone (killed with their whole process group); returns their names.
+    A ring of a live writer, or of another user, is left alone."""
+    removed = []
+    for path in SHM_DIR.glob(f"{PREFIX}*") if SHM_DIR.is_dir() else ():
+        pid = path.name[len(PREFIX):].partition("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path.name)
+                log.info("removed %s: shared memory left by an ingest that was killed", path)
+    return removed

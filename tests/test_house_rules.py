@@ -1,8 +1,8 @@
 """The house rules, enforced: layers one way (no upward import, no cycle), files and functions a person can hold.
 
 Layers, lowest first (README, "Architecture"): ``histo_bench`` < ``ingest`` < ``models`` < ``pipelines`` <
-``benchmark`` < the CLI modules (any module named ``cli`` / ``cli_*``, or inside a ``cli`` package). Imports are read
-with ``ast``, function-local ones included, so a lazy import cannot hide a layer violation.
+``benchmark`` < the CLI modules (any module named ``cli`` / ``cli_*`` / ``__main__``, or inside a ``cli`` package).
+Imports are read with ``ast``, function-local ones included, so a lazy import cannot hide a layer violation.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def project_modules(root: Path = ROOT) -> dict[str, Path]:
 
 def layer(module: str) -> int:
     parts = module.split(".")
-    if any(p == "cli" or p.startswith("cli_") for p in parts[1:]):
+    if any(p in ("cli", "__main__") or p.startswith("cli_") for p in parts[1:]):
         return CLI_LAYER
     return LAYERS.index(parts[0])
 

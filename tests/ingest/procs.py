@@ -15,7 +15,7 @@ VOLATILE_KEYS = frozenset({"timings", "seconds", "images_per_s", "completed_at",
 
 
 def ingest_cmd(*args: str | Path) -> list[str]:
-    return [sys.executable, "-m", "ingest.cli", *map(str, args)]
+    return [sys.executable, "-m", "ingest", *map(str, args)]
 
 
 def start(*args: str | Path, cwd: Path | None = None) -> subprocess.Popen:

@@ -156,3 +156,17 @@ def test_demo_command_writes_the_tree_it_was_asked_for(tmp_path):
     assert "seed" in _one_error(again)
     assert _one_error(runner.invoke(app, ["demo", "--out", str(tmp_path / "x"), "--patients-per-class", "0"])) == (
         "error: patients_per_class must be in 1..999, got 0")
+
+
+def test_the_forkserver_is_started_before_the_cli_only_for_a_breakhis_ingest_with_workers():
+    from ingest.__main__ import uses_workers
+
+    assert uses_workers(["breakhis", "tree", "--out", "s.zarr"])
+    assert uses_workers(["-q", "-v", "breakhis", "tree", "--workers", "2"])
+    assert uses_workers(["breakhis", "--workers=0"])
+    assert not uses_workers(["breakhis", "tree", "--workers", "1"])
+    assert not uses_workers(["-q", "breakhis", "--workers=1"])
+    assert not uses_workers(["breakhis", "--help"])
+    assert not uses_workers(["tile", "slides/"])
+    assert not uses_workers(["info", "breakhis"])
+    assert not uses_workers([])

@@ -1,31 +1,54 @@
-"""The shared ring the ingest's workers hand encoded images through: bytes come out as they went in, an image too
-large for its place or a machine without room for the ring falls back to the pipe with the same store, and no
-segment outlives the ingest."""
+"""The shared ring the ingest's workers hand encoded images through: bytes come out as they went in, a slot is
+reused only once its images are copied out, an image too large for its place or a machine without room for the
+ring falls back to the pipe with the same store, and no segment outlives the ingest (nor, for long, a killed one)."""
 
 from __future__ import annotations
 
 import errno
 import os
-from pathlib import Path
+import subprocess
+import sys
+from concurrent.futures import Future
 
 import pytest
 
-from ingest import shared_ring
+from ingest import image_pool, shared_ring
 from ingest.breakhis import IngestConfig, ingest_breakhis
-from ingest.shared_ring import SharedRing
+from ingest.image_pool import ImagePool
+from ingest.shards import blosc_codec, image_blosc_config
+from ingest.shared_ring import PREFIX, SHM_DIR, SharedRing
 from tests.ingest import procs
 
-SHM = Path("/dev/shm")
+needs_ring = pytest.mark.skipif(not SHM_DIR.is_dir() or not hasattr(os, "posix_fallocate"),
+                                reason="no /dev/shm or posix_fallocate: the ring is never used here")
 
 
-def _segments() -> set[str]:
-    return {p.name for p in SHM.iterdir()} if SHM.is_dir() else set()
+def _rings() -> set[str]:
+    """The rings on this machine (any other segment is none of these tests' business)."""
+    return {p.name for p in SHM_DIR.glob(f"{PREFIX}*")} if SHM_DIR.is_dir() else set()
 
 
+@pytest.fixture
+def made(monkeypatch) -> list[str]:
+    """The names of the rings made while the test runs."""
+    names: list[str] = []
+    create = SharedRing.create.__func__
+
+    def spy(cls, *args, **kwargs):
+        ring = create(cls, *args, **kwargs)
+        if ring is not None:
+            names.append(ring.name)
+        return ring
+
+    monkeypatch.setattr(SharedRing, "create", classmethod(spy))
+    return names
+
+
+@needs_ring
 def test_put_and_take_round_trip_and_an_oversized_blob_is_refused():
-    before = _segments()
     ring = SharedRing.create(slots=2, items=3, raw_bytes=100)
-    assert ring is not None
+    assert ring is not None and ring.name.startswith(f"{PREFIX}{os.getpid()}-")
+    name = ring.name
     try:
         slot = ring.slot(1)
         blobs = [bytes([j]) * (50 + j) for j in range(3)]
@@ -38,11 +61,11 @@ def test_put_and_take_round_trip_and_an_oversized_blob_is_refused():
         ring.close()
         shared_ring._ATTACHED.pop(slot.name).close()  # this process attached as a worker would
     ring.close()  # idempotent
-    assert _segments() == before
+    assert name not in _rings()
 
 
 def test_no_ring_when_too_large_or_when_the_memory_cannot_be_reserved(monkeypatch):
-    before = _segments()
+    before = _rings()
     monkeypatch.setattr(shared_ring, "MAX_RING_BYTES", 1000)
     assert SharedRing.create(slots=2, items=4, raw_bytes=1000) is None
     monkeypatch.undo()
@@ -50,26 +73,63 @@ def test_no_ring_when_too_large_or_when_the_memory_cannot_be_reserved(monkeypatc
     def full(fd, offset, length):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(os, "posix_fallocate", full)  # a /dev/shm too small: refused here, no SIGBUS later
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)  # a /dev/shm too small: refused, no SIGBUS
     assert SharedRing.create(slots=2, items=4, raw_bytes=1000) is None
-    assert _segments() == before  # the segment made before the refusal is removed
+    assert _rings() <= before  # the segment made before the refusal is removed
 
 
-def test_the_pipe_fallback_writes_the_same_store_and_no_segment_is_left(tiny_tree, tmp_path, monkeypatch):
-    before = _segments()
+class _AtOnce:
+    """An executor that runs each task when it is submitted: a worker as fast as can be, writing into its slot
+    before the writer has looked at anything."""
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
+@needs_ring
+def test_a_slot_is_given_to_the_next_batch_only_once_its_images_are_copied_out(tiny_tree, made):
+    files = sorted(str(p) for p in tiny_tree.rglob("*.png"))
+    tasks = [(f, (46, 70), False) for f in files]
+    config = image_blosc_config(1)
+    expected = [bytes(blosc_codec(config).encode(image_pool.decode_file(*t).image)) for t in tasks]
+    assert len(set(expected)) == len(expected)  # every image differs: an overwritten slot would show
+    pool = ImagePool(1)
+    pool.workers, pool._pool = 2, _AtOnce()  # 2 workers' worth of slots, each refilled the moment it is free
+    try:
+        got = [r.blob for r in pool.encoded(tasks, config, batch=2)]
+    finally:
+        pool._pool = None
+        shared_ring._ATTACHED.clear()
+    assert got == expected
+    assert len(made) == 1 and made[0] not in _rings()  # closed once every batch was in
+
+
+@needs_ring
+def test_the_pipe_fallback_writes_the_same_store_and_every_ring_is_removed(tiny_tree, tmp_path, monkeypatch, made):
     ring, pipe = tmp_path / "ring.zarr", tmp_path / "pipe.zarr"
+    taken = []
+    take = SharedRing.take
+    monkeypatch.setattr(SharedRing, "take", lambda self, place: taken.append(place) or take(self, place))
+    monkeypatch.setattr(image_pool, "stop_helpers", lambda: None)  # the tracker would remove a forgotten ring
     ingest_breakhis(IngestConfig(root=str(tiny_tree), out=str(ring), workers=2, shard_size=8))
-    assert _segments() == before
+    assert made and len(taken) == len(list(tiny_tree.rglob("*.png")))  # every image came that way
+    assert not set(made) & _rings()
     monkeypatch.setattr(shared_ring, "MAX_RING_BYTES", 0)  # every image through the pool's pipe
     ingest_breakhis(IngestConfig(root=str(tiny_tree), out=str(pipe), workers=2, shard_size=8))
+    monkeypatch.undo()
+    image_pool.stop_helpers()
     a, b = procs.store_digest(ring), procs.store_digest(pipe)
     a.pop("zarr.json"), b.pop("zarr.json")  # the root attrs hold timings
     assert a == b, procs.diff(a, b)
 
 
-@pytest.mark.skipif(not SHM.is_dir(), reason="no /dev/shm on this platform")
-def test_an_interrupted_ingest_leaves_no_segment(tiny_tree, tmp_path, monkeypatch):
-    before = _segments()
+@needs_ring
+def test_an_interrupted_ingest_leaves_no_ring(tiny_tree, tmp_path, monkeypatch, made):
     calls = []
 
     def interrupt(*args):
@@ -77,7 +137,24 @@ def test_an_interrupted_ingest_leaves_no_segment(tiny_tree, tmp_path, monkeypatc
         if len(calls) == 3:
             raise KeyboardInterrupt
 
+    monkeypatch.setattr(image_pool, "stop_helpers", lambda: None)
     with pytest.raises(KeyboardInterrupt):
         ingest_breakhis(IngestConfig(root=str(tiny_tree), out=str(tmp_path / "s.zarr"), workers=2, shard_size=4),
                         progress=lambda done, total: interrupt(done, total))
-    assert _segments() == before
+    monkeypatch.undo()
+    image_pool.stop_helpers()
+    assert made and not set(made) & _rings()
+
+
+@needs_ring
+def test_the_rings_of_a_killed_writer_are_swept_and_a_live_ones_kept():
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, live = SHM_DIR / f"{PREFIX}{int(gone.stdout)}-0badc0de", SHM_DIR / f"{PREFIX}{os.getpid()}-0badc0de"
+    try:
+        dead.write_bytes(b"left by a SIGKILL")
+        live.write_bytes(b"in use")
+        assert dead.name in shared_ring.sweep()
+        assert not dead.exists() and live.exists()
+    finally:
+        dead.unlink(missing_ok=True)
+        live.unlink(missing_ok=True)
