@@ -170,3 +170,21 @@ def test_the_forkserver_is_started_before_the_cli_only_for_a_breakhis_ingest_wit
     assert not uses_workers(["tile", "slides/"])
     assert not uses_workers(["info", "breakhis"])
     assert not uses_workers([])
+
+
+def test_quick_exit_runs_the_exit_handlers_keeps_the_code_and_waits_for_threads(tmp_path):
+    import subprocess
+    import sys
+
+    def run(body: str) -> subprocess.CompletedProcess:
+        script = ("import atexit, sys, threading, time\nfrom ingest.__main__ import quick_exit\n"
+                  f"atexit.register(lambda: open({str(tmp_path / 'ran')!r}, 'a').write('x'))\n{body}")
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+
+    done = run("print('output', end='')\nquick_exit(3)")
+    assert done.returncode == 3 and done.stdout == "output" and (tmp_path / "ran").read_text() == "x"
+    # a thread still at work: no quick exit (the interpreter waits for it), nor for a message as exit code
+    busy = run("t = threading.Thread(target=time.sleep, args=(0.3,)); t.start()\nquick_exit(0)\nprint('normal')")
+    assert busy.returncode == 0 and busy.stdout.strip() == "normal"
+    message = run("quick_exit('failed')\nprint('normal')")
+    assert message.stdout.strip() == "normal"
