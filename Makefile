@@ -72,7 +72,7 @@ browser:
 	fi
 
 test: lint browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=30
 	$(MAKE) --no-print-directory bench
 
 bench: install
