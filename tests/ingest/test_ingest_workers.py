@@ -93,7 +93,7 @@ def test_a_failed_background_import_is_raised_by_wait(monkeypatch):
     from ingest.breakhis import _StoreModules
 
     monkeypatch.setitem(sys.modules, "ingest.store_writer", None)  # as if it could not be imported
-    importer = _StoreModules(without_cupy=True)
+    importer = _StoreModules(command=True)
     importer.start()
     try:
         importer.wait()
