@@ -106,9 +106,13 @@ def decode_tree(root: str, workers: int) -> int:
 
 
 def ingest_command() -> list[str]:
-    """The ``histo-ingest`` script beside this interpreter (what a user runs), else ``python -m ingest``."""
+    """The ``histo-ingest`` script beside this interpreter (what a user runs), else ``python -m ingest`` (with a
+    warning: its workers start differently). A script of an older install (``ingest.cli:main``) is not used."""
     script = Path(sys.executable).with_name("histo-ingest")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "ingest"]
+    if script.is_file() and "ingest.__main__" in script.read_text(errors="replace"):
+        return [str(script)]
+    log.warning("%s is missing or from an older install (make install): measuring python -m ingest", script)
+    return [sys.executable, "-m", "ingest"]
 
 
 def _timed(cmd: list[str], cwd: Path) -> tuple[float, float]:

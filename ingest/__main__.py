@@ -5,7 +5,8 @@ Pillow, Blosc) once. Started here, from the command line alone, that start-up (~
 while this process imports the CLI (typer, rich: another ~0.2 s), instead of after it. This module imports nothing
 heavy, because every worker runs the main script again (multiprocessing's spawn preparation imports
 ``ingest.__main__`` from the ``histo-ingest`` script; ``python -m ingest`` is skipped): the CLI itself is imported
-only in :func:`main`, never by a worker.
+only in :func:`main`, never by a worker. A launcher of its own must call :func:`main` under
+``if __name__ == "__main__":``, or each worker would run the command again.
 """
 
 from __future__ import annotations
@@ -13,23 +14,27 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-#: Options of ``histo-ingest`` itself, before the command (flags only: none takes a value).
-_GLOBAL_FLAGS = frozenset({"-v", "-vv", "-vvv", "--verbose", "-q", "--quiet"})
+
+def _global_flag(arg: str) -> bool:
+    """Whether ``arg`` is an option of ``histo-ingest`` itself (``-v`` counted, ``-q``, combined: ``-qv``)."""
+    return arg in ("--verbose", "--quiet") or (len(arg) > 1 and arg[0] == "-" and set(arg[1:]) <= {"v", "q"})
 
 
 def uses_workers(argv: Sequence[str]) -> bool:
-    """Whether the command line runs ``breakhis`` with worker processes (any ``--workers`` but 1)."""
+    """Whether the command line runs ``breakhis`` with worker processes (any ``--workers`` but 1; the last one
+    given counts, as for the CLI). A guess: where it is wrong, ``breakhis`` starts the forkserver itself."""
     args = list(argv)
-    while args and args[0] in _GLOBAL_FLAGS:
+    while args and _global_flag(args[0]):
         args.pop(0)
     if not args or args[0] != "breakhis" or "--help" in args:
         return False
+    workers = None
     for k, arg in enumerate(args):
         if arg == "--workers" and k + 1 < len(args):
-            return args[k + 1].strip() != "1"
-        if arg.startswith("--workers="):
-            return arg.partition("=")[2].strip() != "1"
-    return True
+            workers = args[k + 1]
+        elif arg.startswith("--workers="):
+            workers = arg.partition("=")[2]
+    return workers is None or workers.strip() != "1"
 
 
 def main() -> None:
@@ -65,8 +70,10 @@ def quick_exit(code: object) -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe (`| head`): what the interpreter would have done anyway
+        except (BrokenPipeError, ValueError):  # a closed pipe (`| head`): ignored by the interpreter too
             pass
+        except OSError:  # a full disk, say: the interpreter's own exit reports it (and exits 120)
+            return
     os._exit(code or 0)
 
 

@@ -157,7 +157,7 @@ class ImagePool:
             self._pool, self._released = None, []
             rings, self._rings = self._rings, []
             for ring in rings:
-                with contextlib.suppress(BufferError):  # still exported: the tracker removes it at exit
+                with contextlib.suppress(BufferError, OSError):  # the tracker removes what is left at exit
                     ring.close()
             gc.collect()  # its queues' semaphores are released now, while the resource tracker still runs
             stop_helpers()  # no forkserver or resource tracker outlives the ingest either

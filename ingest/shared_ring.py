@@ -10,8 +10,9 @@ The segment is reserved in full when made (``posix_fallocate``): a ``/dev/shm`` 
 64 MiB default, say) fails then, in this process, and the caller falls back to the pipe, instead of a worker
 dying of SIGBUS on its first write. It is unlinked when closed, and on an interrupt or error by multiprocessing's
 resource tracker. A whole process group killed outright (SIGKILL, the OOM killer, ``docker kill``) takes the tracker
-with it; the segment is named after the writer's pid (``histo-ring-<pid>-<token>``), so the next ring made on the
-machine removes every one whose writer is gone (:func:`sweep`).
+with it; the segment is named after the writer's pid namespace and pid (``histo-ring-<namespace>-<pid>-<token>``),
+so the next ring made on the machine removes every one of its namespace whose writer is gone (:func:`sweep`); a
+ring from another pid namespace sharing ``/dev/shm`` (a container with ``--ipc=host``) is never touched.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 MAX_RING_BYTES = 256 * 1024 * 1024
 #: Room above an image's raw size for the codec's header (Blosc adds at most 16 bytes to incompressible data).
 HEADROOM = 4096
-#: Every ring's name starts so, followed by ``<pid>-<token>``.
+#: Every ring's name starts so, followed by ``<pid namespace>-<pid>-<token>``.
 PREFIX = "histo-ring-"
 #: Where Linux keeps POSIX shared memory (elsewhere :func:`sweep` finds nothing to do).
 SHM_DIR = Path("/dev/shm")
@@ -57,7 +58,7 @@ class Slot:
         if ring is None:
             try:
                 ring = _ATTACHED[self.name] = shared_memory.SharedMemory(self.name)
-            except FileNotFoundError:  # removed under us (another machine's sweep through a shared /dev/shm)
+            except FileNotFoundError:  # removed under us (by hand, say): this image travels by pipe
                 return None
         start = self.offset + j * self.item_bytes
         ring.buf[start:start + len(blob)] = blob
@@ -84,8 +85,7 @@ class SharedRing:
             return None
         sweep()
         try:
-            memory = shared_memory.SharedMemory(f"{PREFIX}{os.getpid()}-{secrets.token_hex(4)}", create=True,
-                                                size=size)
+            memory = shared_memory.SharedMemory(f"{_owner()}-{secrets.token_hex(4)}", create=True, size=size)
         except OSError as exc:
             log.info("encoded images travel by pipe: no shared memory (%s)", exc.strerror or exc)
             return None
@@ -120,16 +120,36 @@ class SharedRing:
         if memory is not None:
             try:
                 memory.unlink()
+            except FileNotFoundError:  # removed under us: nothing left to remove, nor for the tracker
+                with contextlib.suppress(Exception):
+                    from multiprocessing import resource_tracker
+
+                    resource_tracker.unregister(memory._name, "shared_memory")
             finally:
                 memory.close()  # BufferError while a view of it lives: then unmapped when this process exits
 
 
+def _namespace() -> str:
+    """This process's pid namespace (its inode; "0" where there is no /proc)."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
+
+
+def _owner(pid: int | None = None) -> str:
+    """The start of the names of this process's rings: prefix, pid namespace, pid."""
+    return f"{PREFIX}{_namespace()}-{os.getpid() if pid is None else pid}"
+
+
 def sweep() -> list[str]:
-    """Remove the rings of writers that are gone (killed with their whole process group); returns their names.
-    A ring of a live writer, or of another user, is left alone."""
+    """Remove the rings of writers of this pid namespace that are gone (killed with their whole process group);
+    returns their names. A live writer's ring, another namespace's (whose pids mean nothing here) or another
+    user's is left alone."""
     removed = []
-    for path in SHM_DIR.glob(f"{PREFIX}*") if SHM_DIR.is_dir() else ():
-        pid = path.name[len(PREFIX):].partition("-")[0]
+    mine = f"{PREFIX}{_namespace()}-"
+    for path in SHM_DIR.glob(f"{mine}*") if SHM_DIR.is_dir() else ():
+        pid = path.name[len(mine):].partition("-")[0]
         if pid.isdigit() and not pid_alive(int(pid)):
             with contextlib.suppress(OSError):
                 path.unlink()

@@ -170,6 +170,9 @@ def test_the_forkserver_is_started_before_the_cli_only_for_a_breakhis_ingest_wit
     assert not uses_workers(["tile", "slides/"])
     assert not uses_workers(["info", "breakhis"])
     assert not uses_workers([])
+    assert uses_workers(["-qv", "-vvvv", "breakhis", "tree"])
+    assert uses_workers(["breakhis", "--workers", "1", "--workers", "4"])  # the last one counts, as for the CLI
+    assert not uses_workers(["breakhis", "--workers", "4", "--workers=1"])
 
 
 def test_quick_exit_runs_the_exit_handlers_keeps_the_code_and_waits_for_threads(tmp_path):

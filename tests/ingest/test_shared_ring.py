@@ -47,7 +47,7 @@ def made(monkeypatch) -> list[str]:
 @needs_ring
 def test_put_and_take_round_trip_and_an_oversized_blob_is_refused():
     ring = SharedRing.create(slots=2, items=3, raw_bytes=100)
-    assert ring is not None and ring.name.startswith(f"{PREFIX}{os.getpid()}-")
+    assert ring is not None and ring.name.startswith(f"{shared_ring._owner()}-")
     name = ring.name
     try:
         slot = ring.slot(1)
@@ -146,15 +146,27 @@ def test_an_interrupted_ingest_leaves_no_ring(tiny_tree, tmp_path, monkeypatch, 
     assert made and not set(made) & _rings()
 
 
-@needs_ring
-def test_the_rings_of_a_killed_writer_are_swept_and_a_live_ones_kept():
+def test_the_rings_of_a_killed_writer_are_swept_a_live_ones_and_another_namespaces_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(shared_ring, "SHM_DIR", tmp_path)  # not the machine's /dev/shm: other runs make rings there
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead, live = SHM_DIR / f"{PREFIX}{int(gone.stdout)}-0badc0de", SHM_DIR / f"{PREFIX}{os.getpid()}-0badc0de"
-    try:
-        dead.write_bytes(b"left by a SIGKILL")
-        live.write_bytes(b"in use")
-        assert dead.name in shared_ring.sweep()
-        assert not dead.exists() and live.exists()
-    finally:
-        dead.unlink(missing_ok=True)
-        live.unlink(missing_ok=True)
+    dead = tmp_path / f"{shared_ring._owner(int(gone.stdout))}-0badc0de"
+    live = tmp_path / f"{shared_ring._owner()}-0badc0de"
+    elsewhere = tmp_path / f"{PREFIX}1-{int(gone.stdout)}-0badc0de"  # another pid namespace: its pids mean nothing
+    for path in (dead, live, elsewhere):
+        path.write_bytes(b"ring")
+    assert shared_ring.sweep() == [dead.name]
+    assert not dead.exists() and live.exists() and elsewhere.exists()
+
+
+@needs_ring
+def test_a_ring_removed_under_the_ingest_only_sends_images_by_pipe(tiny_tree, tmp_path, monkeypatch):
+    create = SharedRing.create.__func__
+
+    def removed_at_once(cls, *args, **kwargs):
+        ring = create(cls, *args, **kwargs)
+        (SHM_DIR / ring.name).unlink()  # before any worker attached (someone's rm /dev/shm/*)
+        return ring
+
+    monkeypatch.setattr(SharedRing, "create", classmethod(removed_at_once))
+    summary = ingest_breakhis(IngestConfig(root=str(tiny_tree), out=str(tmp_path / "s.zarr"), workers=2))
+    assert summary.images == len(list(tiny_tree.rglob("*.png")))
