@@ -100,9 +100,7 @@ def breakhis(
     if workers != 1:  # the worker processes' imports run on another core while this one goes on
         from ingest.workers import start_forkserver
 
-        # histo-ingest started it already (ingest.__main__). Run as `python -m ingest.cli`, each worker runs this
-        # module again (multiprocessing's spawn preparation): then it is preloaded too, typer and rich with it.
-        start_forkserver(("ingest.image_pool",) + (("ingest.cli",) if __name__ == "__main__" else ()))
+        start_forkserver(("ingest.image_pool",))  # histo-ingest started it already (ingest.__main__)
     from ingest.breakhis import IngestConfig, ingest_breakhis  # light: zarr is imported beside the work
     from ingest.splits import SplitConfig, SplitError
 

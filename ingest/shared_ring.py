@@ -18,6 +18,7 @@ ring from another pid namespace sharing ``/dev/shm`` (a container with ``--ipc=h
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -129,6 +130,7 @@ class SharedRing:
                 memory.close()  # BufferError while a view of it lives: then unmapped when this process exits
 
 
+@functools.cache
 def _namespace() -> str:
     """This process's pid namespace (its inode; "0" where there is no /proc)."""
     try:

@@ -44,6 +44,16 @@ def made(monkeypatch) -> list[str]:
     return names
 
 
+@pytest.fixture
+def tracker_kept(monkeypatch):
+    """Nothing stops multiprocessing's resource tracker during the test (it would remove a ring the code forgot);
+    stopped after it."""
+    monkeypatch.setattr(image_pool, "stop_helpers", lambda: None)
+    yield
+    monkeypatch.undo()
+    image_pool.stop_helpers()
+
+
 @needs_ring
 def test_put_and_take_round_trip_and_an_oversized_blob_is_refused():
     ring = SharedRing.create(slots=2, items=3, raw_bytes=100)
@@ -110,26 +120,24 @@ def test_a_slot_is_given_to_the_next_batch_only_once_its_images_are_copied_out(t
 
 
 @needs_ring
-def test_the_pipe_fallback_writes_the_same_store_and_every_ring_is_removed(tiny_tree, tmp_path, monkeypatch, made):
+def test_the_pipe_fallback_writes_the_same_store_and_every_ring_is_removed(tiny_tree, tmp_path, monkeypatch, made,
+                                                                           tracker_kept):
     ring, pipe = tmp_path / "ring.zarr", tmp_path / "pipe.zarr"
     taken = []
     take = SharedRing.take
     monkeypatch.setattr(SharedRing, "take", lambda self, place: taken.append(place) or take(self, place))
-    monkeypatch.setattr(image_pool, "stop_helpers", lambda: None)  # the tracker would remove a forgotten ring
     ingest_breakhis(IngestConfig(root=str(tiny_tree), out=str(ring), workers=2, shard_size=8))
     assert made and len(taken) == len(list(tiny_tree.rglob("*.png")))  # every image came that way
     assert not set(made) & _rings()
     monkeypatch.setattr(shared_ring, "MAX_RING_BYTES", 0)  # every image through the pool's pipe
     ingest_breakhis(IngestConfig(root=str(tiny_tree), out=str(pipe), workers=2, shard_size=8))
-    monkeypatch.undo()
-    image_pool.stop_helpers()
     a, b = procs.store_digest(ring), procs.store_digest(pipe)
     a.pop("zarr.json"), b.pop("zarr.json")  # the root attrs hold timings
     assert a == b, procs.diff(a, b)
 
 
 @needs_ring
-def test_an_interrupted_ingest_leaves_no_ring(tiny_tree, tmp_path, monkeypatch, made):
+def test_an_interrupted_ingest_leaves_no_ring(tiny_tree, tmp_path, made, tracker_kept):
     calls = []
 
     def interrupt(*args):
@@ -137,12 +145,9 @@ def test_an_interrupted_ingest_leaves_no_ring(tiny_tree, tmp_path, monkeypatch, 
         if len(calls) == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(image_pool, "stop_helpers", lambda: None)
     with pytest.raises(KeyboardInterrupt):
         ingest_breakhis(IngestConfig(root=str(tiny_tree), out=str(tmp_path / "s.zarr"), workers=2, shard_size=4),
                         progress=lambda done, total: interrupt(done, total))
-    monkeypatch.undo()
-    image_pool.stop_helpers()
     assert made and not set(made) & _rings()
 
 
