@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
@@ -89,7 +88,10 @@ def load_weights(module: nn.Module, path: str | Path) -> nn.Module:
 def create_timm_model(timm_name: str, *, pretrained: bool = False, weights: str | Path | None = None,
                       **kwargs: Any) -> nn.Module:
     """``timm.create_model(timm_name, **kwargs)`` with weights from a local file (``weights``, which wins) or from
-    the hub cache (``pretrained``); an unreachable hub or an empty cache raises :class:`WeightsError`."""
+    the hub cache (``pretrained``); an unreachable hub or an empty cache raises :class:`WeightsError`. timm is
+    imported here, not with the module: with torchvision and ``torch._dynamo`` it costs ~3 s of start-up, which
+    the command line, the tiny test models and the MIL heads on cached features do not need."""
+    import timm
 
     if weights is not None:
         if pretrained:
