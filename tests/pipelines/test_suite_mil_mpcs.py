@@ -59,14 +59,16 @@ def test_mil_slides_rejects_unknown_models(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_demo_store(tmp_path_factory):
-    """The demo generator at a CPU size: 8 classes x 4 patients x 4 magnifications x 4 images of 70x46 px."""
+    """The demo generator at a CPU size: 2 benign + 2 malignant classes x 4 patients x 4 magnifications x 4 images of
+    70x46 px (the suite's cost is per run, so fewer images only shorten its evaluations)."""
     from ingest.breakhis import IngestConfig, ingest_breakhis
     from ingest.synthetic.breakhis_tree import SyntheticConfig
     from ingest.synthetic.demo import write_demo_tree
 
     root = tmp_path_factory.mktemp("mpcs")
     write_demo_tree(root / "tree", SyntheticConfig(patients_per_class=4, images_per_magnification=4, height=46,
-                                                   width=70))
+                                                   width=70, classes=("adenosis", "fibroadenoma",
+                                                                      "ductal_carcinoma", "lobular_carcinoma")))
     ingest_breakhis(IngestConfig(root=str(root / "tree"), out=str(root / "s.zarr"), workers=1))
     return root / "s.zarr"
 

@@ -111,7 +111,7 @@ def test_fusion_inputs_suite_over_seeds(synthetic_store, tmp_path):
 
 def test_transfer_suite_both_tasks(synthetic_store, tmp_path):
     out = tmp_path / "transfer"
-    _suite("transfer", synthetic_store, out, "--folds", "2", "--model", "resnet50", "--image-size", "32")
+    _suite("transfer", synthetic_store, out, "--folds", "2", "--model", "resnet18", "--image-size", "32")
     md, results = _check_reports(out, "binary task", "subtype task", "plain grid", "Grad-CAM")
     assert results["tasks"] == ["binary", "subtype"]
     assert {(c["task"], c["unfreeze"]) for c in results["cells"]} == {
@@ -119,9 +119,9 @@ def test_transfer_suite_both_tasks(synthetic_store, tmp_path):
     assert len(results["search"]) == 2 * 3 * 2  # tasks x schedules x quick grid, on the first fold
     assert sum(s.get("chosen", False) for s in results["search"]) == 6
     for task in ("binary", "subtype"):
-        assert results["best"][task]["model"] == "resnet50" and results["gradcam"][task]
+        assert results["best"][task]["model"] == "resnet18" and results["gradcam"][task]
         assert all((out / g["file"]).is_file() for g in results["gradcam"][task])
-    frozen = json.loads(next((out / "binary" / "resnet50" / "head").glob("lr*/fold1-seed0/config.json")).read_text())
+    frozen = json.loads(next((out / "binary" / "resnet18" / "head").glob("lr*/fold1-seed0/config.json")).read_text())
     assert frozen["unfreeze"] == "head" and frozen["folds"] == 2 and frozen["fold"] == 1
 
 

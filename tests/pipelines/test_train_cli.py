@@ -21,6 +21,7 @@ from ingest.tile_runner import run_tiling
 from ingest.tiling import TileConfig
 from pipelines.training.checkpoint import FORMAT, VERSION
 from pipelines.training.launch import LaunchError, plan_training
+from tests.pipelines.tiny_models import TinyCNN  # noqa: F401  (registers tiny_cnn_test for the in-process runs)
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = str(ROOT / "tests/pipelines/cli_entry.py")
@@ -116,15 +117,15 @@ def test_killed_run_resumes_then_reruns_are_no_ops(kind, colour_store, slides, t
     _kill_after_first_epoch(args, run)
     assert _epochs(run) == [0] and (run / "last.pt").exists() and not (run / "complete").exists()
 
-    resumed = _cli(*args)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "(resumed)" in resumed.stdout
+    # the rest in this process, through the same typer app (a subprocess each would only add torch's import time)
+    resumed = _invoke(*args)
+    assert resumed.exit_code == 0, resumed.output[-3000:]
+    assert "(resumed)" in resumed.output
     assert _epochs(run) == [0, 1, 2]  # each epoch exactly once
     raw = torch.load(run / "best.pt", weights_only=True)
     assert (raw["format"], raw["version"], raw["kind"]) == (FORMAT, VERSION, kind)
     stamp = (run / "best.pt").stat().st_mtime_ns
 
-    # the rest in this process, through the same typer app (a subprocess each would only add torch's import time)
     again = _invoke(*args)
     assert again.exit_code == 0 and "(already complete)" in again.output, again.output[-2000:]
     assert _epochs(run) == [0, 1, 2] and (run / "best.pt").stat().st_mtime_ns == stamp
