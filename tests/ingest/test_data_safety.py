@@ -286,29 +286,31 @@ def test_out_dot_names_the_current_folder(tmp_path, tiny_tree):
     assert is_complete(work)
 
 
-def _init_race(path: str, barrier, results) -> None:
+def _init_race(root: str, trials: int, barrier, results) -> None:
+    """One of the racing tilers: for each trial, wait for the others, then create store ``s<trial>.zarr``."""
     from ingest.slide_store import SlideStoreError, init_store
 
-    barrier.wait()
-    try:
-        init_store(path)
-        results.put("ok")
-    except SlideStoreError as exc:
-        results.put(str(exc))
+    for trial in range(trials):
+        barrier.wait()
+        try:
+            init_store(f"{root}/s{trial}.zarr")
+            results.put((trial, "ok"))
+        except SlideStoreError as exc:
+            results.put((trial, str(exc)))
 
 
 def test_racing_tilers_never_take_a_new_store_for_a_user_folder(tmp_path):
     from ingest.workers import mp_context
 
-    ctx = mp_context()
-    for trial in range(10):
+    ctx, trials = mp_context(), 10
+    barrier, results = ctx.Barrier(4), ctx.Queue()  # the barrier is cyclic: each trial starts all four at once
+    workers = [ctx.Process(target=_init_race, args=(str(tmp_path), trials, barrier, results)) for _ in range(4)]
+    for w in workers:
+        w.start()
+    outcome = sorted(results.get(timeout=60) for _ in range(4 * trials))
+    for w in workers:
+        w.join(timeout=60)
+    assert outcome == sorted((t, "ok") for t in range(trials) for _ in range(4)), outcome
+    for trial in range(trials):
         path = tmp_path / f"s{trial}.zarr"
-        barrier, results = ctx.Barrier(4), ctx.Queue()
-        workers = [ctx.Process(target=_init_race, args=(str(path), barrier, results)) for _ in range(4)]
-        for w in workers:
-            w.start()
-        outcome = [results.get(timeout=60) for _ in workers]
-        for w in workers:
-            w.join(timeout=60)
-        assert outcome == ["ok"] * 4, outcome
         assert sorted(p.name for p in path.iterdir()) == ["zarr.json"]
