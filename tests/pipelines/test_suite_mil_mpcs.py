@@ -60,7 +60,7 @@ def test_mil_slides_rejects_unknown_models(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_demo_store(tmp_path_factory):
     """The demo generator at a CPU size: 2 benign + 2 malignant classes x 4 patients x 4 magnifications x 4 images of
-    70x46 px (the suite's cost is per run, so fewer images only shorten its evaluations)."""
+    70x46 px (4 classes, not the demo's 8: half the images in each of the suite's evaluations)."""
     from ingest.breakhis import IngestConfig, ingest_breakhis
     from ingest.synthetic.breakhis_tree import SyntheticConfig
     from ingest.synthetic.demo import write_demo_tree
