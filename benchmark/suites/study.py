@@ -46,9 +46,9 @@ class StudyConfig:
         pretrained: start every model from ImageNet weights through timm (needs the hub or its cache).
         weights_dir: a folder of local weights files named after the models (``resnet50.safetensors``, ``.pth``,
             ``.pt`` or ``.bin``), used to initialise each model (wins over ``pretrained``).
-        keep_last: keep each finished run's ``last.pt`` (optimizer state: only needed to train a run further);
-            off, it is deleted once the run is complete (``best.pt`` stays), which saves about three model sizes
-            of disk per run.
+        keep_last: keep each finished run's ``last.pt`` (the final epoch's weights, which ``best.pt`` also holds
+            when that epoch was the best); off, it is deleted once the run is complete (``best.pt`` stays), which
+            saves one model size of disk per run.
     """
 
     suite: str

@@ -12,7 +12,8 @@ rest, the same way for all of them:
   optionally W&B (:mod:`pipelines.training.tracking`);
 * early stopping on a named validation metric (``monitor``; None trains a fixed budget, the last epoch being best);
 * the run directory: ``config.json`` (resolved), ``metrics.jsonl``, ``tb/``, ``best.pt``, ``last.pt`` (both through
-  :mod:`pipelines.training.checkpoint`, written atomically) and ``complete``. One rule for every recipe
+  :mod:`pipelines.training.checkpoint`, written atomically; the final epoch's ``last.pt`` holds the weights without
+  the optimizer state, as nothing is left to train) and ``complete``. One rule for every recipe
   (:mod:`pipelines.training.run_directory`): a complete run with the same settings is not retrained; an interrupted
   one resumes from ``last.pt`` (rows of epochs past it are dropped, so every epoch is logged exactly once); a
   finished run with other settings is refused, naming them.
@@ -188,7 +189,12 @@ class _Loop:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, warmup, total))
         self.scaler = torch.amp.GradScaler(device=device.split(":")[0], enabled=self.amp == torch.float16)
 
-    def state(self, model: torch.nn.Module) -> dict[str, Any]:
+    def state(self, model: torch.nn.Module, final: bool = False) -> dict[str, Any]:
+        """What ``last.pt`` holds. The ``final`` epoch's leaves out the optimizer, schedule, scaler and RNG states
+        (two model sizes more for AdamW): nothing is left to train, as the same settings resume to an empty loop
+        and other settings (more epochs) start over."""
+        if final:
+            return {"model": model.state_dict()}
         state = {"model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "torch_rng": torch.get_rng_state()}
@@ -198,6 +204,8 @@ class _Loop:
 
     def restore(self, model: torch.nn.Module, state: dict[str, Any]) -> None:
         model.load_state_dict(state["model"])
+        if "optimizer" not in state:  # a final epoch's last.pt: the loop that follows trains nothing
+            return
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -264,7 +272,8 @@ def fit(recipe: Recipe, config: FitConfig, run_dir: str | Path, resolved: dict[s
                 _save(run_dir / PENDING_BEST, recipe, {"model": recipe.model.state_dict()}, epoch, {}, resolved)
             else:
                 stale += 1
-            _save(run_dir / "last.pt", recipe, loop.state(recipe.model), epoch,
+            final = epoch == config.epochs - 1 or (stale >= config.patience and config.monitor is not None)
+            _save(run_dir / "last.pt", recipe, loop.state(recipe.model, final), epoch,
                   {"best": best, "best_epoch": best_epoch, "stale": stale, "precision": precision}, resolved)
             if improved:
                 os.replace(run_dir / PENDING_BEST, run_dir / "best.pt")

@@ -32,7 +32,18 @@ def test_learns_and_writes_the_run_contract(tmp_path):
                                                               "last.pt", "complete"}
     best = load_checkpoint(tmp_path / "run" / "best.pt", ("classifier",))
     assert best.epoch == result.best_epoch and "optimizer" not in best.state
-    assert "optimizer" in load_checkpoint(tmp_path / "run" / "last.pt").state
+    # the final epoch's last.pt holds the weights only: nothing is left to train, so no optimizer state
+    assert set(load_checkpoint(tmp_path / "run" / "last.pt").state) == {"model"}
+
+
+def test_a_run_killed_after_its_final_last_pt_finishes_without_training(tmp_path):
+    run(tmp_path / "run", epochs=2)
+    stamps = {n: (tmp_path / "run" / n).stat().st_mtime_ns for n in ("best.pt", "last.pt")}
+    (tmp_path / "run" / "complete").unlink()  # as if killed between the final last.pt and the marker
+    again = run(tmp_path / "run", epochs=2)
+    assert again.resumed and again.rows == [] and _epochs(tmp_path / "run") == [0, 1]
+    assert (tmp_path / "run" / "complete").exists()
+    assert {n: (tmp_path / "run" / n).stat().st_mtime_ns for n in stamps} == stamps
 
 
 def test_a_complete_run_is_a_no_op_and_other_settings_are_refused(tmp_path):
@@ -54,6 +65,7 @@ def test_sigkill_mid_epoch_resumes_and_logs_each_epoch_once(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "complete").exists()
+    assert "optimizer" in load_checkpoint(run_dir / "last.pt").state  # mid-run: what resuming needs
     result = run(run_dir, epochs=3, step_sleep=0.0)
     assert result.resumed and _epochs(run_dir) == [0, 1, 2]
     assert (run_dir / "complete").exists()
