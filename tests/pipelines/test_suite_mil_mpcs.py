@@ -76,7 +76,7 @@ def tiny_demo_store(tmp_path_factory):
 def test_mpcs_quick(tiny_demo_store, tmp_path):
     out = tmp_path / "mpcs"
     res = CliRunner().invoke(app, ["suite", "mpcs", "--quick", "--data", str(tiny_demo_store), "--folds", "2",
-                                   "--device", "cpu", "--out", str(out)])
+                                   "--image-size", "32", "--device", "cpu", "--out", str(out)])
     assert res.exit_code == 0, res.output
     report = _check_report(out)
     results = json.loads((out / "results.json").read_text())

@@ -97,7 +97,8 @@ def test_suite_without_name_is_magnification_transfer(synthetic_store, tmp_path,
 
 def test_fusion_inputs_suite_over_seeds(synthetic_store, tmp_path):
     out = tmp_path / "fusion"
-    _suite("fusion-inputs", synthetic_store, out, "--folds", "2", "--seeds", "2", "--task", "binary")
+    _suite("fusion-inputs", synthetic_store, out, "--folds", "2", "--seeds", "2", "--task", "binary",
+           "--image-size", "32")
     md, results = _check_reports(out, "Accuracy vs number of inputs", "40X + 100X + 200X + 400X",
                                  "both, as in the paper; this double-weights rare classes")
     assert sorted({c["k"] for c in results["cells"]}) == [1, 2, 3, 4]
