@@ -1,5 +1,6 @@
-"""``histo-bench train / evaluate / predict`` for every recipe, through the real command line in subprocesses: a run
-killed with SIGKILL after its first epoch resumes and ends with each epoch once; a rerun is a no-op; other settings
+"""``histo-bench train / evaluate / predict`` for every recipe, through the real command line (a subprocess where it
+is killed or runs under torchrun, the typer app in-process otherwise): a run killed with SIGKILL after its first epoch
+resumes and ends with each epoch once; a rerun is a no-op; other settings
 are refused; every best.pt carries format, version and kind; DDP with 2 gloo processes; MIL and slide fusion learn.
 """
 
@@ -80,11 +81,6 @@ def _recipes(colour, slides_root):
         "mpcs": ["--model", "mpcs_efficientnet_b0", "--data", str(colour), "--batch-size", "8", "--image-size", "32",
                  "--max-steps", "2"],
     }
-
-
-def _cli(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, ENTRY, *args], env=env or ENV, cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def _epochs(run: Path) -> list[int]:
@@ -241,9 +237,10 @@ def test_an_interrupted_run_rerun_with_other_settings_starts_over(colour_store, 
     args = ["train", *_recipes(colour_store, slides)["classifier"], "--epochs", "2", "--device", "cpu", "--out",
             str(run)]
     _kill_after_first_epoch(args, run)
-    again = _cli(*args[:-2], "--lr", "0.01", "--out", str(run))
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "(resumed)" not in again.stdout and _epochs(run) == [0, 1]
+    again = _invoke(*args[:-2], "--lr", "0.01", "--out", str(run))  # in-process: only the kill needs a subprocess
+    assert again.exit_code == 0, again.output[-2000:]
+    assert "(resumed)" not in again.output and _epochs(run) == [0, 1]
+    assert "written with other settings (lr 0.03 != 0.01); starting over" in " ".join(again.output.split())
     assert json.loads((run / "config.json").read_text())["lr"] == 0.01
 
 
