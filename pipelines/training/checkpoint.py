@@ -12,7 +12,8 @@ A checkpoint file is a dict::
     config        the run's resolved config (JSON)
     epoch         the epoch the state is from
     extra         recipe bookkeeping (JSON: best validation result, patience counter...)
-    state         {"model": state dict, and in ``last.pt`` "optimizer", "scheduler", "scaler", "torch_rng"}
+    state         {"model": state dict, and in ``last.pt`` while epochs are left "optimizer", "scheduler", "scaler",
+                  "torch_rng" (the final epoch's ``last.pt`` holds "model" only)}
 
 ``best.pt`` and ``last.pt`` of every run directory have this form. Every consumer (``evaluate``, ``explain``,
 ``run``, ``predict``, suites, the resume of an interrupted run) goes through :func:`load_checkpoint` and checks

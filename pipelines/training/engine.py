@@ -136,7 +136,7 @@ class Recipe:
 
     def checkpoint(self, state: dict[str, Any], epoch: int, extra: dict[str, Any]) -> Checkpoint:
         """The checkpoint of this recipe holding ``state`` (the engine passes the optimizer states too for
-        last.pt, and sets its ``config`` to the run's resolved config)."""
+        a last.pt with epochs left, and sets its ``config`` to the run's resolved config)."""
         raise NotImplementedError
 
 

@@ -84,6 +84,20 @@ def test_fixed_budget_keeps_the_last_epoch(tmp_path):
 def test_early_stopping_counts_the_epochs_it_ran(tmp_path):
     result = run(tmp_path / "run", epochs=10, patience=1, lr=1e-9)  # nothing improves after epoch 0
     assert result.epochs_run == 2 and _epochs(tmp_path / "run") == [0, 1]
+    # the epoch that made it stop was its final one: weights only, and a rerun killed before `complete` trains nothing
+    assert set(load_checkpoint(tmp_path / "run" / "last.pt").state) == {"model"}
+    (tmp_path / "run" / "complete").unlink()
+    again = run(tmp_path / "run", epochs=10, patience=1, lr=1e-9)
+    assert again.resumed and again.rows == [] and again.epochs_run == 2 and _epochs(tmp_path / "run") == [0, 1]
+    # one epoch short of stopping, last.pt still holds what resuming needs (a NaN loss ends that run in epoch 2)
+    with pytest.raises(FitError, match="loss"):
+        run(tmp_path / "short", epochs=10, patience=2, lr=1e-9, nan_at=13)
+    last = load_checkpoint(tmp_path / "short" / "last.pt")
+    assert last.epoch == 1 and last.extra["stale"] == 1 and "optimizer" in last.state
+    # more patience is other settings: the run starts over instead of training on from a weights-only last.pt
+    (tmp_path / "run" / "complete").unlink()
+    longer = run(tmp_path / "run", epochs=3, patience=5, lr=1e-9)
+    assert not longer.resumed and longer.epochs_run == 3 and _epochs(tmp_path / "run") == [0, 1, 2]
 
 
 def test_schedule_and_config_checks():

@@ -55,7 +55,7 @@ class ToyRecipe(Recipe):
 def run(run_dir: str, epochs: int = 3, step_sleep: float = 0.0, lr: float = 0.1, nan_at: int | None = None, **kw):
     recipe = ToyRecipe(step_sleep=step_sleep, nan_at=nan_at)
     config = FitConfig(epochs=epochs, lr=lr, warmup_epochs=0.5, log_every=2, **kw)
-    return fit(recipe, config, run_dir, {**recipe.resolved, "epochs": epochs, "lr": lr}, device="cpu")
+    return fit(recipe, config, run_dir, {**recipe.resolved, "epochs": epochs, "lr": lr, **kw}, device="cpu")
 
 
 if __name__ == "__main__":
