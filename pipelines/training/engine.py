@@ -252,7 +252,7 @@ def fit(recipe: Recipe, config: FitConfig, run_dir: str | Path, resolved: dict[s
     with RunLogger(run_dir, config=resolved, wandb=config.wandb, enabled=main,
                    resume_step=start * steps + 1 if resumed else None) as tracker:
         for epoch in range(start, config.epochs):
-            if broadcast_flag(stale >= config.patience and config.monitor is not None, ctx):
+            if broadcast_flag(_patience_spent(stale, config), ctx):
                 epoch -= 1
                 break
             row = _train_epoch(recipe, model, loop, config, epoch, steps, device, ctx, tracker, progress)
@@ -272,7 +272,7 @@ def fit(recipe: Recipe, config: FitConfig, run_dir: str | Path, resolved: dict[s
                 _save(run_dir / PENDING_BEST, recipe, {"model": recipe.model.state_dict()}, epoch, {}, resolved)
             else:
                 stale += 1
-            final = epoch == config.epochs - 1 or (stale >= config.patience and config.monitor is not None)
+            final = epoch == config.epochs - 1 or _patience_spent(stale, config)  # no epoch follows
             _save(run_dir / "last.pt", recipe, loop.state(recipe.model, final), epoch,
                   {"best": best, "best_epoch": best_epoch, "stale": stale, "precision": precision}, resolved)
             if improved:
@@ -284,6 +284,11 @@ def fit(recipe: Recipe, config: FitConfig, run_dir: str | Path, resolved: dict[s
         atomic_write_json(run_dir / "complete", {"best_epoch": best_epoch, "best": best, "epochs_run": epoch + 1,
                                                  "world_size": ctx.world_size, "resumed_at": resumed and start or None})
     return FitResult(run_dir, best_epoch, best or {}, epoch + 1, resumed=resumed, rows=rows)
+
+
+def _patience_spent(stale: int, config: FitConfig) -> bool:
+    """Whether early stopping ends the run before another epoch (``stale`` epochs without a better ``monitor``)."""
+    return config.monitor is not None and stale >= config.patience
 
 
 def _steps_per_epoch(recipe: Recipe, config: FitConfig) -> int:
