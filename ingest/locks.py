@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import threading
@@ -128,9 +130,36 @@ def _mtime_age(path: Path) -> float | None:
         return None
 
 
+def _private_name(path: Path) -> Path:
+    """Where :func:`create_exclusive` writes the payload before linking it to ``path``."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def remove_dead_temporaries(path: Path) -> int:
+    """Delete the private files (:func:`_private_name`) that processes killed while creating the lock ``path``
+    left beside it; returns how many. One is removed when the holder its payload names is gone (the rule of
+    :meth:`LockOwner.is_alive`, its mtime as heartbeat), or, cut short before its payload, when the pid in its name
+    is dead here or it is older than :data:`UNREADABLE_GRACE_SECONDS`. A live creator's file is never touched."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)\.[0-9a-f]{8}\.tmp")
+    removed = 0
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        match = pattern.fullmatch(tmp.name)
+        age = _mtime_age(tmp)
+        if match is None or age is None:
+            continue
+        owner = read_owner(tmp)
+        gone = (not owner.is_alive(age)) if owner is not None else (
+            age > UNREADABLE_GRACE_SECONDS or not pid_alive(int(match[1])))
+        if gone:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            removed += 1
+    return removed
+
+
 def create_exclusive(path: Path, payload: bytes) -> bool:
     """Create ``path`` holding ``payload`` iff it does not exist; True when this call created it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = _private_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         os.write(fd, payload)
@@ -193,6 +222,7 @@ class WorkLock:
         """Take the lock if it is free or stale; False when a live process holds it."""
         if self.held:
             return True
+        remove_dead_temporaries(self.path)
         for _ in range(3):  # free -> take; stale -> break, then take (another process may win the retake)
             owner = LockOwner.me(self.what)
             if create_exclusive(self.path, json.dumps(asdict(owner)).encode()):
@@ -224,8 +254,12 @@ class WorkLock:
         return self.owner is not None and current is not None and current.token == self.owner.token
 
     def clear_if_stale(self) -> None:
-        """Remove the lock file when its holder is gone (e.g. a run killed between finishing and releasing)."""
-        if not self.held and self.path.exists():
+        """Remove the lock file when its holder is gone (e.g. a run killed between finishing and releasing), and
+        what killed creators of it left (:func:`remove_dead_temporaries`)."""
+        if self.held:
+            return
+        remove_dead_temporaries(self.path)
+        if self.path.exists():
             self._break_if_stale()
 
     def release(self) -> None:

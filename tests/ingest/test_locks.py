@@ -194,3 +194,35 @@ def test_released_on_an_exception(tmp_path):
     with pytest.raises(RuntimeError), lock:
         raise RuntimeError("boom")
     assert not lock.path.exists()
+
+
+def test_private_files_of_killed_creators_are_removed_and_live_ones_kept(tmp_path):
+    """A kill inside :func:`locks.create_exclusive` leaves its private file beside the lock (a flaky SIGKILL test
+    found one in a resumed store); the next taker removes those whose creator is gone, and nothing else."""
+    dead, live = _dead_pid(), os.getpid()
+    path = tmp_path / "slide-1.lock"
+    files = {name: tmp_path / f".slide-1.lock.{pid}.{token}.tmp"
+             for name, pid, token in [("dead owner", dead, "0a0a0a0a"), ("live owner", live, "1b1b1b1b"),
+                                      ("cut short, dead pid", dead, "2c2c2c2c"), ("cut short, live", live, "3d3d3d3d"),
+                                      ("cut short, old", live, "4e4e4e4e")]}
+    _write_lock(files["dead owner"], replace(LockOwner.me("killed"), pid=dead))
+    _write_lock(files["live owner"], LockOwner.me("creating now"))
+    for name in ("cut short, dead pid", "cut short, live", "cut short, old"):
+        files[name].write_bytes(b"")
+    old = time.time() - locks.UNREADABLE_GRACE_SECONDS - 1
+    os.utime(files["cut short, old"], (old, old))
+    other = tmp_path / ".slide-10.lock.123.5f5f5f5f.tmp"  # another lock's file, and a user's file
+    other.write_bytes(b"")
+    user = tmp_path / ".slide-1.lock.notes.tmp"
+    user.write_bytes(b"")
+
+    lock = WorkLock(path, "tiling slide-1")
+    assert lock.try_acquire()
+    lock.release()
+    left = {name for name, f in files.items() if f.exists()}
+    assert left == {"live owner", "cut short, live"}
+    assert other.exists() and user.exists()
+    files["live owner"].unlink()
+    _write_lock(files["dead owner"], replace(LockOwner.me("killed"), pid=dead))
+    WorkLock(path, "finished").clear_if_stale()  # the path taken beside finished work
+    assert not files["dead owner"].exists() and files["cut short, live"].exists()

@@ -133,7 +133,7 @@ def test_the_pipe_fallback_writes_the_same_store_and_every_ring_is_removed(tiny_
     ingest_breakhis(IngestConfig(root=str(tiny_tree), out=str(pipe), workers=2, shard_size=8))
     a, b = procs.store_digest(ring), procs.store_digest(pipe)
     a.pop("zarr.json"), b.pop("zarr.json")  # the root attrs hold timings
-    assert a == b, procs.diff(a, b)
+    assert procs.diff(a, b) == []
 
 
 @needs_ring
