@@ -43,7 +43,9 @@ _CODECS: dict[str, object] = {}  # in each worker: the Blosc codec of each confi
 class EncodedImage:
     """One image, decoded, fitted and Blosc-encoded, with what happened to it on the way."""
 
-    blob: bytes
+    #: The encoded chunk; from :meth:`ImagePool.encoded` through shared memory, a read-only view of the worker's
+    #: slot, valid only until the next image is taken (write or copy it first; after that it raises on use).
+    blob: bytes | memoryview
     orig_size: tuple[int, int]
     notes: tuple[str, ...]
     #: Where in the pool's shared ring the blob is instead (then ``blob`` is empty): (offset, size).
@@ -100,6 +102,7 @@ class ImagePool:
         self._pool = None
         self._rings: list[SharedRing] = []
         self._released: list = []  # the worker processes of a released pool, joined on close
+        self._drains: list[Iterator] = []  # the result iterators handed out: closed first on close (their views)
         if workers > 1:
             self._pool = process_pool(workers, _init_worker, preload=(__name__,))
             for _ in range(workers):
@@ -107,7 +110,8 @@ class ImagePool:
 
     def encoded(self, tasks: list[Task], codec_config: dict, batch: int = BATCH) -> Iterator[EncodedImage | str]:
         """Every task's result, in task order. The first :data:`WINDOW` batches per worker are submitted before
-        this returns; the rest as results are taken (bounded memory)."""
+        this returns; the rest as results are taken (bounded memory). A blob that came through shared memory is
+        a view of it, valid until the next result is taken (:attr:`EncodedImage.blob`)."""
         if self._pool is None or not tasks:
             codec = blosc_codec(codec_config)
             return (_encode(task, codec) for task in tasks)
@@ -119,7 +123,9 @@ class ImagePool:
         pending: deque[tuple[Future, int]] = deque(
             (self._submit(chunk, codec_config, ring, k), k)
             for k, chunk in enumerate(itertools.islice(batches, WINDOW * self.workers)))
-        return self._drain(pending, batches, codec_config, ring)
+        drain = self._drain(pending, batches, codec_config, ring)
+        self._drains.append(drain)
+        return drain
 
     def _submit(self, chunk: list[Task], codec_config: dict, ring: SharedRing | None, k: int) -> Future:
         return self._pool.submit(encode_batch, chunk, codec_config, ring.slot(k) if ring is not None else None)
@@ -128,12 +134,19 @@ class ImagePool:
                ring: SharedRing | None) -> Iterator[EncodedImage | str]:
         while pending:
             future, k = pending.popleft()
-            results = [replace(r, blob=ring.take(r.place), place=None)
-                       if isinstance(r, EncodedImage) and r.place is not None else r for r in future.result()]
-            nxt = next(batches, None)  # slot k is free again: its images are copied out
-            if nxt is not None:
+            results = future.result()
+            views = [ring.view(r.place) if isinstance(r, EncodedImage) and r.place is not None else None
+                     for r in results]
+            try:
+                for result, view in zip(results, views, strict=True):
+                    yield result if view is None else replace(result, blob=view, place=None)
+            finally:  # slot k's images are taken (written by the caller): no view of it outlives that
+                for view in views:
+                    if view is not None:
+                        view.release()
+            nxt = next(batches, None)
+            if nxt is not None:  # slot k is free again
                 pending.append((self._submit(nxt, codec_config, ring, k), k))
-            yield from results
         if ring is not None:  # every batch is in: no worker writes into it any more
             ring.close()
             self._rings.remove(ring)
@@ -149,6 +162,10 @@ class ImagePool:
         """Drop queued work, join the workers and stop the helper processes (idempotent)."""
         if self._pool is None:
             return
+        for drain in self._drains:  # one left mid-way (an interrupt) lets go of its views of the ring now
+            with contextlib.suppress(ValueError):
+                drain.close()
+        self._drains = []
         try:
             self._pool.shutdown(wait=True, cancel_futures=True)
             for process in self._released:

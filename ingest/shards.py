@@ -255,23 +255,64 @@ class ShardWriter:
         atomically; an encoder in another process makes the same bytes as :meth:`write_shard`."""
         if not 1 <= len(encoded) <= self.layout.shard_size:
             raise ValueError(f"expected 1..{self.layout.shard_size} encoded items, got {len(encoded)}")
-        index = np.full((self.layout.shard_size, 2), _EMPTY, dtype="<u8")
-        offset = 0
-        for j, blob in enumerate(encoded):
-            index[j] = (offset, len(blob))
-            offset += len(blob)
-        raw_index = index.tobytes()
-        path = self.layout.shard_file(shard)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        stream = self.stream(shard)
         try:
-            with open(tmp, "wb") as fh:
-                for blob in encoded:
-                    fh.write(blob)
-                fh.write(raw_index)
-                fh.write(_crc32c(raw_index).to_bytes(4, "little"))
-            os.replace(tmp, path)
-        except BaseException:  # a full disk, say: leave no half-written file behind (it would hold the space)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            for blob in encoded:
+                stream.append(blob)
+            stream.commit()
+        except BaseException:
+            stream.abort()
             raise
+
+    def stream(self, shard: int) -> ShardStream:
+        """Shard file ``shard``, to be written one encoded item at a time (see :class:`ShardStream`)."""
+        return ShardStream(self.layout, shard)
+
+
+class ShardStream:
+    """One shard file written one encoded item at a time, each item's bytes going to the file as it comes (straight
+    from a worker's shared memory: no copy is kept), then published whole by :meth:`commit` (index, CRC, atomic
+    rename). Until then it is a temporary file beside the shard, removed by :meth:`abort` (a full disk, say: it
+    would hold the space) or, after a kill, by the next run (:func:`ingest.disk.remove_zarr_temporaries`)."""
+
+    def __init__(self, layout: ShardLayout, shard: int) -> None:
+        self.layout = layout
+        self.path = layout.shard_file(shard)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        self._fh = open(self._tmp, "wb")  # closed by commit or abort
+        self._sizes: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def append(self, blob: bytes | memoryview) -> None:
+        if len(self._sizes) >= self.layout.shard_size:
+            raise ValueError(f"{self.path}: a shard holds at most {self.layout.shard_size} items")
+        self._fh.write(blob)
+        self._sizes.append(len(blob))
+
+    def commit(self) -> None:
+        """Write the index and its CRC after the items and rename the file into place."""
+        if not self._sizes:
+            self.abort()
+            raise ValueError(f"{self.path}: a shard needs at least one item")
+        index = np.full((self.layout.shard_size, 2), _EMPTY, dtype="<u8")
+        index[:len(self._sizes), 1] = self._sizes
+        index[:len(self._sizes), 0] = np.cumsum([0, *self._sizes[:-1]])
+        raw_index = index.tobytes()
+        try:
+            self._fh.write(raw_index)
+            self._fh.write(_crc32c(raw_index).to_bytes(4, "little"))
+            self._fh.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Drop the file (idempotent): nothing of this shard is published."""
+        with contextlib.suppress(OSError):
+            self._fh.close()
+        with contextlib.suppress(OSError):
+            self._tmp.unlink()

@@ -2,7 +2,8 @@
 
 A store is written under ``<out>.partial``, by the one process holding ``<out>.lock``
 (:func:`ingest.store_paths.store_lock`, :mod:`ingest.locks`), and renamed to ``<out>`` only after ``complete`` is
-set, so a store at ``<out>`` is always whole. :class:`ImageStoreWriter` writes each shard file as it fills and
+set, so a store at ``<out>`` is always whole. :class:`ImageStoreWriter` writes each image into its shard file as it
+comes (:class:`ingest.shards.ShardStream`: a temporary file, renamed into place once the shard is full) and
 checkpoints (the metadata of the images in finished shards, then the progress attribute) at a shard boundary at
 most every :data:`CHECKPOINT_SECONDS`, and once more when the run stops, finished or interrupted
 (:meth:`ImageStoreWriter.checkpoint`). Rewriting the metadata chunks after every shard cost a third of the writer's
@@ -28,7 +29,7 @@ from zarr.codecs import BloscCodec
 from histo_bench.files import discard_dir, replace_dir
 from ingest.disk import raise_if_environment, remove_zarr_temporaries, writing
 from ingest.output_guard import refusal
-from ingest.shards import ShardLayout, ShardWriter, image_blosc_config
+from ingest.shards import ShardLayout, ShardStream, ShardWriter, image_blosc_config
 from ingest.splits import SplitResult, as_str_array, assert_patient_disjoint
 from ingest.store import StoreError
 from ingest.store_paths import FORMAT, FORMAT_VERSION, partial_path
@@ -86,7 +87,8 @@ class ImageStoreWriter:
         if shards is None:  # created above in this layout, or checked to be in it by _resume_problem
             raise StoreError(f"{self.partial / 'images'} is not in the sharded layout this writer makes")
         self._shards = shards
-        self._buffer: list[tuple[bytes, ImageMeta]] = []  # encoded, not yet in a shard file
+        self._buffer: list[ImageMeta] = []  # images in the shard being written (self._stream), not yet published
+        self._stream: ShardStream | None = None
         self._unsaved: list[ImageMeta] = []  # in shard files, not yet checkpointed
         self._pending_consumed = self.progress["consumed"]
         #: The last shard boundary: (inputs consumed, skipped and converted notes, unsaved images) there.
@@ -146,7 +148,7 @@ class ImageStoreWriter:
 
     @property
     def written(self) -> int:
-        """Images handed to this writer so far (checkpointed, in shard files, or buffered)."""
+        """Images handed to this writer so far (checkpointed, in shard files, or in the shard being written)."""
         return int(self.progress["written"]) + len(self._unsaved) + len(self._buffer)
 
     @property
@@ -160,16 +162,26 @@ class ImageStoreWriter:
         if image.shape != (self.height, self.width, 3) or image.dtype != np.uint8:
             raise StoreError(f"image {meta.source} has shape {image.shape} {image.dtype}, "
                              f"store expects ({self.height}, {self.width}, 3) uint8")
-        self._buffer.append((bytes(self._shards.codec.encode(np.ascontiguousarray(image))), meta))
+        self._append(self._shards.codec.encode(np.ascontiguousarray(image)), meta)
 
-    def add_encoded(self, blob: bytes, meta: ImageMeta) -> None:
+    def add_encoded(self, blob: bytes | memoryview, meta: ImageMeta) -> None:
         """Queue one image already Blosc-encoded with :attr:`codec_config` (by a worker process); the size its
-        Blosc header records must be that of one (H, W, 3) uint8 image."""
+        Blosc header records must be that of one (H, W, 3) uint8 image. Its bytes are written before this returns
+        (a view of a worker's shared memory may be reused once it has)."""
         nbytes = int.from_bytes(blob[4:8], "little") if len(blob) >= 16 else -1
         if nbytes != self.height * self.width * 3:
             raise StoreError(f"image {meta.source}: encoded chunk holds {nbytes} bytes, store expects "
                              f"({self.height}, {self.width}, 3) uint8 = {self.height * self.width * 3}")
-        self._buffer.append((blob, meta))
+        self._append(blob, meta)
+
+    def _append(self, blob: bytes | memoryview, meta: ImageMeta) -> None:
+        """Write one encoded image into the shard being written (opened at its first image)."""
+        shard = self.written // self.shard_size
+        with writing(self._shards.layout.shard_file(shard)):
+            if self._stream is None:
+                self._stream = self._shards.stream(shard)
+            self._stream.append(blob)
+        self._buffer.append(meta)
 
     def consumed(self, n_inputs: int, skipped: list | None = None, converted: list | None = None) -> None:
         """Record that the first ``n_inputs`` inputs are handled; write the shard once it is full, and checkpoint
@@ -185,13 +197,13 @@ class ImageStoreWriter:
                 self.checkpoint()
 
     def _write_shard(self) -> None:
-        """Write the buffered images as their shard file and note the boundary there (what a checkpoint records);
-        a full disk raises one error naming the shard file."""
+        """Publish the shard being written (:meth:`ingest.shards.ShardStream.commit`) and note the boundary there
+        (what a checkpoint records); a full disk raises one error naming the shard file."""
         if self._buffer:
-            shard = (self.written - len(self._buffer)) // self.shard_size
-            with writing(self._shards.layout.shard_file(shard)):
-                self._shards.write_encoded(shard, [blob for blob, _ in self._buffer])
-            self._unsaved.extend(m for _, m in self._buffer)
+            stream, self._stream = self._stream, None
+            with writing(stream.path):
+                stream.commit()
+            self._unsaved.extend(self._buffer)
             self._buffer = []
         self._boundary = (self._pending_consumed, len(self.progress["skipped"]), len(self.progress["converted"]),
                           len(self._unsaved))
@@ -223,14 +235,17 @@ class ImageStoreWriter:
     def checkpoint_on_exit(self) -> None:
         """:meth:`checkpoint` for a run on its way out after an error or an interrupt, so that a rerun resumes from
         the last shard written; a failure here (the full disk that stopped the run) is logged, never raised over
-        the error that stopped it."""
+        the error that stopped it. The shard being written is dropped (its temporary file removed)."""
+        if self._stream is not None:
+            self._stream.abort()
+            self._stream, self._buffer = None, []
         try:
             self.checkpoint()
         except Exception as exc:
             log.debug("no checkpoint on exit: %s", exc)
 
     def _flush(self) -> None:
-        """Write what is buffered (the last shard, possibly partial) and checkpoint everything."""
+        """Publish the shard being written (the last, possibly partial) and checkpoint everything."""
         self._write_shard()
         self.checkpoint()
 

@@ -70,3 +70,33 @@ def test_writer_output_is_read_back_by_zarr_and_the_reader(tmp_path):
     assert np.array_equal(zarr.open_array(str(tmp_path / "a.zarr"), mode="r")[6:8], np.zeros((2, 5, 7, 3)))
     with pytest.raises(ValueError, match="expected 1..4 items"):
         writer.write_shard(0, new[:5])
+
+
+def test_a_stream_writes_the_shard_write_encoded_writes_and_an_aborted_one_leaves_nothing(tmp_path):
+    _array(tmp_path / "a.zarr", n=10, shard=4)
+    writer = ShardWriter.open(tmp_path / "a.zarr")
+    new = np.random.default_rng(7).integers(0, 256, (4, 5, 7, 3), dtype=np.uint8)
+    blobs = [writer.codec.encode(np.ascontiguousarray(item)) for item in new]
+    writer.write_encoded(0, blobs)
+    whole = writer.layout.shard_file(0).read_bytes()
+    stream = writer.stream(0)
+    for blob in blobs:
+        stream.append(memoryview(blob).toreadonly())  # as from a worker's shared memory
+    with pytest.raises(ValueError, match="at most 4 items"):
+        stream.append(blobs[0])
+    stream.commit()
+    assert writer.layout.shard_file(0).read_bytes() == whole
+    assert np.array_equal(zarr.open_array(str(tmp_path / "a.zarr"))[:4], new)
+
+    shard_dir = writer.layout.shard_file(1).parent
+    before = sorted(p.name for p in shard_dir.iterdir())
+    stream = writer.stream(1)
+    stream.append(blobs[0])
+    assert len(sorted(shard_dir.iterdir())) == len(before) + 1  # its temporary file
+    stream.abort()
+    assert sorted(p.name for p in shard_dir.iterdir()) == before
+    last = writer.layout.shard_file(2).read_bytes()
+    empty = writer.stream(2)
+    with pytest.raises(ValueError, match="at least one item"):
+        empty.commit()
+    assert not empty._tmp.exists() and writer.layout.shard_file(2).read_bytes() == last

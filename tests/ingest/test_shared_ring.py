@@ -55,7 +55,7 @@ def tracker_kept(monkeypatch):
 
 
 @needs_ring
-def test_put_and_take_round_trip_and_an_oversized_blob_is_refused():
+def test_put_and_view_round_trip_and_an_oversized_blob_is_refused():
     ring = SharedRing.create(slots=2, items=3, raw_bytes=100)
     assert ring is not None and ring.name.startswith(f"{shared_ring._owner()}-")
     name = ring.name
@@ -64,7 +64,10 @@ def test_put_and_take_round_trip_and_an_oversized_blob_is_refused():
         blobs = [bytes([j]) * (50 + j) for j in range(3)]
         places = [slot.put(j, blob) for j, blob in enumerate(blobs)]
         assert all(p is not None for p in places)
-        assert [ring.take(p) for p in places] == blobs
+        views = [ring.view(p) for p in places]
+        assert [bytes(v) for v in views] == blobs and all(v.readonly for v in views)
+        for v in views:
+            v.release()
         assert places[0][0] == 3 * ring.item_bytes  # slot 1 starts after slot 0's three places
         assert slot.put(0, b"x" * (ring.item_bytes + 1)) is None  # travels by pipe instead
     finally:
@@ -102,7 +105,7 @@ class _AtOnce:
 
 
 @needs_ring
-def test_a_slot_is_given_to_the_next_batch_only_once_its_images_are_copied_out(tiny_tree, made):
+def test_a_slot_is_given_to_the_next_batch_only_once_its_images_are_taken(tiny_tree, made):
     files = sorted(str(p) for p in tiny_tree.rglob("*.png"))
     tasks = [(f, (46, 70), False) for f in files]
     config = image_blosc_config(1)
@@ -110,12 +113,18 @@ def test_a_slot_is_given_to_the_next_batch_only_once_its_images_are_copied_out(t
     assert len(set(expected)) == len(expected)  # every image differs: an overwritten slot would show
     pool = ImagePool(1)
     pool.workers, pool._pool = 2, _AtOnce()  # 2 workers' worth of slots, each refilled the moment it is free
+    kept, got = [], []
     try:
-        got = [r.blob for r in pool.encoded(tasks, config, batch=2)]
+        for result in pool.encoded(tasks, config, batch=2):
+            got.append(bytes(result.blob))  # copied as taken: a view is valid until the next result
+            kept.append(result)
     finally:
         pool._pool = None
         shared_ring._ATTACHED.clear()
     assert got == expected
+    assert all(isinstance(r.blob, memoryview) for r in kept)
+    with pytest.raises(ValueError, match="released"):  # a view kept past its slot's reuse fails, never misleads
+        bytes(kept[0].blob)
     assert len(made) == 1 and made[0] not in _rings()  # closed once every batch was in
 
 
@@ -124,8 +133,8 @@ def test_the_pipe_fallback_writes_the_same_store_and_every_ring_is_removed(tiny_
                                                                            tracker_kept):
     ring, pipe = tmp_path / "ring.zarr", tmp_path / "pipe.zarr"
     taken = []
-    take = SharedRing.take
-    monkeypatch.setattr(SharedRing, "take", lambda self, place: taken.append(place) or take(self, place))
+    view = SharedRing.view
+    monkeypatch.setattr(SharedRing, "view", lambda self, place: taken.append(place) or view(self, place))
     ingest_breakhis(IngestConfig(root=str(tiny_tree), out=str(ring), workers=2, shard_size=8))
     assert made and len(taken) == len(list(tiny_tree.rglob("*.png")))  # every image came that way
     assert not set(made) & _rings()
@@ -137,6 +146,7 @@ def test_the_pipe_fallback_writes_the_same_store_and_every_ring_is_removed(tiny_
 
 
 @needs_ring
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # no view outlives the ring
 def test_an_interrupted_ingest_leaves_no_ring(tiny_tree, tmp_path, made, tracker_kept):
     calls = []
 
