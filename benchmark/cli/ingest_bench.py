@@ -45,11 +45,12 @@ def ingest_bench_command(
     config = config_from(IngestBenchConfig, FIELDS, given)
     result = measure(config, progress=console.print)
     cores = os.cpu_count()
+    decodes = ", ".join(f"decode ({m}) min {min(r['wall']):.2f} s (max {max(r['wall']):.2f})"
+                        for m, r in result.decode.items())
     stdout.print(f"{result.images} images, {result.workers} processes, {cores} cores, load "
-                 f"{result.load_before} -> {result.load_after}: decode min {min(result.decode_wall):.2f} s "
-                 f"(max {max(result.decode_wall):.2f}), ingest min {min(result.ingest_wall):.2f} s "
-                 f"(max {max(result.ingest_wall):.2f}); ingest/decode wall {result.ratio:.2f}x, "
-                 f"CPU {result.cpu_ratio:.2f}x", highlight=False)
+                 f"{result.load_before} -> {result.load_after}: {decodes}, ingest min {min(result.ingest_wall):.2f} s "
+                 f"(max {max(result.ingest_wall):.2f}); ingest/decode wall {result.ratio:.2f}x against the fastest "
+                 f"baseline ({result.baseline}), CPU {result.cpu_ratio:.2f}x", highlight=False)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({**result.to_dict(), "cores": cores}, indent=2))

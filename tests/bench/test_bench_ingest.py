@@ -121,11 +121,12 @@ def test_store_random_reads_beat_png_folder(dataset, record_property):
 
 
 def test_bench_ingest_against_pure_decode(benchmark, tmp_path, record_property):
-    """``histo-ingest breakhis`` wall time over a Pillow-only decode of the same files with the same two processes,
-    alternating in one run (:mod:`benchmark.ingest_speed`), on real BreakHis pixels when the sample is present (its
-    12 images copied 24 times under new patients: 288 images), else on the synthetic tree. The README's figure is
-    from ``histo-bench ingest-bench`` on 432 real images. The guard (2.5x) catches a return to the old serial path
-    (3.4x in the same run on the same machine); the goal of 1.2x is not reached yet (1.6-1.8x measured)."""
+    """``histo-ingest breakhis`` wall time over a Pillow-only decode of the same files with the same two processes
+    (the faster of a fork and a spawn pool), alternating in one run (:mod:`benchmark.ingest_speed`), on real BreakHis
+    pixels when the sample is present (its 12 images copied 24 times under new patients: 288 images), else on the
+    synthetic tree. The README's figure is from ``histo-bench ingest-bench`` on 432 real images (the 1.2x goal is met
+    there). The guard (2.5x) is loose because a small tree shows the fixed start-up cost and CI machines are noisy;
+    it catches a return to the old serial path (3.4x in the same run on the same machine)."""
     from benchmark.ingest_speed import IngestBenchConfig, measure, replicate_breakhis
     from tests.conftest import REAL_BREAKHIS
 
