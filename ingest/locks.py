@@ -5,7 +5,8 @@ A lock is a small JSON file (pid, host, process start time, creation time, a ran
 taken by writing that file under a private name and hard-linking it to the lock's name: ``link`` fails when the
 name exists, so exactly one of several racing processes wins, and the lock file is whole from its first moment
 (``open(lock, "w")``, as some tools do it, lets two processes both believe they hold it). Filesystems without hard
-links fall back to ``O_CREAT | O_EXCL``.
+links fall back to ``O_CREAT | O_EXCL``. The private files of creators killed in between are removed by a later
+run (:func:`remove_dead_temporaries`).
 
 A held lock is refreshed (its mtime touched) every :data:`HEARTBEAT_SECONDS` by a daemon thread. A lock is
 **stale**, and may be broken by anyone, when its process is gone: a dead or zombie pid (or a pid reused by another
@@ -21,7 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -130,34 +132,64 @@ def _mtime_age(path: Path) -> float | None:
         return None
 
 
+@functools.cache
+def _machine_tag() -> str:
+    """8 hex digits naming this host and pid namespace (:func:`_machine_id`), put in private file names."""
+    return hashlib.sha256(_machine_id().encode()).hexdigest()[:8]
+
+
 def _private_name(path: Path) -> Path:
-    """Where :func:`create_exclusive` writes the payload before linking it to ``path``."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    """Where :func:`create_exclusive` writes the payload before linking it to ``path``: ``.NAME.PID.MACHINE.TOKEN
+    .tmp``, so that the pid is only ever judged on the machine it belongs to."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{_machine_tag()}.{secrets.token_hex(4)}.tmp")
 
 
-def remove_dead_temporaries(path: Path) -> int:
-    """Delete the private files (:func:`_private_name`) that processes killed while creating the lock ``path``
-    left beside it; returns how many. One is removed when the holder its payload names is gone (the rule of
-    :meth:`LockOwner.is_alive`, its mtime as heartbeat), or, cut short before its payload, when the pid in its name
-    is dead here or it is older than :data:`UNREADABLE_GRACE_SECONDS`. A live creator's file is never touched."""
-    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)\.[0-9a-f]{8}\.tmp")
+#: A private file of :func:`create_exclusive` for a lock (``*.lock``) or a store root's ``zarr.json``; the machine
+#: tag is missing in those of older versions.
+_PRIVATE = re.compile(r"\.(?P<name>.+\.lock|zarr\.json)\.(?P<pid>\d+)\.(?:(?P<machine>[0-9a-f]{8})\.)?[0-9a-f]{8}\.tmp")
+
+_SWEPT: set[str] = set()  # the folders this process has swept (sweep_once)
+
+
+def _creator_gone(tmp: Path, match: re.Match, age: float) -> bool:
+    """Whether the process that made the private file ``tmp`` is certainly gone (see remove_dead_temporaries)."""
+    owner = read_owner(tmp)
+    if owner is not None:
+        return not owner.is_alive(age)
+    return age > STALE_SECONDS or (match["machine"] == _machine_tag() and not pid_alive(int(match["pid"])))
+
+
+def remove_dead_temporaries(folder: Path) -> int:
+    """Delete the private files (:func:`_private_name`) that processes killed inside :func:`create_exclusive` left
+    in ``folder``; returns how many. One is removed when the holder its payload names is gone (the rule of
+    :meth:`LockOwner.is_alive`, its mtime as heartbeat); one cut short before its payload (or not a lock's: a store
+    root's ``zarr.json``) when the pid in its name is dead and was of this machine, or it is older than
+    :data:`STALE_SECONDS`. So a creator on another host (NFS shows its file empty until its ``fsync``), or one
+    stalled here, is never touched; nor is anything but such a file."""
     removed = 0
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        match = pattern.fullmatch(tmp.name)
-        age = _mtime_age(tmp)
-        if match is None or age is None:
-            continue
-        owner = read_owner(tmp)
-        gone = (not owner.is_alive(age)) if owner is not None else (
-            age > UNREADABLE_GRACE_SECONDS or not pid_alive(int(match[1])))
-        if gone:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            removed += 1
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            match = _PRIVATE.fullmatch(entry.name) if entry.name.endswith(".tmp") else None
+            age = _mtime_age(Path(entry.path)) if match is not None else None
+            if age is None or not _creator_gone(Path(entry.path), match, age):
+                continue
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except OSError as exc:  # gone meanwhile, or another user's in a shared folder
+                log.debug("cannot remove %s: %s", entry.path, exc)
     return removed
 
 
-def create_exclusive(path: Path, payload: bytes) -> bool:
+def sweep_once(folder: Path) -> None:
+    """:func:`remove_dead_temporaries` the first time this process takes a lock (or creates a store) in
+    ``folder``: one listing per folder per run, not one per slide."""
+    if (key := os.path.abspath(folder)) not in _SWEPT:
+        _SWEPT.add(key)
+        remove_dead_temporaries(Path(key))
+
+
+def create_exclusive(path: Path, payload: bytes, *, retry: bool = True) -> bool:
     """Create ``path`` holding ``payload`` iff it does not exist; True when this call created it."""
     tmp = _private_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -166,6 +198,19 @@ def create_exclusive(path: Path, payload: bytes) -> bool:
         os.fsync(fd)
     finally:
         os.close(fd)
+    try:
+        return _link_private(tmp, path, payload)
+    except FileNotFoundError:
+        if not retry or tmp.exists() or path.exists():
+            raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return create_exclusive(path, payload, retry=False)  # the private file vanished before the link: once more
+
+
+def _link_private(tmp: Path, path: Path, payload: bytes) -> bool:
+    """The second half of :func:`create_exclusive`: link the written private file ``tmp`` to ``path``."""
     try:
         os.link(tmp, path)
         return True
@@ -185,9 +230,6 @@ def create_exclusive(path: Path, payload: bytes) -> bool:
         finally:
             os.close(fd)
         return True
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 class WorkLock:
@@ -222,7 +264,7 @@ class WorkLock:
         """Take the lock if it is free or stale; False when a live process holds it."""
         if self.held:
             return True
-        remove_dead_temporaries(self.path)
+        sweep_once(self.path.parent)
         for _ in range(3):  # free -> take; stale -> break, then take (another process may win the retake)
             owner = LockOwner.me(self.what)
             if create_exclusive(self.path, json.dumps(asdict(owner)).encode()):
@@ -255,10 +297,10 @@ class WorkLock:
 
     def clear_if_stale(self) -> None:
         """Remove the lock file when its holder is gone (e.g. a run killed between finishing and releasing), and
-        what killed creators of it left (:func:`remove_dead_temporaries`)."""
+        what killed creators left beside it (:func:`sweep_once`)."""
         if self.held:
             return
-        remove_dead_temporaries(self.path)
+        sweep_once(self.path.parent)
         if self.path.exists():
             self._break_if_stale()
 

@@ -29,7 +29,7 @@ def store_format(path: str | Path) -> str | None:
 
 #: Names histo-bench itself leaves for a moment in a store it is creating (the root's metadata written aside, a
 #: write probe), so a second process arriving then does not take the new store for a user's folder.
-_SCRATCH = (re.compile(r"\.zarr\.json\.\d+\.[0-9a-f]+\.tmp"), re.compile(r"\.write-test-\d+"))
+_SCRATCH = (re.compile(r"\.zarr\.json\.\d+(\.[0-9a-f]+)+\.tmp"), re.compile(r"\.write-test-\d+"))
 
 
 def _own_scratch(name: str) -> bool:

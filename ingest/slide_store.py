@@ -35,7 +35,7 @@ import zarr
 from histo_bench.errors import HistoBenchError
 from histo_bench.files import discard_dir
 from ingest.disk import writing
-from ingest.locks import WorkLock, create_exclusive, remove_dead_temporaries
+from ingest.locks import WorkLock, create_exclusive, sweep_once
 from ingest.output_guard import refusal, store_format
 from ingest.shards import ShardLayout, ShardWriter
 from ingest.tile_codecs import zarr_codecs
@@ -67,7 +67,7 @@ def init_store(path: str | Path) -> Path:
         raise SlideStoreError(reason)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        remove_dead_temporaries(path / "zarr.json")  # a creator killed mid-write left its private file
+        sweep_once(path)  # private files of creators killed mid-write (zarr.json, slide locks)
         if store_format(path) != FORMAT:
             _create_root(path)
         if store_format(path) != FORMAT:

@@ -196,33 +196,60 @@ def test_released_on_an_exception(tmp_path):
     assert not lock.path.exists()
 
 
-def test_private_files_of_killed_creators_are_removed_and_live_ones_kept(tmp_path):
+def test_private_files_of_killed_creators_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
     """A kill inside :func:`locks.create_exclusive` leaves its private file beside the lock (a flaky SIGKILL test
-    found one in a resumed store); the next taker removes those whose creator is gone, and nothing else."""
-    dead, live = _dead_pid(), os.getpid()
-    path = tmp_path / "slide-1.lock"
-    files = {name: tmp_path / f".slide-1.lock.{pid}.{token}.tmp"
-             for name, pid, token in [("dead owner", dead, "0a0a0a0a"), ("live owner", live, "1b1b1b1b"),
-                                      ("cut short, dead pid", dead, "2c2c2c2c"), ("cut short, live", live, "3d3d3d3d"),
-                                      ("cut short, old", live, "4e4e4e4e")]}
-    _write_lock(files["dead owner"], replace(LockOwner.me("killed"), pid=dead))
-    _write_lock(files["live owner"], LockOwner.me("creating now"))
-    for name in ("cut short, dead pid", "cut short, live", "cut short, old"):
-        files[name].write_bytes(b"")
-    old = time.time() - locks.UNREADABLE_GRACE_SECONDS - 1
-    os.utime(files["cut short, old"], (old, old))
-    other = tmp_path / ".slide-10.lock.123.5f5f5f5f.tmp"  # another lock's file, and a user's file
-    other.write_bytes(b"")
-    user = tmp_path / ".slide-1.lock.notes.tmp"
-    user.write_bytes(b"")
+    found one in a resumed store); the next taker in that folder removes those whose creator is certainly gone, and
+    nothing else: not a live or stalled creator's, not another machine's (NFS shows it empty until its fsync)."""
+    monkeypatch.setattr(locks, "_SWEPT", set())
+    dead, live, here = _dead_pid(), os.getpid(), locks._machine_tag()
+    old = time.time() - locks.STALE_SECONDS - 1
+    files = {}
+    for name, pid, machine, payload, aged in [
+            ("dead owner", dead, here, replace(LockOwner.me("killed"), pid=dead), False),
+            ("live owner", live, here, LockOwner.me("creating now"), False),
+            ("cut short, dead pid", dead, here, None, False),
+            ("cut short, live pid, stalled", live, here, None, True),
+            ("cut short, other machine", dead, "0badc0de", None, False),
+            ("cut short, other machine, stale", dead, "0badc0de", None, True),
+            ("cut short, older version", dead, None, None, False)]:
+        tag = f"{machine}." if machine else ""
+        f = files[name] = tmp_path / f".slide-1.lock.{pid}.{tag}{len(files):08x}.tmp"
+        _write_lock(f, payload) if payload else f.write_bytes(b"")
+        if aged:
+            os.utime(f, (old, old)) if "stale" in name else os.utime(f, (time.time() - 60,) * 2)
+    files["zarr.json, dead pid"] = tmp_path / f".zarr.json.{dead}.{here}.0a0b0c0d.tmp"
+    files["zarr.json, dead pid"].write_bytes(b'{"zarr_format"')
+    user = [tmp_path / ".slide-1.lock.notes.tmp", tmp_path / f".notes.{dead}.{here}.0a0b0c0d.tmp"]
+    for f in user:
+        f.write_bytes(b"")
 
-    lock = WorkLock(path, "tiling slide-1")
+    lock = WorkLock(tmp_path / "slide-1.lock", "tiling slide-1")
     assert lock.try_acquire()
     lock.release()
     left = {name for name, f in files.items() if f.exists()}
-    assert left == {"live owner", "cut short, live"}
-    assert other.exists() and user.exists()
-    files["live owner"].unlink()
-    _write_lock(files["dead owner"], replace(LockOwner.me("killed"), pid=dead))
-    WorkLock(path, "finished").clear_if_stale()  # the path taken beside finished work
-    assert not files["dead owner"].exists() and files["cut short, live"].exists()
+    assert left == {"live owner", "cut short, live pid, stalled", "cut short, other machine",
+                    "cut short, older version"}
+    assert all(f.exists() for f in user)
+
+    files["dead owner"].write_text(json.dumps(asdict(replace(LockOwner.me("killed"), pid=dead))))
+    assert WorkLock(tmp_path / "slide-2.lock", "tiling slide-2").try_acquire()
+    assert files["dead owner"].exists()  # one listing per folder per run, not one per slide
+    monkeypatch.setattr(locks, "_SWEPT", set())
+    WorkLock(tmp_path / "slide-1.lock", "finished").clear_if_stale()  # the path taken beside finished work
+    assert not files["dead owner"].exists()
+
+
+def test_a_private_file_removed_under_its_creator_is_made_again(tmp_path, monkeypatch):
+    link = os.link
+    calls = []
+
+    def vanishing_link(src, dst):  # the first private file disappears just before its link
+        calls.append(src)
+        if len(calls) == 1:
+            os.unlink(src)
+        return link(src, dst)
+
+    monkeypatch.setattr(locks.os, "link", vanishing_link)
+    assert locks.create_exclusive(tmp_path / "x.lock", b"payload")
+    assert (tmp_path / "x.lock").read_bytes() == b"payload" and len(calls) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.lock"]
