@@ -4,7 +4,8 @@ Each worker decodes a small batch of files (:func:`ingest.decode.decode_file`), 
 Blosc-encodes each with the store's own codec configuration (:func:`ingest.shards.blosc_codec`), returning the
 encoded chunks (or the one-line reason a file is unusable), through shared memory where the machine has it
 (:mod:`ingest.shared_ring`), else through the pool's pipe. The writer then puts those bytes straight into shard
-files (:meth:`ingest.shards.ShardWriter.write_encoded`): the bytes are exactly those it would have encoded itself,
+files (:meth:`ingest.store_writer.ImageStoreWriter.add_encoded`, :class:`ingest.shards.ShardStream`), from the
+shared memory itself: the bytes are exactly those it would have encoded itself,
 and decoding and compression run on every core instead of compression running serially in the writer.
 
 An :class:`ImagePool` starts its processes when it is made and :meth:`ImagePool.encoded` submits its first batches
@@ -134,16 +135,16 @@ class ImagePool:
                ring: SharedRing | None) -> Iterator[EncodedImage | str]:
         while pending:
             future, k = pending.popleft()
-            results = future.result()
-            views = [ring.view(r.place) if isinstance(r, EncodedImage) and r.place is not None else None
-                     for r in results]
+            views: list[memoryview] = []
             try:
-                for result, view in zip(results, views, strict=True):
-                    yield result if view is None else replace(result, blob=view, place=None)
+                for result in future.result():
+                    if isinstance(result, EncodedImage) and result.place is not None:
+                        views.append(ring.view(result.place))
+                        result = replace(result, blob=views[-1], place=None)
+                    yield result
             finally:  # slot k's images are taken (written by the caller): no view of it outlives that
                 for view in views:
-                    if view is not None:
-                        view.release()
+                    view.release()  # BufferError if the caller kept a buffer of it: loud, not a silent reuse
             nxt = next(batches, None)
             if nxt is not None:  # slot k is free again
                 pending.append((self._submit(nxt, codec_config, ring, k), k))
@@ -162,11 +163,11 @@ class ImagePool:
         """Drop queued work, join the workers and stop the helper processes (idempotent)."""
         if self._pool is None:
             return
-        for drain in self._drains:  # one left mid-way (an interrupt) lets go of its views of the ring now
-            with contextlib.suppress(ValueError):
-                drain.close()
-        self._drains = []
         try:
+            for drain in self._drains:  # one left mid-way (an interrupt) lets go of its views of the ring now
+                with contextlib.suppress(ValueError):  # a drain still running (closed from within)
+                    drain.close()
+            self._drains = []
             self._pool.shutdown(wait=True, cancel_futures=True)
             for process in self._released:
                 process.join()

@@ -3,7 +3,7 @@
 A store is written under ``<out>.partial``, by the one process holding ``<out>.lock``
 (:func:`ingest.store_paths.store_lock`, :mod:`ingest.locks`), and renamed to ``<out>`` only after ``complete`` is
 set, so a store at ``<out>`` is always whole. :class:`ImageStoreWriter` writes each image into its shard file as it
-comes (:class:`ingest.shards.ShardStream`: a temporary file, renamed into place once the shard is full) and
+comes (:class:`ingest.shards.ShardStream`: a temporary file, renamed into place when full or at the end) and
 checkpoints (the metadata of the images in finished shards, then the progress attribute) at a shard boundary at
 most every :data:`CHECKPOINT_SECONDS`, and once more when the run stops, finished or interrupted
 (:meth:`ImageStoreWriter.checkpoint`). Rewriting the metadata chunks after every shard cost a third of the writer's

@@ -1,5 +1,5 @@
 """The shared ring the ingest's workers hand encoded images through: bytes come out as they went in, a slot is
-reused only once its images are copied out, an image too large for its place or a machine without room for the
+reused only once its images are taken (written), an image too large for its place or a machine without room for the
 ring falls back to the pipe with the same store, and no segment outlives the ingest (nor, for long, a killed one)."""
 
 from __future__ import annotations
