@@ -76,6 +76,7 @@ def test_a_full_disk_during_breakhis_is_one_line_and_the_rerun_resumes(tree, tmp
         assert line.startswith(f"error: {disk}/s.zarr.partial/images/c/") and "no space left on device" in line, line
         assert "skipped" not in res.stdout + res.stderr  # no image was marked bad
         assert not (disk / "s.zarr").exists() and (disk / "s.zarr.partial").is_dir()
+        assert not list((disk / "s.zarr.partial").rglob("*.tmp"))  # the half-written shard is dropped: no space held
         grow(disk, "4m")
         res = procs.run("breakhis", tree, "--out", disk / "s.zarr", "--shard-size", "8")
         assert res.returncode == 0 and "(resumed)" in res.stderr, res.stdout + res.stderr

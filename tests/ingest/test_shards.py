@@ -1,3 +1,4 @@
+import google_crc32c
 import numpy as np
 import pytest
 import zarr
@@ -79,6 +80,8 @@ def test_a_stream_writes_the_shard_write_encoded_writes_and_an_aborted_one_leave
     blobs = [writer.codec.encode(np.ascontiguousarray(item)) for item in new]
     writer.write_encoded(0, blobs)
     whole = writer.layout.shard_file(0).read_bytes()
+    index = np.array([[sum(map(len, blobs[:j])), len(b)] for j, b in enumerate(blobs)], dtype="<u8").tobytes()
+    assert whole == b"".join(blobs) + index + google_crc32c.value(index).to_bytes(4, "little")  # zarr's layout
     stream = writer.stream(0)
     for blob in blobs:
         stream.append(memoryview(blob).toreadonly())  # as from a worker's shared memory
