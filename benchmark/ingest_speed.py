@@ -2,8 +2,8 @@
 
 The baseline decodes every image of the tree with Pillow and nothing else (``np.asarray(Image.open(p).convert(
 "RGB"))``) in a ``multiprocessing`` pool of the same number of processes, once per start method of
-:attr:`IngestBenchConfig.baselines`: ``fork`` (Linux's default, and the faster: its children start with the
-parent's imports) and ``spawn``. The ingest is the real command (``histo-ingest breakhis ROOT --out STORE --workers
+:attr:`IngestBenchConfig.baselines`: ``fork`` (Linux's default, usually the faster: its children start with
+the parent's imports) and ``spawn``. The ingest is the real command (``histo-ingest breakhis ROOT --out STORE --workers
 N``, a fresh store each time). All run as subprocesses, so all include their interpreter start, and they alternate
 (each decode, then the ingest, then again) so a load change on the machine hits every one. CPU time is that of each
 subprocess and its reaped descendants (``RUSAGE_CHILDREN``). The ratio reported is the minimum ingest wall over the
