@@ -16,6 +16,7 @@ BreakHis naming), for measuring on real pixels without committing data.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import resource
 import shutil
@@ -118,8 +119,6 @@ def _decode_one(path: str) -> int:
 def decode_tree(root: str, workers: int, start_method: str = "spawn") -> int:
     """The baseline: decode every image under ``root`` with Pillow in ``workers`` processes started by
     ``start_method``; returns the count."""
-    import multiprocessing
-
     files = image_files(root)
     with multiprocessing.get_context(start_method).Pool(workers) as pool:  # direct children: their CPU is counted
         done = sum(1 for _ in pool.imap_unordered(_decode_one, files, chunksize=4))
@@ -157,8 +156,6 @@ def measure(config: IngestBenchConfig, progress: Callable[[str], None] | None = 
     repo = Path(__file__).resolve().parents[1]
     result = IngestBenchResult(images=len(image_files(root)), workers=config.workers,
                                load_before=round(os.getloadavg()[0], 2))
-    import multiprocessing
-
     methods = [m for m in config.baselines if m in multiprocessing.get_all_start_methods()]
     if not methods:
         raise ConfigError(f"none of the baselines {config.baselines} can start processes on this platform")

@@ -170,8 +170,9 @@ def remove_dead_temporaries(folder: Path) -> int:
     with contextlib.suppress(OSError):
         for entry in os.scandir(folder):
             match = _PRIVATE.fullmatch(entry.name) if entry.name.endswith(".tmp") else None
-            age = _mtime_age(Path(entry.path)) if match is not None else None
-            if age is None or not _creator_gone(Path(entry.path), match, age):
+            tmp = Path(entry.path)
+            age = _mtime_age(tmp) if match is not None else None
+            if age is None or not _creator_gone(tmp, match, age):
                 continue
             try:
                 os.unlink(entry.path)

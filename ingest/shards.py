@@ -283,9 +283,6 @@ class ShardStream:
         self._fh = open(self._tmp, "wb")  # closed by commit or abort
         self._sizes: list[int] = []
 
-    def __len__(self) -> int:
-        return len(self._sizes)
-
     def append(self, blob: bytes | memoryview) -> None:
         if len(self._sizes) >= self.layout.shard_size:
             raise ValueError(f"{self.path}: a shard holds at most {self.layout.shard_size} items")

@@ -176,10 +176,11 @@ class ImageStoreWriter:
 
     def _append(self, blob: bytes | memoryview, meta: ImageMeta) -> None:
         """Write one encoded image into the shard being written (opened at its first image)."""
-        shard = self.written // self.shard_size
-        with writing(self._shards.layout.shard_file(shard)):
-            if self._stream is None:
+        if self._stream is None:
+            shard = self.written // self.shard_size
+            with writing(self._shards.layout.shard_file(shard)):
                 self._stream = self._shards.stream(shard)
+        with writing(self._stream.path):
             self._stream.append(blob)
         self._buffer.append(meta)
 
