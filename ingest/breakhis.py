@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -33,10 +32,6 @@ from ingest.image_pool import ImagePool
 from ingest.output_guard import refusal, store_format
 from ingest.shards import image_blosc_config
 from ingest.splits import SplitConfig, patient_split
-
-# The store modules (ingest.store, ingest.store_writer) import zarr (0.4-0.8 s of CPU): imported by a thread that
-# ingest_breakhis starts once the store is known to need writing (_StoreModules), so that discovery and the
-# workers' first batches go on meanwhile.
 
 log = logging.getLogger(__name__)
 
@@ -183,40 +178,28 @@ def data_origin(root: Path) -> dict[str, Any]:
     return {"kind": "user-provided", "root": str(root.resolve())}
 
 
-class _StoreModules(threading.Thread):
-    """Imports the store modules (zarr) in the background while files are discovered and the workers start;
-    :meth:`wait` joins it and raises what the import raised. ``command``: for the ``histo-ingest`` command, whose
-    process ends with the ingest (``sys.modules`` is every thread's, and what zarr sets up stays so), zarr is
-    imported without cupy, which it imports for GPU buffers the ingest never uses (~0.25 s,
+def _import_store_modules(command: bool) -> None:
+    """Import the store modules (ingest.store_writer, zarr: 0.4-0.8 s of CPU). Called once the workers' first
+    batches are submitted, so that they decode meanwhile. Not earlier in a thread beside discovery and the size
+    pass: each file those open hands the GIL to the importing thread for up to a switch interval (5 ms), which made
+    the two passes ~15x slower (0.2 s instead of 15 ms on 432 files) and held back the workers' start.
+
+    ``command``: for the ``histo-ingest`` command, whose process ends with the ingest (what zarr sets up stays so),
+    zarr is imported without cupy, which it imports for GPU buffers the ingest never uses (~0.25 s,
     :func:`histo_bench.optional.hidden`), and once imported the ~60k objects of the modules are moved out of the
     garbage collector's sight (:func:`gc.freeze`), so the collections made on the way out (to release the pool's
     semaphores, :meth:`ingest.image_pool.ImagePool.close`) take under 1 ms instead of ~35 ms each."""
-
-    def __init__(self, command: bool) -> None:
-        super().__init__(name="import-store-modules", daemon=True)
-        self.command = command
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            with hidden("cupy") if self.command else contextlib.nullcontext():
-                import ingest.store_writer  # noqa: F401
-        except BaseException as exc:  # raised by wait(), in the caller's thread
-            self.error = exc
-
-    def wait(self) -> None:
-        self.join()
-        if self.error is not None:
-            raise self.error
-        if self.command:
-            gc.freeze()
+    with hidden("cupy") if command else contextlib.nullcontext():
+        import ingest.store_writer  # noqa: F401
+    if command:
+        gc.freeze()
 
 
 def ingest_breakhis(config: IngestConfig, progress: Progress | None = None, command: bool = False) -> IngestSummary:
     """Ingest a BreakHis tree into a zarr store; see :class:`IngestConfig`. Raises :class:`IngestError` when nothing
     can be done; individual bad files are skipped and listed in the returned summary. ``command``: called by the
     ``histo-ingest`` command, whose process ends with it (then zarr is imported without cupy, see
-    :class:`_StoreModules`)."""
+    :func:`_import_store_modules`)."""
     t0 = time.perf_counter()
     root, out = Path(config.root), Path(os.path.abspath(config.out))  # `--out .` names the current folder
     if not root.exists():
@@ -253,16 +236,11 @@ def ingest_breakhis(config: IngestConfig, progress: Progress | None = None, comm
         reason = partial_refusal(partial_path(out))  # checked under the lock: no other writer is mid-way
         if reason:
             raise IngestError(reason)
-        importer = _StoreModules(command)
-        importer.start()
-        try:
-            candidates = _candidates(config, root, summary)  # while the forkserver starts up (ingest.__main__)
-            size = _target_size(config, candidates)
-            with ImagePool(config.n_workers) as pool:
-                return _ingest_locked(config, root, out, summary, t0, progress, lock.still_mine, pool, candidates,
-                                      size, importer)
-        finally:
-            importer.join()  # no import goes on behind the caller's back
+        candidates = _candidates(config, root, summary)  # while the forkserver starts up (ingest.__main__)
+        size = _target_size(config, candidates)
+        with ImagePool(config.n_workers) as pool:
+            return _ingest_locked(config, root, out, summary, t0, progress, lock.still_mine, pool, candidates,
+                                  size, command)
 
 
 def _candidates(config: IngestConfig, root: Path, summary: IngestSummary) -> list[Candidate]:
@@ -279,7 +257,7 @@ def _candidates(config: IngestConfig, root: Path, summary: IngestSummary) -> lis
 
 def _ingest_locked(config: IngestConfig, root: Path, out: Path, summary: IngestSummary, t0: float,
                    progress: Progress | None, still_mine, pool: ImagePool, candidates: list[Candidate],
-                   size: tuple[int, int], importer: _StoreModules) -> IngestSummary:
+                   size: tuple[int, int], command: bool) -> IngestSummary:
     """The ingest proper, run by the one process that holds the store's lock."""
     from ingest.disk import raise_if_environment
     from ingest.store_paths import partial_path
@@ -290,8 +268,8 @@ def _ingest_locked(config: IngestConfig, root: Path, out: Path, summary: IngestS
     codec_config = image_blosc_config(config.clevel)
     fresh = config.overwrite or not partial_path(out).exists()
     results = pool.encoded(tasks, codec_config) if fresh else None
-    importer.wait()
-    from ingest.store import StoreError  # imported by now (a failed import in the thread is raised above)
+    _import_store_modules(command)  # while the workers decode
+    from ingest.store import StoreError
     from ingest.store_writer import ImageStoreWriter
 
     try:
