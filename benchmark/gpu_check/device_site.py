@@ -102,7 +102,8 @@ def build_site(venv_site: Path, target: Path, allowed: frozenset[str] = DEVICE_D
 
 def _with_requirements(names: set[str], venv_site: Path) -> set[str]:
     """``names`` and, transitively, what this venv's copies of them require (extras left out): this venv's versions
-    can need more than the GPU machine's (typer 0.29 needs pydantic), which is no reason to fail there."""
+    can need more than the GPU machine's (typer 0.29 needs pydantic, 0.28 does not), which is no reason to
+    fail there."""
     dists = {normalize(d.metadata["Name"] or ""): d for d in metadata.distributions(path=[str(venv_site)])}
     todo, seen = [n for n in names if n in dists], set(names)
     while todo:
