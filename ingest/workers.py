@@ -92,7 +92,8 @@ def process_pool(workers: int, initializer: Callable[..., None] | None = None,
 def start_forkserver(preload: tuple[str, ...] = ()) -> None:
     """Start the forkserver now, importing ``preload`` in it, so that it starts up beside whatever this process
     does next (on another core) and every worker forked from it has those modules already. Nothing happens when a
-    forkserver is already running or the start method is ``spawn``; :func:`stop_helpers` stops it."""
+    forkserver is already running or the start method is ``spawn``; :func:`stop_helpers` stops it (a forkserver
+    that preloads modules ends without tearing them down, :mod:`ingest.forkserver_exit`)."""
     if start_method() != "forkserver":
         return
     from multiprocessing import forkserver
@@ -101,7 +102,7 @@ def start_forkserver(preload: tuple[str, ...] = ()) -> None:
     if server is not None and getattr(server, "_forkserver_pid", None) is not None:
         return
     if preload:
-        mp_context().set_forkserver_preload(list(preload))
+        mp_context().set_forkserver_preload([*preload, "ingest.forkserver_exit"])
     forkserver.ensure_running()
 
 

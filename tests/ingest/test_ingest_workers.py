@@ -4,6 +4,7 @@ process is left running once ``ingest_breakhis`` (the library call, not only the
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -115,3 +116,41 @@ def test_a_released_pool_is_joined_on_close_with_its_helpers(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "CHILDREN []" in proc.stdout, proc.stdout
+
+
+def test_a_stopped_forkserver_ends_before_the_teardown_of_what_it_preloaded(tmp_path):
+    """A forkserver of ours ends at once when stopped (ingest.forkserver_exit): the exit handler of a module it
+    preloaded (which runs at the interpreter's teardown) never runs there. The control: a forkserver started
+    without it does run that handler; and the module registers nothing where a plain import loads it."""
+    (tmp_path / "teardown_marker.py").write_text(
+        "import atexit, sys\natexit.register(lambda: sys.stderr.write('TEARDOWN RAN\\n'))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    script = textwrap.dedent("""
+        import atexit, sys
+        from multiprocessing import forkserver
+        from ingest.workers import mp_context, process_pool, start_forkserver, stop_helpers
+
+        if __name__ == "__main__":
+            before = atexit._ncallbacks()
+            import ingest.forkserver_exit  # noqa: F401
+            assert atexit._ncallbacks() == before, "registered outside the forkserver"
+            if sys.argv[1] == "ours":
+                start_forkserver(("teardown_marker",))
+            else:
+                mp_context().set_forkserver_preload(["teardown_marker"])
+                forkserver.ensure_running()
+            pool = process_pool(2)
+            assert sorted(pool.map(abs, [-1, -2, -3])) == [1, 2, 3]
+            pool.shutdown(wait=True)
+            stop_helpers()
+            print("STOPPED", forkserver._forkserver._forkserver_pid)
+    """)
+    runs = {}
+    for kind in ("ours", "control"):
+        proc = subprocess.run([sys.executable, "-c", script, kind], capture_output=True, text=True, timeout=120,
+                              env=env)  # the module is found there (Python 3.11's forkserver ignores sys.path)
+        assert proc.returncode == 0, proc.stderr
+        assert "STOPPED None" in proc.stdout, proc.stdout  # stopped (and waited for) by stop_helpers
+        runs[kind] = proc.stderr
+    assert "TEARDOWN RAN" in runs["control"], runs["control"]
+    assert "TEARDOWN RAN" not in runs["ours"], runs["ours"]
