@@ -179,8 +179,9 @@ def data_origin(root: Path) -> dict[str, Any]:
 
 
 def _import_store_modules(command: bool) -> None:
-    """Import the store modules (ingest.store_writer, zarr: 0.4-0.8 s of CPU). Called once the workers' first
-    batches are submitted, so that they decode meanwhile. Not earlier in a thread beside discovery and the size
+    """Import the store modules (ingest.store_writer, zarr: 0.4-0.8 s of CPU). For a new store, called once the
+    workers' first batches are submitted, so that they decode meanwhile (a resumed store must be opened first to
+    know where to start, so there the workers wait for it). Not in a thread beside discovery and the size
     pass: each file those open hands the GIL to the importing thread for up to a switch interval (5 ms), which made
     the two passes ~15x slower (0.2 s instead of 15 ms on 432 files) and held back the workers' start.
 

@@ -101,7 +101,7 @@ def breakhis(
         from ingest.workers import start_forkserver
 
         start_forkserver(("ingest.image_pool",))  # histo-ingest started it already (ingest.__main__)
-    from ingest.breakhis import IngestConfig, ingest_breakhis  # light: zarr is imported beside the work
+    from ingest.breakhis import IngestConfig, ingest_breakhis  # light: zarr is imported once the workers decode
     from ingest.splits import SplitConfig, SplitError
 
     if root is None:

@@ -1,11 +1,17 @@
-"""The last module a forkserver of ours preloads (:func:`ingest.workers.start_forkserver`): it makes the forkserver
-end at once when it is stopped, instead of tearing down the numpy, Pillow and Blosc modules it preloaded (~30 ms
-that :func:`ingest.workers.stop_helpers`, and so every ``histo-ingest breakhis``, waits for).
+"""The first module a forkserver of ours preloads (:func:`ingest.workers.start_forkserver`): it makes the
+forkserver end without the interpreter's teardown of the numpy, Pillow and Blosc modules it preloaded (~30 ms that
+:func:`ingest.workers.stop_helpers`, and so every ``histo-ingest breakhis``, waits for).
 
-The forkserver ends on a ``SystemExit`` once its clients are gone; the exit handler registered here then flushes
-its output and calls :func:`os._exit` before the interpreter's teardown. The handler is registered only when this
-module is imported by :func:`multiprocessing.forkserver.main` itself, never in another process. The workers forked
-from the forkserver inherit it but never run it: they end by :func:`os._exit` too (multiprocessing's own).
+The forkserver ends on a ``SystemExit`` once its clients are gone. The exit handler registered here then flushes
+its output and calls :func:`os._exit`. Exit handlers run last-registered first, and this one is registered before
+the preloaded modules are imported, so theirs (numcodecs' Blosc clean-up, logging's flush) still run before it;
+what it skips is multiprocessing's own handler, which has nothing to do in a forkserver (no process of its own to
+join), and the teardown itself. The exit status is then 0 even after an error in the forkserver (its traceback is
+printed as before); multiprocessing never reads that status.
+
+The handler is registered only when this module is imported by :func:`multiprocessing.forkserver.main` itself,
+and it does nothing in any other process (it checks the pid): a worker forked from the forkserver inherits it but
+ends by :func:`os._exit` (Python 3.11, 3.12) or clears the exit handlers before it runs (3.13).
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ def imported_by_forkserver() -> bool:
     return False
 
 
-def end_now() -> None:
-    """Flush the output and end the process without the interpreter's teardown."""
+def end_now(pid: int) -> None:
+    """In process ``pid`` (the forkserver), flush the output and end without the interpreter's teardown."""
+    if os.getpid() != pid:
+        return
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -38,4 +46,4 @@ def end_now() -> None:
 
 
 if imported_by_forkserver():
-    atexit.register(end_now)
+    atexit.register(end_now, os.getpid())

@@ -102,7 +102,7 @@ def start_forkserver(preload: tuple[str, ...] = ()) -> None:
     if server is not None and getattr(server, "_forkserver_pid", None) is not None:
         return
     if preload:
-        mp_context().set_forkserver_preload([*preload, "ingest.forkserver_exit"])
+        mp_context().set_forkserver_preload(["ingest.forkserver_exit", *preload])
     forkserver.ensure_running()
 
 
