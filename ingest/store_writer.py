@@ -286,11 +286,12 @@ class ImageStoreWriter:
         for name in ("images", "label", "malignant", "patient", "magnification", "source", "orig_size"):
             arr = g[name]
             arr.resize((n,) + tuple(arr.shape[1:]))
-        assert_patient_disjoint(g["patient"][:], split.codes)
+        patients = g["patient"][:]  # read back: what the store holds is what is checked
+        assert_patient_disjoint(patients, split.codes)
         g.create_array("split", shape=(n,), dtype="int8", chunks=(min(_META_CHUNK, n),), overwrite=True)
         g["split"][:] = split.codes
         final_attrs = dict(attrs)
-        final_attrs["split"] = split.to_attrs(as_str_array(g["patient"][:]))
+        final_attrs["split"] = split.to_attrs(as_str_array(patients))
         final_attrs["progress"] = self.progress
         final_attrs["complete"] = True
         final_attrs["completed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
