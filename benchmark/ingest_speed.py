@@ -102,6 +102,21 @@ class IngestBenchResult:
                 "load_before": self.load_before, "load_after": self.load_after}
 
 
+def record(result: IngestBenchResult, root: str | Path, replicate: int = 0) -> dict:
+    """The JSON record of a run: the figures, what data they ran on (``root`` as given, before any replication, and
+    whether it is real or synthetic) and the machine, commit and time."""
+    import platform
+
+    from benchmark.environment import cpu_name, describe, git_sha
+    from ingest.breakhis import data_origin
+
+    return {"benchmark": "histo-ingest breakhis against a Pillow-only decode (benchmark.ingest_speed)",
+            "data": {**data_origin(Path(root)), "replicated": replicate, "images": result.images},
+            **result.to_dict(), "cores": os.cpu_count(),
+            "machine": {"cpu": cpu_name(), "platform": platform.platform(), **describe()},
+            "commit": git_sha(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
 def image_files(root: str | Path) -> list[str]:
     """The image files the baseline decodes: every PNG/JPEG/TIFF under ``root``, sorted."""
     exts = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}

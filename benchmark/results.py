@@ -14,13 +14,12 @@ import json
 import os
 import platform
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmark.environment import gpu_names, package_version
+from benchmark.environment import cpu_name, git_sha, gpu_names, package_version
 from histo_bench.errors import ConfigError
 from histo_bench.files import atomic_write_text
 
@@ -47,29 +46,6 @@ def make_row(**values: Any) -> dict[str, Any]:
     for name in METRIC_DICTS:
         row[name] = row[name] or {}
     return row
-
-
-def git_sha() -> str | None:
-    """HEAD of the checkout this code runs from, with ``-dirty`` when it has uncommitted changes."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return sha + ("-dirty" if dirty else "")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(device: str) -> dict[str, Any]:

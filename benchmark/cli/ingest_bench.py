@@ -29,10 +29,9 @@ def ingest_bench_command(
 ) -> None:
     """Measure BreakHis ingest wall time as a ratio of pure decoding (goal <= 1.2x)."""
     given = dict(locals())
-    import os
     import shutil
 
-    from benchmark.ingest_speed import IngestBenchConfig, measure, replicate_breakhis
+    from benchmark.ingest_speed import IngestBenchConfig, measure, record, replicate_breakhis
 
     if not root.is_dir():
         fail(f"{root}: no such folder")
@@ -44,13 +43,14 @@ def ingest_bench_command(
         given["root"] = tree
     config = config_from(IngestBenchConfig, FIELDS, given)
     result = measure(config, progress=console.print)
-    cores = os.cpu_count()
+    rec = record(result, root, replicate)
+    data = f"{rec['data']['kind']} data from {root}" + (f", each image copied {replicate}x" if replicate else "")
     decodes = ", ".join(f"decode ({m}) min {min(r['wall']):.2f} s (max {max(r['wall']):.2f})"
                         for m, r in result.decode.items())
-    stdout.print(f"{result.images} images, {result.workers} processes, {cores} cores, load "
+    stdout.print(f"{result.images} images ({data}), {result.workers} processes, {rec['cores']} cores, load "
                  f"{result.load_before} -> {result.load_after}: {decodes}, ingest min {min(result.ingest_wall):.2f} s "
                  f"(max {max(result.ingest_wall):.2f}); ingest/decode wall {result.ratio:.2f}x against the fastest "
                  f"baseline ({result.baseline}), CPU {result.cpu_ratio:.2f}x", highlight=False)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({**result.to_dict(), "cores": cores}, indent=2))
+        out.write_text(json.dumps(rec, indent=2))

@@ -24,12 +24,12 @@ import html
 import json
 import logging
 import os
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmark.environment import git_sha
 from benchmark.reports.curves import SUMMARY_HEADER, curves_png, read_jsonl, summary_rows
 from benchmark.reports.markdown_html import markdown_to_html
 from histo_bench.errors import HistoBenchError
@@ -313,16 +313,6 @@ def _mil(found: Found, page: _Page) -> str:
 
 
 # -- page ----------------------------------------------------------------------------------------------------------
-
-def git_sha() -> str | None:
-    """The short commit of the histo-bench checkout (None outside a git checkout)."""
-    try:
-        out = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
 
 _CSS = """
 body{font:14px/1.5 -apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#1f2328;margin:0;background:#f6f8fa}

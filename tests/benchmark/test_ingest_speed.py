@@ -39,3 +39,19 @@ def test_the_decode_baseline_decodes_every_image(tmp_path, method):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=Path(__file__).resolve().parents[2])
     assert int(done.stdout) == len(image_files(tmp_path)) == 3
+
+
+def test_the_record_says_what_data_and_machine_it_ran_on(tmp_path):
+    """The JSON of ``ingest-bench --out``: the data (as given, before replication: real or synthetic), the machine
+    and the commit, beside the figures."""
+    from benchmark.ingest_speed import record
+    from ingest.breakhis import SYNTHETIC_MARKER
+
+    result = IngestBenchResult(images=36, workers=2, ingest_wall=[3.0], ingest_cpu=[5.0],
+                               decode={"fork": {"wall": [2.5], "cpu": [4.6]}})
+    rec = record(result, tmp_path, replicate=3)
+    assert rec["data"] == {"kind": "user-provided", "root": str(tmp_path.resolve()), "replicated": 3, "images": 36}
+    assert rec["ratio"] == pytest.approx(1.2) and rec["cores"] >= 1
+    assert rec["machine"]["cpu"] and rec["machine"]["python"] and "core" in rec["machine"]
+    (tmp_path / SYNTHETIC_MARKER).write_text("{}")
+    assert record(result, tmp_path)["data"]["kind"] == "synthetic"
