@@ -260,9 +260,9 @@ class ImageStoreWriter:
     def read_meta(self) -> dict[str, np.ndarray]:
         """The metadata of everything written so far (after a final flush)."""
         self._flush()
-        n = int(self.progress["written"])
-        return {"label": self.group["label"][:n], "patient": as_str_array(self.group["patient"][:n]),
-                "magnification": as_str_array(self.group["magnification"][:n])}
+        n, g = int(self.progress["written"]), self._arrays()
+        return {"label": g["label"][:n], "patient": as_str_array(g["patient"][:n]),
+                "magnification": as_str_array(g["magnification"][:n])}
 
     def finalize(self, attrs: dict[str, Any], split: SplitResult, overwrite: bool = False,
                  still_mine=lambda: True) -> Path:
@@ -283,10 +283,10 @@ class ImageStoreWriter:
 
     def _finish(self, n: int, attrs: dict[str, Any], split: SplitResult) -> None:
         g = self.group
-        for name in ("images", "label", "malignant", "patient", "magnification", "source", "orig_size"):
-            arr = g[name]
-            arr.resize((n,) + tuple(arr.shape[1:]))
-        patients = g["patient"][:]  # read back: what the store holds is what is checked
+        for arr in (g["images"], *self._arrays().values()):  # the metadata arrays as opened once (_arrays)
+            if arr.shape[0] != n:  # inputs were skipped: the unused tail goes
+                arr.resize((n,) + tuple(arr.shape[1:]))
+        patients = self._arrays()["patient"][:]  # read back: what the store holds is what is checked
         assert_patient_disjoint(patients, split.codes)
         g.create_array("split", shape=(n,), dtype="int8", chunks=(min(_META_CHUNK, n),), overwrite=True)
         g["split"][:] = split.codes
