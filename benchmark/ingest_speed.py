@@ -103,17 +103,21 @@ class IngestBenchResult:
 
 
 def record(result: IngestBenchResult, root: str | Path, replicate: int = 0) -> dict:
-    """The JSON record of a run: the figures, what data they ran on (``root`` as given, before any replication, and
+    """The JSON record of a run: the figures, what data they ran on (``root`` before any replication, resolved, and
     whether it is real or synthetic) and the machine, commit and time."""
     import platform
 
     from benchmark.environment import cpu_name, describe, git_sha
     from ingest.breakhis import data_origin
 
+    try:
+        origin = data_origin(Path(root))
+    except (OSError, ValueError) as exc:  # an unreadable synthetic-data marker: the measured figures still count
+        origin = {"kind": "unknown", "error": f"{type(exc).__name__}: {exc}"}
+    data = {**origin, "root": str(Path(root).resolve()), "replicated": replicate, "images": result.images}
     return {"benchmark": "histo-ingest breakhis against a Pillow-only decode (benchmark.ingest_speed)",
-            "data": {**data_origin(Path(root)), "replicated": replicate, "images": result.images},
-            **result.to_dict(), "cores": os.cpu_count(),
-            "machine": {"cpu": cpu_name(), "platform": platform.platform(), **describe()},
+            "data": data, **result.to_dict(), "cores": os.cpu_count(),
+            "machine": {**describe(), "cpu": cpu_name(), "os": platform.platform()},
             "commit": git_sha(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 

@@ -53,5 +53,10 @@ def test_the_record_says_what_data_and_machine_it_ran_on(tmp_path):
     assert rec["data"] == {"kind": "user-provided", "root": str(tmp_path.resolve()), "replicated": 3, "images": 36}
     assert rec["ratio"] == pytest.approx(1.2) and rec["cores"] >= 1
     assert rec["machine"]["cpu"] and rec["machine"]["python"] and "core" in rec["machine"]
+    assert rec["machine"]["os"].startswith(rec["machine"]["platform"].split()[0])  # the full string, kept apart
     (tmp_path / SYNTHETIC_MARKER).write_text("{}")
-    assert record(result, tmp_path)["data"]["kind"] == "synthetic"
+    assert record(result, tmp_path)["data"] == {"kind": "synthetic", "root": str(tmp_path.resolve()),
+                                                "replicated": 0, "images": 36}
+    (tmp_path / SYNTHETIC_MARKER).write_text("{not json")  # the figures are kept, the reason is said
+    data = record(result, tmp_path)["data"]
+    assert data["kind"] == "unknown" and "JSONDecodeError" in data["error"]
