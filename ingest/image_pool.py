@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import logging
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -26,8 +27,10 @@ from dataclasses import dataclass, replace
 
 from ingest.decode import DecodeError, decode_file
 from ingest.shards import blosc_codec
-from ingest.shared_ring import SharedRing, Slot
+from ingest.shared_ring import RESERVABLE, SharedRing, Slot
 from ingest.workers import process_pool, stop_helpers
+
+log = logging.getLogger(__name__)
 
 #: Files per task: few enough to keep both cores fed to the end, enough to make the per-task overhead negligible.
 BATCH = 4
@@ -117,16 +120,30 @@ class ImagePool:
             codec = blosc_codec(codec_config)
             return (_encode(task, codec) for task in tasks)
         batches = (tasks[i:i + batch] for i in range(0, len(tasks), batch))
-        height, width = tasks[0][1]
-        ring = SharedRing.create(WINDOW * self.workers, batch, height * width * 3)
-        if ring is not None:
-            self._rings.append(ring)  # removed once every batch is in, else on close (no worker writes then)
+        ring, window = self._ring(batch, tasks[0][1])
         pending: deque[tuple[Future, int]] = deque(
             (self._submit(chunk, codec_config, ring, k), k)
-            for k, chunk in enumerate(itertools.islice(batches, WINDOW * self.workers)))
+            for k, chunk in enumerate(itertools.islice(batches, window * self.workers)))
         drain = self._drain(pending, batches, codec_config, ring)
         self._drains.append(drain)
         return drain
+
+    def _ring(self, batch: int, size: tuple[int, int]) -> tuple[SharedRing | None, int]:
+        """The shared ring for the batches in flight and how many there are per worker: :data:`WINDOW`, fewer where
+        shared memory cannot hold that many (a container's 64 MiB ``/dev/shm`` and 8 workers: 3 batches each of
+        BreakHis images need 93 MB, 1 needs 31 MB), or no ring (the pipe, :data:`WINDOW` batches) where it cannot
+        hold even one."""
+        for window in range(WINDOW, 0, -1) if RESERVABLE else ():
+            ring = SharedRing.create(window * self.workers, batch, size[0] * size[1] * 3)
+            if ring is not None:
+                if window < WINDOW:
+                    log.info("shared memory holds %d batch(es) in flight per worker, not %d (/dev/shm too small?)",
+                             window, WINDOW)
+                self._rings.append(ring)  # removed once every batch is in, else on close (no worker writes then)
+                return ring, window
+        if RESERVABLE:
+            log.info("encoded images travel by pipe: no shared memory for even one batch per worker (-v says why)")
+        return None, WINDOW
 
     def _submit(self, chunk: list[Task], codec_config: dict, ring: SharedRing | None, k: int) -> Future:
         return self._pool.submit(encode_batch, chunk, codec_config, ring.slot(k) if ring is not None else None)

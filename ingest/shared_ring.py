@@ -8,8 +8,9 @@ its shard file straight from there (:meth:`SharedRing.view`: no copy, so none of
 fresh memory cost, ~0.3 s of the writer's CPU for the same images) and then the slot is given to the next batch.
 
 The segment is reserved in full when made (``posix_fallocate``): a ``/dev/shm`` too small for it (a container's
-64 MiB default, say) fails then, in this process, and the caller falls back to the pipe, instead of a worker
-dying of SIGBUS on its first write. It is unlinked when closed, and on an interrupt or error by multiprocessing's
+64 MiB default, say) fails then, in this process, instead of a worker dying of SIGBUS on its first write; the
+caller then asks for a ring with fewer batches in flight, and uses the pipe only where even one batch per worker
+does not fit. It is unlinked when closed, and on an interrupt or error by multiprocessing's
 resource tracker. A whole process group killed outright (SIGKILL, the OOM killer, ``docker kill``) takes the tracker
 with it; the segment is named after the writer's pid namespace and pid (``histo-ring-<namespace>-<pid>-<token>``),
 so the next ring made on the machine removes every one of its namespace whose writer is gone (:func:`sweep`); a
@@ -37,6 +38,9 @@ MAX_RING_BYTES = 256 * 1024 * 1024
 HEADROOM = 4096
 #: Every ring's name starts so, followed by ``<pid namespace>-<pid>-<token>``.
 PREFIX = "histo-ring-"
+#: Whether shared memory can be reserved up front here (``posix_fallocate``); not on macOS, where no ring is made
+#: (see the module doc).
+RESERVABLE = hasattr(os, "posix_fallocate")
 #: Where Linux keeps POSIX shared memory (elsewhere :func:`sweep` finds nothing to do).
 SHM_DIR = Path("/dev/shm")
 
@@ -76,20 +80,21 @@ class SharedRing:
 
     @classmethod
     def create(cls, slots: int, items: int, raw_bytes: int) -> SharedRing | None:
-        """A ring for images of ``raw_bytes`` raw bytes, or None (logged) when this machine cannot give one."""
+        """A ring for images of ``raw_bytes`` raw bytes, or None (why, in the debug log) when this machine cannot give
+        one (then the caller may ask for a smaller one, :meth:`ingest.image_pool.ImagePool.encoded`)."""
         item_bytes = raw_bytes + HEADROOM
         size = slots * items * item_bytes
         if size > MAX_RING_BYTES:
-            log.debug("encoded images travel by pipe: a shared ring would take %d MB", size >> 20)
+            log.debug("no shared ring: it would take %d MB", size >> 20)
             return None
-        if not hasattr(os, "posix_fallocate"):  # macOS: no way to reserve it, so no ring (see the module doc)
-            log.debug("encoded images travel by pipe: shared memory cannot be reserved on this platform")
+        if not RESERVABLE:
+            log.debug("no shared ring: shared memory cannot be reserved on this platform")
             return None
         sweep()
         try:
             memory = shared_memory.SharedMemory(f"{_owner()}-{secrets.token_hex(4)}", create=True, size=size)
         except OSError as exc:
-            log.info("encoded images travel by pipe: no shared memory (%s)", exc.strerror or exc)
+            log.debug("no shared ring: no shared memory (%s)", exc.strerror or exc)
             return None
         try:
             os.posix_fallocate(memory._fd, 0, size)  # reserve it now: no SIGBUS later (see the module doc)
@@ -98,8 +103,8 @@ class SharedRing:
             memory.unlink()
             if not isinstance(exc, OSError):
                 raise
-            log.info("encoded images travel by pipe: %d MB of shared memory cannot be reserved (%s)", size >> 20,
-                     exc.strerror or exc)
+            log.debug("no shared ring: %d MB of shared memory cannot be reserved (%s)", size >> 20,
+                      exc.strerror or exc)
             return None
         return cls(memory, slots, items, item_bytes)
 

@@ -129,6 +129,47 @@ def test_a_slot_is_given_to_the_next_batch_only_once_its_images_are_taken(tiny_t
 
 
 @needs_ring
+def test_a_small_shared_memory_gets_fewer_batches_in_flight_before_the_pipe(tiny_tree, monkeypatch, caplog):
+    """A /dev/shm with room for one batch per worker (not WINDOW = 3) gives a ring of that size, whose slots are
+    then reused in turn; with room for none, the images travel by pipe. Both say so in one line."""
+    files = sorted(str(p) for p in tiny_tree.rglob("*.png"))
+    tasks = [(f, (46, 70), False) for f in files]
+    config = image_blosc_config(1)
+    expected = [bytes(blosc_codec(config).encode(image_pool.decode_file(*t).image)) for t in tasks]
+    room = [2 * 2 * (46 * 70 * 3 + shared_ring.HEADROOM)]  # two workers' batches of two images, once
+    reserve = os.posix_fallocate
+
+    def small_shm(fd, offset, length):
+        if length > room[0]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        reserve(fd, offset, length)
+
+    asked = []
+    create = SharedRing.create.__func__
+
+    def spy(cls, slots, items, raw_bytes):
+        ring = create(cls, slots, items, raw_bytes)
+        asked.append((slots, ring is not None))
+        return ring
+
+    monkeypatch.setattr(os, "posix_fallocate", small_shm)
+    monkeypatch.setattr(SharedRing, "create", classmethod(spy))
+    for space, rings in ((room[0], [(6, False), (4, False), (2, True)]), (0, [(6, False), (4, False), (2, False)])):
+        room[0], asked[:] = space, []
+        pool = ImagePool(1)
+        pool.workers, pool._pool = 2, _AtOnce()
+        caplog.clear()
+        try:
+            with caplog.at_level("INFO", logger="ingest.image_pool"):
+                got = [bytes(r.blob) for r in pool.encoded(tasks, config, batch=2)]
+        finally:
+            pool._pool = None
+            shared_ring._ATTACHED.clear()
+        assert got == expected and asked == rings
+        assert ("1 batch(es) in flight per worker, not 3" if space else "travel by pipe") in caplog.text
+
+
+@needs_ring
 def test_the_pipe_fallback_writes_the_same_store_and_every_ring_is_removed(tiny_tree, tmp_path, monkeypatch, made,
                                                                            tracker_kept):
     ring, pipe = tmp_path / "ring.zarr", tmp_path / "pipe.zarr"
