@@ -133,7 +133,7 @@ class ImagePool:
         shared memory cannot hold that many (a container's 64 MiB ``/dev/shm`` and 8 workers: 3 batches each of
         BreakHis images need 93 MB, 1 needs 31 MB), or no ring (the pipe, :data:`WINDOW` batches) where it cannot
         hold even one."""
-        for window in range(WINDOW, 0, -1) if RESERVABLE else ():
+        for window in range(WINDOW, 0, -1):  # SharedRing.create says None at once where none can be made
             ring = SharedRing.create(window * self.workers, batch, size[0] * size[1] * 3)
             if ring is not None:
                 if window < WINDOW:

@@ -282,11 +282,11 @@ class ImageStoreWriter:
 
 
     def _finish(self, n: int, attrs: dict[str, Any], split: SplitResult) -> None:
-        g = self.group
-        for arr in (g["images"], *self._arrays().values()):  # the metadata arrays as opened once (_arrays)
+        g, meta = self.group, self._arrays()  # the metadata arrays as opened once
+        for arr in (g["images"], *meta.values()):
             if arr.shape[0] != n:  # inputs were skipped: the unused tail goes
                 arr.resize((n,) + tuple(arr.shape[1:]))
-        patients = self._arrays()["patient"][:]  # read back: what the store holds is what is checked
+        patients = meta["patient"][:]  # read back: what the store holds is what is checked
         assert_patient_disjoint(patients, split.codes)
         g.create_array("split", shape=(n,), dtype="int8", chunks=(min(_META_CHUNK, n),), overwrite=True)
         g["split"][:] = split.codes
